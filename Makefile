@@ -1,0 +1,29 @@
+# The two fresh-machine commands are `make run` and `make test`; see README.md.
+CARGO ?= cargo
+
+.PHONY: run test lint build bench
+
+## run: build and show ward at work on this machine
+run:
+	$(CARGO) build --bins
+	./scripts/run-local.sh
+
+## test: lint, then the whole suite (unit, integration, end-to-end)
+test: lint
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --doc
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+## lint: formatting and clippy with warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## build: release binaries in target/release
+build:
+	$(CARGO) build --release --workspace --bins
+
+## bench: micro-benchmarks (criterion) of each crate
+bench:
+	@echo "micro-benchmarks: certs/benches/certs.rs (CSR signing, SVID verification)"
+	$(CARGO) bench -p ward-certs --bench certs

@@ -1,0 +1,16 @@
+//! Generates the tonic client and server for `proto/ward/v1/*.proto` with the protoc binary
+//! vendored by `protoc-bin-vendored`, so a fresh machine needs no system protoc.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/ward/v1/identity.proto"];
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_with_config(config, &protos, &["proto"])?;
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    Ok(())
+}

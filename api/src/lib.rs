@@ -1,0 +1,53 @@
+//! ward-api: the control-plane gRPC API (`proto/ward/v1`) and its generated tonic code.
+
+/// Version 1 of the API, package `ward.v1`.
+pub mod v1 {
+    tonic::include_proto!("ward.v1");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::{CertifyRequest, CertifyResponse};
+    use prost::Message;
+
+    #[test]
+    fn messages_round_trip_on_the_wire() {
+        let req = CertifyRequest {
+            csr: vec![0x30, 0x82, 1, 2],
+            token: "join-token".into(),
+        };
+        let bytes = req.encode_to_vec();
+        assert_eq!(CertifyRequest::decode(bytes.as_slice()).unwrap(), req);
+
+        let resp = CertifyResponse {
+            chain: vec![vec![1], vec![2]],
+            bundle: vec![vec![3]],
+            spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
+            not_after_unix: 1_800_000_000,
+        };
+        assert_eq!(
+            CertifyResponse::decode(resp.encode_to_vec().as_slice()).unwrap(),
+            resp
+        );
+    }
+
+    #[test]
+    fn service_is_named_in_the_ward_v1_package() {
+        assert_eq!(
+            <super::v1::identity_server::IdentityServer<Unimplemented> as tonic::server::NamedService>::NAME,
+            "ward.v1.Identity"
+        );
+    }
+
+    struct Unimplemented;
+
+    #[tonic::async_trait]
+    impl super::v1::identity_server::Identity for Unimplemented {
+        async fn certify(
+            &self,
+            _request: tonic::Request<CertifyRequest>,
+        ) -> Result<tonic::Response<CertifyResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+    }
+}

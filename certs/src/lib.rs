@@ -1,0 +1,22 @@
+//! ward-certs: who a peer is and whether to believe it.
+//!
+//! SPIFFE IDs ([`id`]), trust bundles ([`bundle`]), the certificate authority ([`ca`]),
+//! X.509-SVID verification ([`verify`]), rustls configurations that authenticate SPIFFE peers
+//! with hot-swappable certificates and bundles ([`tls`]), and the renewal schedule
+//! ([`rotation`]). No networking lives here.
+
+pub mod bundle;
+pub mod ca;
+pub mod id;
+pub mod pem;
+pub mod rotation;
+pub mod svid;
+pub mod tls;
+pub mod verify;
+
+pub use bundle::TrustBundle;
+pub use ca::{CaOptions, CertificateAuthority};
+pub use id::{SpiffeId, TrustDomain, WorkloadIdentity, parse_spiffe_id, parse_trust_domain};
+pub use svid::Svid;
+pub use tls::{ExpectedPeer, MeshIdentity};
+pub use verify::{CertInfo, Purpose, SvidError, verify_svid};

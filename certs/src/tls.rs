@@ -1,0 +1,513 @@
+//! rustls configurations for mesh traffic: mutual TLS 1.3 where both sides prove a SPIFFE
+//! identity from the trust bundle.
+//!
+//! The served SVID and the trust bundle sit behind `ArcSwap`s that the configs read on every
+//! handshake, so a renewal or a root rotation is one atomic pointer swap: listeners and
+//! connection pools are never rebuilt and open connections are untouched. Peers are verified
+//! by [`verify_svid`] — chain to the bundle plus the SPIFFE ID — never by DNS name.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{
+    ClientConfig, ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Resumption,
+};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache, StoresServerSessions,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, NamedGroup, OtherError,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::bundle::TrustBundle;
+use crate::id::{SpiffeId, TrustDomain};
+use crate::svid::{Svid, SvidFileError};
+use crate::verify::{Purpose, SvidError, spiffe_id_of, verify_svid_parts};
+
+/// The one crypto provider of the workspace: aws-lc-rs (fast ECDSA and AES-GCM on x86-64).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
+}
+
+/// Installs [`provider`] as the process default. Call once at the start of every binary;
+/// later calls (and calls in tests) are harmless.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The signature algorithms used to verify certificate chains and handshakes.
+pub fn signature_algorithms() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+}
+
+/// The SVID this process presents, swappable while listeners run.
+pub struct SvidResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl fmt::Debug for SvidResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SvidResolver")
+    }
+}
+
+impl SvidResolver {
+    pub fn new(svid: &Svid) -> Result<Arc<Self>, SvidFileError> {
+        Ok(Arc::new(Self {
+            current: ArcSwap::new(svid.certified_key()?),
+        }))
+    }
+
+    /// Serves `svid` from the next handshake on.
+    pub fn swap(&self, svid: &Svid) -> Result<(), SvidFileError> {
+        self.current.store(svid.certified_key()?);
+        Ok(())
+    }
+
+    /// The certificate chain served now.
+    pub fn current_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().cert.clone()
+    }
+}
+
+impl ResolvesServerCert for SvidResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl ResolvesClientCert for SvidResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The trust bundle in force, swappable while listeners run.
+pub struct BundleStore {
+    current: ArcSwap<TrustBundle>,
+    /// Bumped on every swap; TLS session caches compare it to forget sessions verified
+    /// under an older bundle.
+    generation: AtomicU64,
+}
+
+impl fmt::Debug for BundleStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bundle = self.current.load();
+        f.debug_struct("BundleStore")
+            .field("trust_domain", bundle.trust_domain())
+            .field("roots", &bundle.roots().len())
+            .finish()
+    }
+}
+
+impl BundleStore {
+    pub fn new(bundle: TrustBundle) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(bundle),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Trusts `bundle` from the next handshake on. Sessions established under the old bundle
+    /// are no longer resumed (see [`TrustBoundSessions`]).
+    pub fn swap(&self, bundle: TrustBundle) {
+        self.current.store(Arc::new(bundle));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<TrustBundle> {
+        self.current.load_full()
+    }
+}
+
+/// Which server identities a client accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedPeer {
+    /// Exactly this SPIFFE ID.
+    Exact(SpiffeId),
+    /// Any one of these.
+    OneOf(BTreeSet<SpiffeId>),
+    /// Any SVID of the bundle's trust domain.
+    AnyInTrustDomain,
+}
+
+impl ExpectedPeer {
+    fn check(&self, found: &SpiffeId) -> Result<(), SvidError> {
+        let ok = match self {
+            ExpectedPeer::Exact(id) => id == found,
+            ExpectedPeer::OneOf(ids) => ids.contains(found),
+            ExpectedPeer::AnyInTrustDomain => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(SvidError::UnexpectedPeer {
+                found: found.to_string(),
+                expected: self.to_string(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for ExpectedPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedPeer::Exact(id) => write!(f, "{id}"),
+            ExpectedPeer::OneOf(ids) => {
+                let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                write!(f, "one of [{}]", list.join(", "))
+            }
+            ExpectedPeer::AnyInTrustDomain => f.write_str("any identity of the trust domain"),
+        }
+    }
+}
+
+/// An SVID refusal carried through rustls. rustls prints the inner error with `Debug`, so
+/// `Debug` here is the rule's sentence: that is what ends up in logs and error chains.
+pub struct BrokenRule(pub SvidError);
+
+impl fmt::Debug for BrokenRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for BrokenRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for BrokenRule {}
+
+fn rustls_error(e: SvidError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(BrokenRule(e)))))
+}
+
+/// How many TLS sessions each side remembers for resumption.
+const SESSION_CACHE_SIZE: usize = 1024;
+
+/// A TLS session cache that starts empty again whenever the trust bundle changes.
+///
+/// A resumed session skips certificate verification. Without this, a peer whose root was
+/// just dropped from the bundle could keep resuming a session verified under the old bundle;
+/// with it, every handshake after a swap verifies the peer against the bundle in force.
+struct TrustBoundSessions<C> {
+    bundle: Arc<BundleStore>,
+    cache: ArcSwap<(u64, C)>,
+    make: fn() -> C,
+}
+
+impl<C> TrustBoundSessions<C> {
+    fn new(bundle: Arc<BundleStore>, make: fn() -> C) -> Self {
+        let generation = bundle.generation();
+        Self {
+            bundle,
+            cache: ArcSwap::from_pointee((generation, make())),
+            make,
+        }
+    }
+
+    fn current(&self) -> arc_swap::Guard<Arc<(u64, C)>> {
+        let generation = self.bundle.generation();
+        let cache = self.cache.load();
+        if cache.0 == generation {
+            return cache;
+        }
+        self.cache.store(Arc::new((generation, (self.make)())));
+        self.cache.load()
+    }
+}
+
+impl<C> fmt::Debug for TrustBoundSessions<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustBoundSessions")
+            .field("generation", &self.cache.load().0)
+            .finish()
+    }
+}
+
+fn server_session_cache() -> Arc<ServerSessionMemoryCache> {
+    ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)
+}
+
+fn client_session_cache() -> ClientSessionMemoryCache {
+    ClientSessionMemoryCache::new(SESSION_CACHE_SIZE)
+}
+
+impl StoresServerSessions for TrustBoundSessions<Arc<ServerSessionMemoryCache>> {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.current().1.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.current().1.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.current().1.take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+impl ClientSessionStore for TrustBoundSessions<ClientSessionMemoryCache> {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.current().1.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.current().1.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.current().1.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.current().1.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.current().1.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.current().1.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.current().1.take_tls13_ticket(server_name)
+    }
+}
+
+/// Verifies client SVIDs against the current bundle; a client certificate is mandatory.
+#[derive(Debug)]
+struct ClientSvidVerifier {
+    bundle: Arc<BundleStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for ClientSvidVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // SPIFFE peers pick their SVID by identity, not by CA name; sending none also keeps
+        // the bundle's subjects out of every handshake.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_svid_parts(
+            end_entity,
+            intermediates,
+            &self.bundle.current(),
+            now,
+            Purpose::Client,
+        )
+        .map_err(rustls_error)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Verifies the server's SVID against the current bundle and the expected identity.
+#[derive(Debug)]
+struct ServerSvidVerifier {
+    bundle: Arc<BundleStore>,
+    expected: ExpectedPeer,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ServerSvidVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = verify_svid_parts(
+            end_entity,
+            intermediates,
+            &self.bundle.current(),
+            now,
+            Purpose::Server,
+        )
+        .map_err(rustls_error)?;
+        self.expected.check(&id).map_err(rustls_error)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// What a mesh endpoint presents and trusts: its own SVID and the trust bundle.
+#[derive(Debug, Clone)]
+pub struct MeshIdentity {
+    pub svid: Arc<SvidResolver>,
+    pub bundle: Arc<BundleStore>,
+}
+
+/// A config could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build TLS configuration: {0}")]
+pub struct TlsConfigError(#[from] rustls::Error);
+
+impl MeshIdentity {
+    pub fn new(svid: &Svid, bundle: TrustBundle) -> Result<Self, SvidFileError> {
+        Ok(Self {
+            svid: SvidResolver::new(svid)?,
+            bundle: BundleStore::new(bundle),
+        })
+    }
+
+    pub fn trust_domain(&self) -> TrustDomain {
+        self.bundle.current().trust_domain().clone()
+    }
+
+    /// A TLS 1.3-only server config that requires a client SVID from the bundle and offers
+    /// `alpn` in preference order.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsConfigError> {
+        let verifier = Arc::new(ClientSvidVerifier {
+            bundle: self.bundle.clone(),
+            algorithms: signature_algorithms(),
+        });
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.svid.clone());
+        config.session_storage = Arc::new(TrustBoundSessions::new(
+            self.bundle.clone(),
+            server_session_cache,
+        ));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+
+    /// A TLS 1.3-only client config that presents our SVID and accepts only a server whose
+    /// SVID is from the bundle and matches `expected`. SNI is off: the server is identified
+    /// by its SPIFFE ID, not a host name.
+    pub fn client_config(
+        &self,
+        expected: ExpectedPeer,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ClientConfig>, TlsConfigError> {
+        let verifier = Arc::new(ServerSvidVerifier {
+            bundle: self.bundle.clone(),
+            expected,
+            algorithms: signature_algorithms(),
+        });
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(self.svid.clone());
+        config.resumption = Resumption::store(Arc::new(TrustBoundSessions::new(
+            self.bundle.clone(),
+            client_session_cache,
+        )));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.enable_sni = false;
+        Ok(Arc::new(config))
+    }
+}
+
+/// The server name a mesh client passes to rustls. It is never sent (SNI is off) nor
+/// checked (peers are matched by SPIFFE ID); rustls only needs a value.
+pub fn mesh_server_name() -> ServerName<'static> {
+    ServerName::try_from("ward.mesh.invalid").expect("a constant, valid DNS name")
+}
+
+/// The SPIFFE ID of the peer of an established connection (its certificate was verified
+/// during the handshake).
+pub fn peer_spiffe_id(peer_certificates: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
+    peer_certificates
+        .and_then(|c| c.first())
+        .and_then(|leaf| spiffe_id_of(leaf).ok())
+}

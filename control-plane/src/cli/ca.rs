@@ -1,0 +1,92 @@
+//! `ward ca …`: create a trust domain's certificate authority.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ward_certs::ca::{self, CaOptions, CertificateAuthority};
+use ward_certs::{CertInfo, TrustDomain};
+
+use super::{Outcome, human, parse_duration, parse_trust_domain, rfc3339};
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a new root CA (and optionally an intermediate) in a directory.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Trust domain, e.g. example.org (lower case).
+    #[arg(long, value_name = "TD", value_parser = parse_trust_domain)]
+    trust_domain: TrustDomain,
+    /// Directory to write ca.pem, ca.key (0600) and bundle.pem into.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Lifetime of the root (and intermediate).
+    #[arg(long, value_name = "DURATION", default_value = "8760h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Sign workload certificates with an intermediate; the root key goes to root.key.
+    #[arg(long)]
+    intermediate: bool,
+    /// Replace an existing CA in DIR.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(cmd: CaCommand) -> anyhow::Result<Outcome> {
+    match cmd {
+        CaCommand::Init(args) => init(args),
+    }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<Outcome> {
+    let options = CaOptions {
+        ttl: args.ttl,
+        intermediate: args.intermediate,
+    };
+    let authority = CertificateAuthority::create(args.trust_domain, &options, SystemTime::now())
+        .context("creating the CA")?;
+    authority.save(&args.dir, args.force)?;
+
+    let dir = args.dir.display();
+    println!(
+        "created CA for trust domain {} in {dir}",
+        authority.trust_domain()
+    );
+    let now = SystemTime::now();
+    for (der, role) in authority
+        .chain()
+        .iter()
+        .zip(role_names(authority.chain().len()))
+    {
+        let info = CertInfo::parse(der).context("reading back the new CA")?;
+        println!(
+            "  {role:<12} {}  serial {}  expires {} (in {})",
+            info.subject,
+            info.serial,
+            rfc3339(info.not_after),
+            human(info.time_left(now)),
+        );
+    }
+    println!("  {dir}/{}      signing chain", ca::CA_CERT_FILE);
+    println!("  {dir}/{}      signing key (0600)", ca::CA_KEY_FILE);
+    if args.intermediate {
+        println!(
+            "  {dir}/{}    root key (0600; keep it offline)",
+            ca::ROOT_KEY_FILE
+        );
+    }
+    println!("  {dir}/{}  trust bundle for proxies", ca::BUNDLE_FILE);
+    Ok(Outcome::Success)
+}
+
+fn role_names(len: usize) -> impl Iterator<Item = &'static str> {
+    let names: &[&str] = if len > 1 {
+        &["intermediate", "root"]
+    } else {
+        &["root"]
+    };
+    names.iter().copied()
+}

@@ -1,0 +1,155 @@
+//! The operator CLI of the `ward` binary: argument parsing and the exit-code contract.
+//!
+//! Scripts depend on the exit codes: 0 success, 1 a failure (including "this certificate is
+//! not a valid SVID"), 2 a usage error. Every error is one line on stderr that names the
+//! problem; nothing panics on bad input.
+
+mod ca;
+mod cert;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// ward: zero-trust service mesh — control plane and operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "ward", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the certificate authority of a trust domain.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Issue and inspect workload certificates (X.509-SVIDs).
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+}
+
+/// What a command reports besides success.
+#[derive(Debug)]
+pub enum Outcome {
+    Success,
+    /// The command ran but its answer is "no" (e.g. an invalid certificate): exit 1.
+    Negative,
+}
+
+/// Parses `args` and runs the command, returning the process exit code.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let result = match cli.command {
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Cert(cmd) => cert::run(cmd),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Negative) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("ward: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Help and version go to stdout with exit 0; any other parse error is reduced to its first
+/// line (clap's own text names the flag and the problem) with exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            // clap's first paragraph names the problem (and, for missing arguments, lists
+            // them on the following lines); the usage and tips after it are left out.
+            let text = e.render().to_string();
+            let paragraph: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let line = paragraph.join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            eprintln!("ward: {line} (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Parses a duration such as `90s`, `30m`, `24h` or `8760h`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 90s, 30m, 24h)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+/// Parses a SPIFFE ID strictly (see `ward_certs::id`).
+pub(crate) fn parse_spiffe_id(s: &str) -> Result<ward_certs::SpiffeId, String> {
+    ward_certs::parse_spiffe_id(s).map_err(|e| e.to_string())
+}
+
+/// Parses a trust domain name strictly.
+pub(crate) fn parse_trust_domain(s: &str) -> Result<ward_certs::TrustDomain, String> {
+    ward_certs::parse_trust_domain(s).map_err(|e| e.to_string())
+}
+
+/// Formats a duration to the second, e.g. `23h 59m 58s`.
+pub(crate) fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// Formats an instant as RFC 3339 UTC, to the second.
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_s_m_h() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(8760 * 3600))
+        );
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-5m").is_err());
+    }
+
+    #[test]
+    fn human_and_rfc3339_formats() {
+        assert_eq!(human(Duration::from_millis(86_399_900)), "23h 59m 59s");
+        let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(rfc3339(t), "2027-01-15T08:00:00Z");
+    }
+}

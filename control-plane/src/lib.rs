@@ -1,0 +1,3 @@
+//! ward-control-plane: the control plane server and the operator CLI (`ward`).
+
+pub mod cli;

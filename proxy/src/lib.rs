@@ -1,0 +1,1 @@
+//! ward-proxy: the data plane — listeners, TLS, forwarding and per-call authorization.

@@ -1,0 +1,12 @@
+//! Test support for ward's end-to-end suite: certificates good and bad, the binaries under
+//! test, and TLS endpoints on loopback. Every cross-process test builds on these, so a
+//! helper is written once here and never copied into a test file.
+
+pub mod bin;
+pub mod pki;
+pub mod tls;
+
+/// Installs the process-wide crypto provider (idempotent), as every binary does at start.
+pub fn init() {
+    ward_certs::tls::install_default_provider();
+}

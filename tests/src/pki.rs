@@ -1,0 +1,243 @@
+//! Certificates for tests: a real ward CA on disk, good SVIDs from it, and deliberately bad
+//! leaves signed by the same CA key, each breaking one rule, so that a refusal can only be
+//! for that rule.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use ward_certs::ca::{self, CaOptions, CertificateAuthority};
+use ward_certs::pem::{self, FileMode};
+use ward_certs::{Svid, TrustBundle, TrustDomain, parse_spiffe_id, parse_trust_domain};
+
+/// A trust domain's CA in a temporary directory, as `ward ca init` lays it out.
+pub struct TestPki {
+    dir: TempDir,
+    pub trust_domain: TrustDomain,
+    pub ca: CertificateAuthority,
+    /// The same CA key and name, loaded into rcgen to sign crafted leaves.
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestPki {
+    pub fn new(trust_domain: &str) -> Self {
+        Self::create(trust_domain, false)
+    }
+
+    /// A CA that signs through an intermediate.
+    pub fn with_intermediate(trust_domain: &str) -> Self {
+        Self::create(trust_domain, true)
+    }
+
+    fn create(trust_domain: &str, intermediate: bool) -> Self {
+        crate::init();
+        let td = parse_trust_domain(trust_domain).expect("test trust domain");
+        let options = CaOptions {
+            ttl: Duration::from_secs(24 * 3600),
+            intermediate,
+        };
+        let ca = CertificateAuthority::create(td.clone(), &options, SystemTime::now())
+            .expect("create CA");
+        let dir = tempfile::tempdir().expect("temp dir");
+        ca.save(&dir.path().join("ca"), false).expect("save CA");
+        let ca_dir = dir.path().join("ca");
+        let key = KeyPair::from_pem(
+            &std::fs::read_to_string(ca_dir.join(ca::CA_KEY_FILE)).expect("read ca.key"),
+        )
+        .expect("parse ca.key");
+        let issuer = Issuer::from_ca_cert_der(&ca.chain()[0], key).expect("load CA into rcgen");
+        Self {
+            dir,
+            trust_domain: td,
+            ca,
+            issuer,
+        }
+    }
+
+    /// A scratch directory for the test's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    pub fn bundle_path(&self) -> PathBuf {
+        self.ca_dir().join(ca::BUNDLE_FILE)
+    }
+
+    pub fn bundle(&self) -> TrustBundle {
+        self.ca.bundle().expect("bundle")
+    }
+
+    /// The SPIFFE ID `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    pub fn id(&self, ns: &str, sa: &str) -> String {
+        format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain)
+    }
+
+    /// A good SVID from ward's own CA code.
+    pub fn svid(&self, id: &str) -> Svid {
+        self.svid_ttl(id, Duration::from_secs(3600))
+    }
+
+    pub fn svid_ttl(&self, id: &str, ttl: Duration) -> Svid {
+        let id = parse_spiffe_id(id).expect("test SPIFFE ID");
+        self.ca
+            .issue(&id, ttl, SystemTime::now())
+            .expect("issue SVID")
+    }
+
+    /// A leaf built to `spec`, signed by this CA's key; the chain includes any intermediate.
+    pub fn craft(&self, spec: &LeafSpec) -> Crafted {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = spec
+            .uris
+            .iter()
+            .map(|u| SanType::URI(u.as_str().try_into().expect("ia5 URI")))
+            .chain(
+                spec.dns
+                    .iter()
+                    .map(|d| SanType::DnsName(d.as_str().try_into().expect("ia5 DNS"))),
+            )
+            .collect();
+        params.is_ca = if spec.is_ca {
+            IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
+        params.key_usages = spec.key_usages.clone();
+        params.extended_key_usages = spec.extended_key_usages.clone();
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = OffsetDateTime::from(spec.not_before);
+        params.not_after = OffsetDateTime::from(spec.not_after);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.ca.chain()[..self.ca.chain().len() - 1].iter().cloned());
+        Crafted {
+            chain,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+
+    /// Writes a chain as `<name>.pem` in the scratch directory.
+    pub fn write_chain(&self, name: &str, chain: &[CertificateDer<'_>]) -> PathBuf {
+        let path = self.dir().join(format!("{name}.pem"));
+        pem::write_atomic(&path, pem::certs_to_pem(chain).as_bytes(), FileMode::Public)
+            .expect("write chain");
+        path
+    }
+}
+
+/// The shape of a crafted leaf. [`LeafSpec::svid`] is a valid SVID; tests change one field.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub is_ca: bool,
+    pub key_usages: Vec<KeyUsagePurpose>,
+    pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl LeafSpec {
+    pub fn svid(id: &str) -> Self {
+        let now = SystemTime::now();
+        Self {
+            uris: vec![id.to_owned()],
+            dns: Vec::new(),
+            is_ca: false,
+            key_usages: vec![KeyUsagePurpose::DigitalSignature],
+            extended_key_usages: vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            not_before: now - Duration::from_secs(60),
+            not_after: now + Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A crafted certificate chain and its key.
+pub struct Crafted {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Crafted {
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+}
+
+/// The bad certificates every verifier must refuse, each with the text its refusal must
+/// contain. Signed by `pki`'s CA unless the case is about the CA; `foreign` is another CA.
+pub fn bad_leaves(pki: &TestPki, foreign: &TestPki) -> Vec<(&'static str, Crafted, &'static str)> {
+    let id = pki.id("default", "client");
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let with = |f: &dyn Fn(&mut LeafSpec)| {
+        let mut spec = LeafSpec::svid(&id);
+        f(&mut spec);
+        spec
+    };
+    vec![
+        (
+            "foreign CA",
+            foreign.craft(&LeafSpec::svid(&id)),
+            "does not lead to a root in the trust bundle",
+        ),
+        (
+            "expired leaf",
+            pki.craft(&with(&|s| {
+                s.not_before = now - 2 * hour;
+                s.not_after = now - hour;
+            })),
+            "expired at",
+        ),
+        (
+            "not-yet-valid leaf",
+            pki.craft(&with(&|s| {
+                s.not_before = now + hour;
+                s.not_after = now + 2 * hour;
+            })),
+            "is not valid before",
+        ),
+        (
+            "two URI SANs",
+            pki.craft(&with(&|s| s.uris.push(pki.id("default", "other")))),
+            "leaf has 2 URI SANs",
+        ),
+        (
+            "only a DNS SAN",
+            pki.craft(&with(&|s| {
+                s.uris.clear();
+                s.dns.push("client.example.org".into());
+            })),
+            "leaf has no URI SAN",
+        ),
+        (
+            "CA=true leaf",
+            pki.craft(&with(&|s| {
+                s.is_ca = true;
+            })),
+            "leaf is a CA certificate",
+        ),
+        (
+            "wrong trust domain",
+            pki.craft(&with(&|s| {
+                s.uris = vec!["spiffe://other.example/ns/default/sa/client".into()]
+            })),
+            "is not in trust domain",
+        ),
+    ]
+}
