@@ -56,5 +56,26 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sign_csr, verify);
+/// The floor under `verify_svid`: one bare ECDSA P-256/SHA-256 signature check, which a
+/// root-signed chain cannot avoid.
+fn ecdsa_floor(c: &mut Criterion) {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
+        UnparsedPublicKey,
+    };
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("key");
+    let msg = [7u8; 400];
+    let sig = key.sign(&rng, &msg).expect("sign");
+    let public =
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.public_key().as_ref().to_vec());
+    c.bench_function("floor/ecdsa_p256_verify", |b| {
+        b.iter(|| public.verify(&msg, sig.as_ref()).expect("valid"))
+    });
+}
+
+criterion_group!(benches, sign_csr, verify, ecdsa_floor);
 criterion_main!(benches);

@@ -12,6 +12,7 @@ pub mod pem;
 pub mod rotation;
 pub mod svid;
 pub mod tls;
+pub mod verified;
 pub mod verify;
 
 pub use bundle::TrustBundle;

@@ -31,7 +31,8 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::bundle::TrustBundle;
 use crate::id::{SpiffeId, TrustDomain};
 use crate::svid::{Svid, SvidFileError};
-use crate::verify::{Purpose, SvidError, spiffe_id_of, verify_svid_parts};
+use crate::verified::VerifiedChains;
+use crate::verify::{Purpose, SvidError, spiffe_id_of, verify_with_window};
 
 /// The one crypto provider of the workspace: aws-lc-rs (fast ECDSA and AES-GCM on x86-64).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -104,15 +105,31 @@ impl ResolvesClientCert for SvidResolver {
 
 /// The trust bundle in force, swappable while listeners run.
 pub struct BundleStore {
-    current: ArcSwap<TrustBundle>,
+    current: ArcSwap<Trust>,
     /// Bumped on every swap; TLS session caches compare it to forget sessions verified
     /// under an older bundle.
     generation: AtomicU64,
 }
 
+/// A bundle and the chains verified under it; they are swapped together, so a new bundle
+/// starts with an empty memo.
+struct Trust {
+    bundle: Arc<TrustBundle>,
+    verified: VerifiedChains,
+}
+
+impl Trust {
+    fn new(bundle: TrustBundle) -> Self {
+        Self {
+            bundle: Arc::new(bundle),
+            verified: VerifiedChains::default(),
+        }
+    }
+}
+
 impl fmt::Debug for BundleStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bundle = self.current.load();
+        let bundle = &self.current.load().bundle;
         f.debug_struct("BundleStore")
             .field("trust_domain", bundle.trust_domain())
             .field("roots", &bundle.roots().len())
@@ -123,7 +140,7 @@ impl fmt::Debug for BundleStore {
 impl BundleStore {
     pub fn new(bundle: TrustBundle) -> Arc<Self> {
         Arc::new(Self {
-            current: ArcSwap::from_pointee(bundle),
+            current: ArcSwap::from_pointee(Trust::new(bundle)),
             generation: AtomicU64::new(0),
         })
     }
@@ -131,7 +148,7 @@ impl BundleStore {
     /// Trusts `bundle` from the next handshake on. Sessions established under the old bundle
     /// are no longer resumed (see [`TrustBoundSessions`]).
     pub fn swap(&self, bundle: TrustBundle) {
-        self.current.store(Arc::new(bundle));
+        self.current.store(Arc::new(Trust::new(bundle)));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -140,7 +157,32 @@ impl BundleStore {
     }
 
     pub fn current(&self) -> Arc<TrustBundle> {
-        self.current.load_full()
+        self.current.load().bundle.clone()
+    }
+
+    /// Verifies a peer's chain against the bundle in force, as [`verify_svid_parts`] does,
+    /// answering from the memo of chains already verified under this bundle when it can.
+    pub fn verify(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        purpose: Purpose,
+    ) -> Result<SpiffeId, SvidError> {
+        let trust = self.current.load();
+        let key = VerifiedChains::key(leaf, intermediates, purpose);
+        if let Some(id) = trust.verified.get(&key, now) {
+            return Ok(id);
+        }
+        let verified = verify_with_window(leaf, intermediates, &trust.bundle, now, purpose)?;
+        trust.verified.insert(
+            key,
+            verified.id.clone(),
+            verified.not_before,
+            verified.not_after,
+            now,
+        );
+        Ok(verified.id)
     }
 }
 
@@ -341,14 +383,9 @@ impl ClientCertVerifier for ClientSvidVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        verify_svid_parts(
-            end_entity,
-            intermediates,
-            &self.bundle.current(),
-            now,
-            Purpose::Client,
-        )
-        .map_err(rustls_error)?;
+        self.bundle
+            .verify(end_entity, intermediates, now, Purpose::Client)
+            .map_err(rustls_error)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -392,14 +429,10 @@ impl ServerCertVerifier for ServerSvidVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = verify_svid_parts(
-            end_entity,
-            intermediates,
-            &self.bundle.current(),
-            now,
-            Purpose::Server,
-        )
-        .map_err(rustls_error)?;
+        let id = self
+            .bundle
+            .verify(end_entity, intermediates, now, Purpose::Server)
+            .map_err(rustls_error)?;
         self.expected.check(&id).map_err(rustls_error)?;
         Ok(ServerCertVerified::assertion())
     }

@@ -142,22 +142,58 @@ pub fn verify_svid(
 
 /// [`verify_svid`] with the leaf and the intermediates apart, as a TLS stack hands them over.
 pub fn verify_svid_parts(
-    leaf_der: &CertificateDer<'_>,
+    leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     bundle: &TrustBundle,
     now: UnixTime,
     purpose: Purpose,
 ) -> Result<SpiffeId, SvidError> {
+    verify_with_window(leaf, intermediates, bundle, now, purpose).map(|v| v.id)
+}
+
+/// A verified SVID and the window, in Unix seconds, in which every certificate of its chain
+/// is valid.
+#[derive(Debug, Clone)]
+pub(crate) struct Verified {
+    pub id: SpiffeId,
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+pub(crate) fn verify_with_window(
+    leaf_der: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    now: UnixTime,
+    purpose: Purpose,
+) -> Result<Verified, SvidError> {
     let leaf = parse(leaf_der, 0)?;
     let id = check_leaf(&leaf, bundle, purpose)?;
     check_validity(&leaf, 0, now)?;
+    let (mut not_before, mut not_after) = window(&leaf);
     for (i, der) in intermediates.iter().enumerate() {
         let cert = parse(der, i + 1)?;
         check_signer(&cert, i + 1)?;
         check_validity(&cert, i + 1, now)?;
+        let (nb, na) = window(&cert);
+        not_before = not_before.max(nb);
+        not_after = not_after.min(na);
     }
     verify_chain(leaf_der, intermediates, bundle, now, purpose)?;
-    Ok(id)
+    Ok(Verified {
+        id,
+        not_before,
+        not_after,
+    })
+}
+
+fn window(cert: &X509Certificate<'_>) -> (u64, u64) {
+    let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+    let v = cert.validity();
+    (
+        secs(v.not_before.timestamp()),
+        secs(v.not_after.timestamp()),
+    )
 }
 
 /// Reads the SPIFFE ID from an already verified leaf (e.g. the peer certificate of an

@@ -96,36 +96,35 @@ impl TestPki {
 
     /// A leaf built to `spec`, signed by this CA's key; the chain includes any intermediate.
     pub fn craft(&self, spec: &LeafSpec) -> Crafted {
+        let (leaf, key) = sign(spec, &self.issuer);
+        let mut chain = vec![leaf];
+        chain.extend(self.ca_intermediates());
+        Crafted { chain, key }
+    }
+
+    /// A signing certificate under this CA, built to `spec` (set `is_ca` and `key_usages` to
+    /// make a good or a bad one), for chains that go through it.
+    pub fn signer(&self, spec: &LeafSpec) -> Signer {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = spec
-            .uris
-            .iter()
-            .map(|u| SanType::URI(u.as_str().try_into().expect("ia5 URI")))
-            .chain(
-                spec.dns
-                    .iter()
-                    .map(|d| SanType::DnsName(d.as_str().try_into().expect("ia5 DNS"))),
-            )
-            .collect();
-        params.is_ca = if spec.is_ca {
-            IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
-        } else {
-            IsCa::ExplicitNoCa
-        };
-        params.key_usages = spec.key_usages.clone();
-        params.extended_key_usages = spec.extended_key_usages.clone();
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = OffsetDateTime::from(spec.not_before);
-        params.not_after = OffsetDateTime::from(spec.not_after);
-        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        let mut chain = vec![cert.der().clone()];
-        chain.extend(self.ca.chain()[..self.ca.chain().len() - 1].iter().cloned());
-        Crafted {
-            chain,
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        let params = params(spec);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign signer");
+        Signer {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
         }
+    }
+
+    /// A leaf built to `spec` and signed by `signer`; the chain is leaf, signer, then any
+    /// intermediate of the CA.
+    pub fn craft_under(&self, spec: &LeafSpec, signer: &Signer) -> Crafted {
+        let (leaf, key) = sign(spec, &signer.issuer);
+        let mut chain = vec![leaf, signer.cert.clone()];
+        chain.extend(self.ca_intermediates());
+        Crafted { chain, key }
+    }
+
+    fn ca_intermediates(&self) -> Vec<CertificateDer<'static>> {
+        self.ca.chain()[..self.ca.chain().len() - 1].to_vec()
     }
 
     /// Writes a chain as `<name>.pem` in the scratch directory.
@@ -135,6 +134,48 @@ impl TestPki {
             .expect("write chain");
         path
     }
+}
+
+fn params(spec: &LeafSpec) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = spec
+        .uris
+        .iter()
+        .map(|u| SanType::URI(u.as_str().try_into().expect("ia5 URI")))
+        .chain(
+            spec.dns
+                .iter()
+                .map(|d| SanType::DnsName(d.as_str().try_into().expect("ia5 DNS"))),
+        )
+        .collect();
+    params.is_ca = if spec.is_ca {
+        IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+    } else {
+        IsCa::ExplicitNoCa
+    };
+    params.key_usages = spec.key_usages.clone();
+    params.extended_key_usages = spec.extended_key_usages.clone();
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = OffsetDateTime::from(spec.not_before);
+    params.not_after = OffsetDateTime::from(spec.not_after);
+    params
+}
+
+fn sign(
+    spec: &LeafSpec,
+    issuer: &Issuer<'static, KeyPair>,
+) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert = params(spec).signed_by(&key, issuer).expect("sign leaf");
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    (cert.der().clone(), key_der)
+}
+
+/// A crafted signing certificate and its key.
+pub struct Signer {
+    pub cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 /// The shape of a crafted leaf. [`LeafSpec::svid`] is a valid SVID; tests change one field.
