@@ -52,6 +52,17 @@ fn verify(c: &mut Criterion) {
                 ward_certs::verify_svid(svid.chain(), &bundle, now, Purpose::Client).expect("valid")
             })
         });
+        // What a TLS handshake pays when the same peer chain comes again under the same
+        // bundle: the memo of verified chains in `BundleStore`.
+        let store = ward_certs::tls::BundleStore::new(bundle.clone());
+        let (leaf, intermediates) = svid.chain().split_first().expect("leaf");
+        group.bench_function(format!("{name}_repeat_peer"), |b| {
+            b.iter(|| {
+                store
+                    .verify(leaf, intermediates, now, Purpose::Client)
+                    .expect("valid")
+            })
+        });
     }
     group.finish();
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -253,34 +254,51 @@ fn rustls_error(e: SvidError) -> rustls::Error {
 /// How many TLS sessions each side remembers for resumption.
 const SESSION_CACHE_SIZE: usize = 1024;
 
-/// A TLS session cache that starts empty again whenever the trust bundle changes.
+/// How long a TLS session may be resumed at most. A resumed session skips certificate
+/// verification, so this bounds how long a peer whose certificate has since expired can
+/// still resume. rustls itself would keep stateful sessions for 24 hours.
+pub const SESSION_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// Which session cache is current: a new one for every bundle swap and every
+/// [`SESSION_MAX_AGE`] period. Sessions therefore never outlive the bundle they were verified
+/// under, nor the age limit.
+fn session_epoch(bundle_generation: u64, now: SystemTime, max_age: Duration) -> (u64, u64) {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    (bundle_generation, secs / max_age.as_secs().max(1))
+}
+
+/// A TLS session cache that starts empty again whenever the trust bundle changes, and at
+/// least every [`SESSION_MAX_AGE`].
 ///
 /// A resumed session skips certificate verification. Without this, a peer whose root was
 /// just dropped from the bundle could keep resuming a session verified under the old bundle;
 /// with it, every handshake after a swap verifies the peer against the bundle in force.
 struct TrustBoundSessions<C> {
     bundle: Arc<BundleStore>,
-    cache: ArcSwap<(u64, C)>,
+    cache: ArcSwap<((u64, u64), C)>,
     make: fn() -> C,
 }
 
 impl<C> TrustBoundSessions<C> {
     fn new(bundle: Arc<BundleStore>, make: fn() -> C) -> Self {
-        let generation = bundle.generation();
+        let epoch = session_epoch(bundle.generation(), SystemTime::now(), SESSION_MAX_AGE);
         Self {
             bundle,
-            cache: ArcSwap::from_pointee((generation, make())),
+            cache: ArcSwap::from_pointee((epoch, make())),
             make,
         }
     }
 
-    fn current(&self) -> arc_swap::Guard<Arc<(u64, C)>> {
-        let generation = self.bundle.generation();
+    fn current(&self) -> arc_swap::Guard<Arc<((u64, u64), C)>> {
+        let epoch = session_epoch(self.bundle.generation(), SystemTime::now(), SESSION_MAX_AGE);
         let cache = self.cache.load();
-        if cache.0 == generation {
+        if cache.0 == epoch {
             return cache;
         }
-        self.cache.store(Arc::new((generation, (self.make)())));
+        self.cache.store(Arc::new((epoch, (self.make)())));
         self.cache.load()
     }
 }
@@ -288,7 +306,7 @@ impl<C> TrustBoundSessions<C> {
 impl<C> fmt::Debug for TrustBoundSessions<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TrustBoundSessions")
-            .field("generation", &self.cache.load().0)
+            .field("epoch", &self.cache.load().0)
             .finish()
     }
 }
@@ -543,4 +561,37 @@ pub fn peer_spiffe_id(peer_certificates: Option<&[CertificateDer<'_>]>) -> Optio
     peer_certificates
         .and_then(|c| c.first())
         .and_then(|leaf| spiffe_id_of(leaf).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn session_epochs_turn_over_with_the_bundle_and_the_age_limit() {
+        let age = Duration::from_secs(300);
+        assert_eq!(
+            session_epoch(0, at(600), age),
+            session_epoch(0, at(899), age)
+        );
+        assert_ne!(
+            session_epoch(0, at(899), age),
+            session_epoch(0, at(900), age)
+        );
+        assert_ne!(
+            session_epoch(0, at(600), age),
+            session_epoch(1, at(600), age)
+        );
+        // No session is resumed longer than the age limit.
+        for start in [600, 750, 899] {
+            assert_ne!(
+                session_epoch(0, at(start), age),
+                session_epoch(0, at(start + 300), age)
+            );
+        }
+    }
 }

@@ -320,3 +320,67 @@ async fn a_bundle_with_old_and_new_roots_trusts_both() {
     let err = server.next_handshake().await.unwrap_err();
     assert!(err.contains("does not lead to a root"), "{err}");
 }
+
+/// openssl, a TLS stack we did not write, as the client: it verifies the server's SVID
+/// chain to the bundle, and the server admits it only with an SVID over TLS 1.3.
+#[tokio::test]
+async fn openssl_s_client_as_a_peer() {
+    let pki = TestPki::new("example.org");
+    let (mut server, _) = mesh_server(&pki, &pki.id("default", "orders")).await;
+    let client_id = pki.id("default", "web");
+    let (cert, key) = (pki.dir().join("web.pem"), pki.dir().join("web.key"));
+    pki.svid(&client_id).write(&cert, &key).unwrap();
+    let addr = server.addr.to_string();
+    let bundle = pki.bundle_path();
+
+    let s_client = |extra: &[&str]| {
+        let mut args = vec![
+            "s_client",
+            "-connect",
+            &addr,
+            "-CAfile",
+            bundle.to_str().unwrap(),
+            "-verify_return_error",
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = tokio::process::Command::new("openssl");
+        cmd.args(args).stdin(std::process::Stdio::null());
+        async move {
+            let out = tokio::time::timeout(std::time::Duration::from_secs(20), cmd.output())
+                .await
+                .expect("openssl finishes")
+                .expect("openssl runs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+
+    let with_svid = [
+        "-tls1_3",
+        "-alpn",
+        "h2",
+        "-cert",
+        cert.to_str().unwrap(),
+        "-key",
+        key.to_str().unwrap(),
+    ];
+    let out = s_client(&with_svid).await;
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains("TLSv1.3"), "{out}");
+    assert!(out.contains("ALPN protocol: h2"), "{out}");
+    assert_eq!(server.next_handshake().await, Ok(Some(client_id)));
+
+    s_client(&["-tls1_3"]).await;
+    let err = server.next_handshake().await.unwrap_err();
+    assert!(err.contains("peer sent no certificates"), "{err}");
+
+    let old = [
+        "-tls1_2",
+        "-cert",
+        cert.to_str().unwrap(),
+        "-key",
+        key.to_str().unwrap(),
+    ];
+    s_client(&old).await;
+    let err = server.next_handshake().await.unwrap_err();
+    assert!(err.contains("incompatible"), "{err}");
+}
