@@ -161,7 +161,7 @@ impl BundleStore {
         self.current.load().bundle.clone()
     }
 
-    /// Verifies a peer's chain against the bundle in force, as [`verify_svid_parts`] does,
+    /// Verifies a peer's chain against the bundle in force, as [`crate::verify_svid`] does,
     /// answering from the memo of chains already verified under this bundle when it can.
     pub fn verify(
         &self,

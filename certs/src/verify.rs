@@ -137,17 +137,6 @@ pub fn verify_svid(
     purpose: Purpose,
 ) -> Result<SpiffeId, SvidError> {
     let (leaf, intermediates) = chain.split_first().ok_or(SvidError::EmptyChain)?;
-    verify_svid_parts(leaf, intermediates, bundle, now, purpose)
-}
-
-/// [`verify_svid`] with the leaf and the intermediates apart, as a TLS stack hands them over.
-pub fn verify_svid_parts(
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    bundle: &TrustBundle,
-    now: UnixTime,
-    purpose: Purpose,
-) -> Result<SpiffeId, SvidError> {
     verify_with_window(leaf, intermediates, bundle, now, purpose).map(|v| v.id)
 }
 

@@ -56,7 +56,7 @@ pub struct InspectArgs {
     #[arg(long, value_name = "BUNDLE.pem")]
     bundle: Option<PathBuf>,
     /// The trust domain the SVID must belong to (default: the bundle roots' trust domain).
-    #[arg(long, value_name = "TD", value_parser = parse_trust_domain)]
+    #[arg(long, value_name = "TD", value_parser = parse_trust_domain, requires = "bundle")]
     trust_domain: Option<TrustDomain>,
 }
 
@@ -148,7 +148,12 @@ fn inspect(args: InspectArgs) -> anyhow::Result<Outcome> {
         Err(ago) => format!("expired {} ago", human(ago.duration())),
     };
     println!("time_left:  {left}");
-    println!("subject:    {}", info.subject);
+    let subject = if info.subject.is_empty() {
+        "(empty)"
+    } else {
+        &info.subject
+    };
+    println!("subject:    {subject}");
     println!("issuer:     {}", info.issuer);
     println!("chain:      {} certificate(s)", chain.len());
 
