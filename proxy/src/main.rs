@@ -1,24 +1,97 @@
-//! `ward-proxy`: the data plane binary (sidecar and gateway modes arrive with their issues).
+//! `ward-proxy`: the data-plane binary.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
+use ward_proxy::config::SidecarConfig;
 
 /// ward's data-plane proxy: mutual TLS with SPIFFE identities and per-call authorization.
 #[derive(Debug, Parser)]
 #[command(name = "ward-proxy", version, about)]
-struct Cli {}
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run beside a workload: mTLS for its inbound and outbound traffic.
+    Sidecar {
+        /// YAML configuration; every field can be overridden by WARD_<SECTION>_<FIELD>.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    ward_certs::tls::install_default_provider();
-    match Cli::try_parse() {
-        Ok(Cli {}) => {
-            eprintln!("ward-proxy: no mode given yet; see --help");
-            ExitCode::from(2)
-        }
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ward-proxy: internal error: {info}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
+    };
+    ward_certs::tls::install_default_provider();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Sidecar { config } => {
+            let validated = match SidecarConfig::load(&config, std::env::vars()) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("ward-proxy: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let metrics = match ward_proxy::metrics::install() {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    eprintln!("ward-proxy: metrics: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(validated.config.runtime.worker_threads)
+                .enable_all()
+                .build();
+            let runtime = match runtime {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ward-proxy: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(ward_proxy::sidecar::run(validated, metrics)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ward-proxy: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }

@@ -1,0 +1,141 @@
+//! The admin server: liveness, readiness, metrics, the effective configuration and the
+//! certificates in use. Plain HTTP/1.1 on the admin address (loopback by default).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use ward_certs::{CertInfo, MeshIdentity};
+
+use crate::drain::Drain;
+use crate::readiness::Readiness;
+
+/// What the admin endpoints report on.
+pub struct Admin {
+    pub readiness: Readiness,
+    pub metrics: Option<PrometheusHandle>,
+    /// The effective configuration, rendered once (it holds paths, never key material).
+    pub config_json: String,
+    pub identity: MeshIdentity,
+}
+
+/// Serves the admin endpoints on `listener` until drained.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, drain: Drain) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = drain.signaled() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => {
+            let pending = admin.readiness.pending();
+            let status = if pending.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                status,
+                &json!({ "ready": pending.is_empty(), "pending": pending }),
+            )
+        }
+        "/metrics" => match &admin.metrics {
+            Some(handle) => Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(handle.render())))
+                .unwrap_or_default(),
+            None => text(StatusCode::NOT_FOUND, "metrics are off\n"),
+        },
+        "/config" => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(admin.config_json.clone())))
+            .unwrap_or_default(),
+        "/certs" => json_response(StatusCode::OK, &certs(&admin.identity)),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The served SVID and the trust bundle's roots.
+pub fn certs(identity: &MeshIdentity) -> serde_json::Value {
+    let now = SystemTime::now();
+    let describe = |info: &CertInfo| {
+        json!({
+            "spiffe_id": info.spiffe_id.as_ref().map(ToString::to_string),
+            "subject": info.subject,
+            "serial": info.serial,
+            "not_before": rfc3339(info.not_before),
+            "not_after": rfc3339(info.not_after),
+            "seconds_left": info.time_left(now).as_secs(),
+        })
+    };
+    let chain = identity.svid.current_chain();
+    let svid = chain.first().and_then(|leaf| CertInfo::parse(leaf).ok());
+    let bundle = identity.bundle.current();
+    let roots: Vec<_> = bundle
+        .roots()
+        .filter_map(|r| CertInfo::parse(r).ok())
+        .map(|i| describe(&i))
+        .collect();
+    let mut out = svid.as_ref().map(describe).unwrap_or_else(|| json!({}));
+    out["chain_length"] = json!(chain.len());
+    out["bundle"] = json!({ "trust_domain": bundle.trust_domain().to_string(), "roots": roots });
+    out
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap_or_default()
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(value.to_string())))
+        .unwrap_or_default()
+}

@@ -1,0 +1,114 @@
+//! Sending a request on to its next hop — the peer sidecar or the local app — and carrying
+//! HTTP/1.1 upgrades (WebSocket) through as spliced byte streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+
+use crate::http::Failure;
+use crate::pool::{Dialer, H2Pool};
+
+/// Where requests go next.
+#[derive(Clone)]
+pub enum NextHop {
+    /// HTTP/2, multiplexed over one pooled connection.
+    H2(Arc<H2Pool>),
+    /// HTTP/1.1 with keep-alive connection reuse (the app side).
+    H1(Box<Client<HttpConnector, Incoming>>),
+}
+
+/// A keep-alive HTTP/1.1 client for the local app.
+pub fn app_h1_client(connect_timeout: Duration) -> Client<HttpConnector, Incoming> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
+/// Sends `req` and waits at most `timeout` for the response head.
+pub async fn send(
+    hop: &NextHop,
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    let sent = tokio::time::timeout(timeout, async {
+        match hop {
+            NextHop::H2(pool) => send_h2(pool, req).await,
+            NextHop::H1(client) => client.request(req).await.map_err(|e| {
+                tracing::debug!(error = %e, "app request failed");
+                Failure::Unavailable
+            }),
+        }
+    })
+    .await;
+    sent.unwrap_or(Err(Failure::Timeout))
+}
+
+async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incoming>, Failure> {
+    let mut req = req;
+    // One retry, only for a request the old connection never took (it had just closed).
+    for attempt in 0..2 {
+        let mut sender = pool.sender().await.map_err(|e| {
+            tracing::warn!(error = %e, "upstream connection failed");
+            Failure::Unavailable
+        })?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if attempt == 0 => {
+                    pool.reset();
+                    req = unsent;
+                }
+                _ => {
+                    tracing::debug!(error = %e.error(), "upstream request failed");
+                    return Err(Failure::Unavailable);
+                }
+            },
+        }
+    }
+    Err(Failure::Unavailable)
+}
+
+/// Carries an HTTP/1.1 upgrade request over a connection of its own: the request goes to
+/// the next hop as HTTP/1.1; on `101 Switching Protocols` both sides become one spliced
+/// byte stream, which lives on after this returns.
+pub async fn upgrade(
+    dialer: &Dialer,
+    mut req: Request<Incoming>,
+    timeout: Duration,
+    idle: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    let caller = hyper::upgrade::on(&mut req);
+    let stream = dialer.dial().await.map_err(|e| {
+        tracing::warn!(error = %e, "upgrade connection failed");
+        Failure::Unavailable
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| Failure::Unavailable)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut resp = tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(|_| Failure::Unavailable)?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let callee = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(a), Ok(b)) = (caller.await, callee.await) else {
+                return;
+            };
+            let _ = crate::tcp::splice(TokioIo::new(a), TokioIo::new(b), idle).await;
+        });
+    }
+    Ok(resp)
+}

@@ -1,0 +1,337 @@
+//! Refuses HTTP/1 requests whose framing is ambiguous before the HTTP server sees them.
+//!
+//! A request carrying both `Content-Length` and `Transfer-Encoding` is the classic request
+//! smuggling shape: two parsers may disagree on where it ends. hyper resolves it by dropping
+//! `Content-Length`, which is safe for hyper but hides the attempt; we refuse it outright
+//! (400, connection closed, nothing forwarded). The guard sits between the socket and hyper,
+//! follows each request's framing (head, fixed body, chunked body, trailers) and holds every
+//! head back until it is complete and checked. A head that breaks the rule is replaced by
+//! one hyper cannot parse, so hyper answers 400 and closes — there is one place that writes
+//! error responses. Anything the guard cannot follow (malformed chunking, an upgrade) is
+//! passed through as is; hyper rejects what is malformed.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What replaces a refused head: an invalid method token, which hyper answers with 400.
+const POISON: &[u8] = b"\x00 / HTTP/1.1\r\n\r\n";
+const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Collecting a request head.
+    Head,
+    /// Inside a body of known length.
+    Fixed(u64),
+    /// Reading a chunk-size line.
+    ChunkSize,
+    /// Inside chunk data, then its CRLF.
+    ChunkData(u64),
+    /// Reading trailer lines after the last chunk.
+    Trailers,
+    /// No longer following the framing.
+    Passthrough,
+    /// A refused head was handed over; nothing more is read.
+    Refused,
+}
+
+/// Why a head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    ContentLengthWithTransferEncoding,
+}
+
+/// The framing decision for one complete head.
+fn judge(head: &[u8]) -> Result<Option<(usize, State)>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(head) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        // Malformed: hyper will refuse it itself.
+        Err(_) => return Ok(Some((head.len(), State::Passthrough))),
+    };
+    let mut content_length = false;
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    let mut upgrade = req.method == Some("CONNECT");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            content_length = true;
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if content_length && chunked.is_some() {
+        return Err(Refusal::ContentLengthWithTransferEncoding);
+    }
+    let next = match (upgrade, chunked, content_length, length) {
+        (true, ..) => State::Passthrough,
+        (false, Some(true), ..) => State::ChunkSize,
+        // A final encoding other than chunked: hyper refuses the request.
+        (false, Some(false), ..) => State::Passthrough,
+        (false, None, false, _) | (false, None, true, Some(0)) => State::Head,
+        (false, None, true, Some(n)) => State::Fixed(n),
+        // Unparseable length: hyper refuses the request.
+        (false, None, true, None) => State::Passthrough,
+    };
+    Ok(Some((len, next)))
+}
+
+/// Wraps the app- or peer-facing stream of an HTTP/1 server connection.
+pub struct H1Guard<S> {
+    inner: S,
+    state: State,
+    /// Bytes read but not yet judged (a partial head or line).
+    pending: BytesMut,
+    /// Bytes judged and ready for hyper.
+    ready: BytesMut,
+    max_head: usize,
+    eof: bool,
+    refused: Option<Refusal>,
+}
+
+impl<S> H1Guard<S> {
+    pub fn new(inner: S, max_head: usize) -> Self {
+        Self {
+            inner,
+            state: State::Head,
+            pending: BytesMut::new(),
+            ready: BytesMut::new(),
+            max_head,
+            eof: false,
+            refused: None,
+        }
+    }
+
+    /// Set once a request was refused on this connection.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refused
+    }
+
+    /// Moves as many pending bytes as the framing allows into `ready`.
+    fn advance(&mut self) {
+        loop {
+            if self.pending.is_empty() {
+                return;
+            }
+            match self.state.clone() {
+                State::Passthrough => {
+                    let all = self.pending.split();
+                    self.ready.extend_from_slice(&all);
+                    return;
+                }
+                State::Refused => {
+                    self.pending.clear();
+                    return;
+                }
+                State::Head => match judge(&self.pending) {
+                    Ok(Some((len, next))) => {
+                        let head = self.pending.split_to(len);
+                        self.ready.extend_from_slice(&head);
+                        self.state = next;
+                    }
+                    Ok(None) => {
+                        if self.pending.len() > self.max_head {
+                            // Too large for us to hold: hand it over, hyper answers 431.
+                            self.state = State::Passthrough;
+                            continue;
+                        }
+                        return;
+                    }
+                    Err(refusal) => {
+                        self.pending.clear();
+                        self.ready.extend_from_slice(POISON);
+                        self.state = State::Refused;
+                        self.refused = Some(refusal);
+                        return;
+                    }
+                },
+                State::Fixed(n) => {
+                    let take = (n as usize).min(self.pending.len());
+                    let body = self.pending.split_to(take);
+                    self.ready.extend_from_slice(&body);
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Fixed(left)
+                    };
+                }
+                State::ChunkSize => {
+                    let Some(end) = self.pending.iter().position(|&b| b == b'\n') else {
+                        if self.pending.len() > 1024 {
+                            self.state = State::Passthrough;
+                            continue;
+                        }
+                        return;
+                    };
+                    let line = self.pending.split_to(end + 1);
+                    let size = parse_chunk_size(&line);
+                    self.ready.extend_from_slice(&line);
+                    self.state = match size {
+                        Some(0) => State::Trailers,
+                        // Data plus its CRLF.
+                        Some(n) => State::ChunkData(n + 2),
+                        None => State::Passthrough,
+                    };
+                }
+                State::ChunkData(n) => {
+                    let take = (n.min(self.pending.len() as u64)) as usize;
+                    let data = self.pending.split_to(take);
+                    self.ready.extend_from_slice(&data);
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::ChunkSize
+                    } else {
+                        State::ChunkData(left)
+                    };
+                }
+                State::Trailers => {
+                    let Some(end) = self.pending.iter().position(|&b| b == b'\n') else {
+                        if self.pending.len() > self.max_head {
+                            self.state = State::Passthrough;
+                            continue;
+                        }
+                        return;
+                    };
+                    let line = self.pending.split_to(end + 1);
+                    let blank = line.as_ref() == b"\r\n" || line.as_ref() == b"\n";
+                    self.ready.extend_from_slice(&line);
+                    if blank {
+                        self.state = State::Head;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let hex = line.split(|&b| b == b';').next()?.trim_ascii();
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof || this.state == State::Refused {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    if rb.filled().is_empty() {
+                        this.eof = true;
+                        // Whatever is left unjudged goes to hyper, which sees it truncated.
+                        let rest = this.pending.split();
+                        this.ready.extend_from_slice(&rest);
+                    } else {
+                        this.pending.extend_from_slice(rb.filled());
+                        this.advance();
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn through(input: &[u8]) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut guard = H1Guard::new(server, 64 * 1024);
+        let mut out = Vec::new();
+        guard.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn well_framed_requests_pass_unchanged() {
+        let input: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+POST /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+GET /z HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(through(input).await, input);
+    }
+
+    #[tokio::test]
+    async fn content_length_with_transfer_encoding_is_refused() {
+        for smuggle in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 4\r\n\r\n",
+        ] {
+            assert_eq!(through(smuggle).await, POISON);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_smuggled_request_hidden_in_a_body_is_never_judged_as_a_head() {
+        // The body of the first request contains what looks like a CL+TE head; it is body.
+        let input: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 64\r\n\r\n\
+POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n";
+        let out = through(input).await;
+        assert_eq!(out, input, "body bytes pass as body");
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a\r\n"), Some(26));
+        assert_eq!(parse_chunk_size(b"0;ext=1\r\n"), Some(0));
+        assert_eq!(parse_chunk_size(b"zz\r\n"), None);
+        assert_eq!(parse_chunk_size(b"\r\n"), None);
+    }
+}

@@ -1,0 +1,185 @@
+//! What the inbound and outbound HTTP paths share: hop-by-hop header rules, error
+//! responses that say nothing about the cause, and the server settings that enforce limits.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use crate::config::Limits;
+
+/// Body of a response handed back to a caller: the upstream's, or one we made.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Set by the outbound sidecar when the app spoke HTTP/1.x, so that the inbound sidecar,
+/// receiving the request over HTTP/2, speaks HTTP/1.1 to its app too (`protocol: auto`).
+pub const ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("x-ward-original-protocol");
+pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-ward-peer-identity");
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Headers that describe one hop's connection and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names. `te` survives
+/// only as `te: trailers`, which gRPC needs end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let trailers_only = headers
+        .get_all(header::TE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !trailers_only {
+        headers.remove(header::TE);
+    }
+}
+
+/// Whether a request asks to switch protocols (WebSocket and the like) over HTTP/1.1.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Why a request could not be carried; each maps to one status and nothing else reaches the
+/// caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The upstream could not be reached, refused us, or was not who it must be.
+    Unavailable,
+    /// The upstream did not answer in time.
+    Timeout,
+    /// The request itself is malformed.
+    BadRequest,
+    /// Authorization said no.
+    Forbidden,
+}
+
+/// The response for a failure: plain HTTP status, or for gRPC a trailers-only response with
+/// the matching `grpc-status`. Bodies are fixed words, never internal detail.
+pub fn failure_response(failure: Failure, grpc: bool) -> Response<Body> {
+    let (status, grpc_status, text) = match failure {
+        Failure::Unavailable => (StatusCode::BAD_GATEWAY, "14", "upstream unavailable\n"),
+        Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "4", "upstream timeout\n"),
+        Failure::BadRequest => (StatusCode::BAD_REQUEST, "13", "bad request\n"),
+        Failure::Forbidden => (StatusCode::FORBIDDEN, "7", "forbidden"),
+    };
+    let mut response = if grpc {
+        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static(grpc_status));
+        r
+    } else {
+        let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
+            text.as_bytes(),
+        ))));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    response.headers_mut().remove(header::CONNECTION);
+    response
+}
+
+/// The HTTP server for app (outbound) and peer (inbound) connections, with every limit set.
+pub fn server(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper needs at least 8 KiB; past this the head is refused with 431.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): a peer whose reset streams pile up gets GOAWAY.
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .adaptive_window(true);
+    builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_go() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["te", "x-kept"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "te other than trailers is hop-by-hop");
+    }
+
+    #[test]
+    fn failures_say_nothing_but_the_status() {
+        let r = failure_response(Failure::Unavailable, false);
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let r = failure_response(Failure::Timeout, true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "4");
+        let r = failure_response(Failure::Forbidden, true);
+        assert_eq!(r.headers()["grpc-status"], "7");
+    }
+}

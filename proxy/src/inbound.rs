@@ -1,0 +1,316 @@
+//! The inbound side: mutual TLS from peers, authorization, then plaintext to the local app.
+//!
+//! The peer must present an SVID of our trust domain; its SPIFFE ID is what authorization
+//! sees and what the app is told, in headers the peer cannot forge (any it sent are
+//! removed). ALPN says how the peer speaks: `h2` (ward sidecars, and SPIFFE-aware peers such
+//! as Envoy), `http/1.1`, or `ward-tcp/1` for opaque TCP. The app is spoken to in the
+//! protocol it speaks: fixed by config, or with `auto` the one the original caller used.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use ward_certs::{MeshIdentity, SpiffeId};
+
+use crate::authz::{Authorizer, Decision};
+use crate::config::{Inbound as InboundConfig, Limits, Protocol};
+use crate::drain::Drain;
+use crate::forward::{self, NextHop};
+use crate::h1guard::H1Guard;
+use crate::http::{
+    Body, Failure, ORIGINAL_PROTOCOL, PEER_IDENTITY, XFCC, failure_response, is_grpc, is_upgrade,
+};
+use crate::idle::{Activity, Tracked};
+use crate::listener::{Servers, serve_http};
+use crate::metrics::{self, Direction, OpenConnection};
+use crate::outbound::{
+    ALPN_H2, ALPN_HTTP1, ALPN_TCP, authority_of, from_upstream, keep_upgrade_headers,
+};
+use crate::pool::{Dialer, H2Pool};
+
+/// A verified peer: its SPIFFE ID, and the same as text for headers, metrics and logs.
+pub struct Peer {
+    pub id: SpiffeId,
+    pub name: String,
+}
+
+/// One inbound listener's state.
+pub struct Inbound {
+    app: SocketAddr,
+    protocol: Protocol,
+    own_id: String,
+    acceptor: TlsAcceptor,
+    authz: Authorizer,
+    app_h1: NextHop,
+    app_h2: NextHop,
+    app_dialer: Dialer,
+    limits: Limits,
+    servers: Servers,
+    access_log: bool,
+}
+
+impl Inbound {
+    pub fn new(
+        config: &InboundConfig,
+        own_id: &SpiffeId,
+        identity: &MeshIdentity,
+        authz: Authorizer,
+        limits: &Limits,
+        servers: Servers,
+        access_log: bool,
+    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+        let tls = identity.server_config(&[ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
+        let app_dialer = Dialer::Tcp {
+            addr: config.app,
+            timeout: limits.connect_timeout,
+        };
+        Ok(Arc::new(Self {
+            app: config.app,
+            protocol: config.protocol,
+            own_id: own_id.to_string(),
+            acceptor: TlsAcceptor::from(tls),
+            authz,
+            app_h1: NextHop::H1(Box::new(forward::app_h1_client(limits.connect_timeout))),
+            app_h2: NextHop::H2(Arc::new(H2Pool::new(app_dialer.clone()))),
+            app_dialer,
+            limits: limits.clone(),
+            servers,
+            access_log,
+        }))
+    }
+
+    /// Handles one connection from a peer.
+    pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain) {
+        let _open = OpenConnection::new(Direction::Inbound);
+        let activity = Activity::new();
+        let handshake = self.acceptor.accept(Tracked::new(tcp, activity.clone()));
+        let tls = match tokio::time::timeout(self.limits.header_read_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics::handshake(Direction::Inbound, handshake_failure(&e));
+                tracing::debug!(error = %e, "inbound TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics::handshake(Direction::Inbound, "timeout");
+                return;
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        let Some(peer) = ward_certs::tls::peer_spiffe_id(conn.peer_certificates()) else {
+            metrics::handshake(Direction::Inbound, "bad_certificate");
+            return;
+        };
+        metrics::handshake(Direction::Inbound, "ok");
+        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        if self.authz.connection(&peer) == Decision::Deny {
+            tracing::info!(target: "ward::audit", %peer, decision = "deny", "connection refused");
+            return;
+        }
+        let peer = Arc::new(Peer {
+            name: peer.to_string(),
+            id: peer,
+        });
+        if self.protocol == Protocol::Tcp || alpn.as_deref() == Some(ALPN_TCP) {
+            return self.splice(tls, &peer.id).await;
+        }
+        let this = self.clone();
+        let p = peer.clone();
+        let service = move |req| {
+            let this = this.clone();
+            let peer = p.clone();
+            async move { this.request(req, &peer).await }
+        };
+        let idle = self.limits.idle_timeout;
+        match alpn.as_deref() {
+            Some(ALPN_H2) => {
+                serve_http(&self.servers.http2, tls, service, &drain, &activity, idle).await
+            }
+            Some(ALPN_HTTP1) => {
+                let io = H1Guard::new(tls, self.limits.max_header_bytes);
+                serve_http(&self.servers.http1, io, service, &drain, &activity, idle).await
+            }
+            _ => {
+                let io = H1Guard::new(tls, self.limits.max_header_bytes);
+                serve_http(&self.servers.auto, io, service, &drain, &activity, idle).await
+            }
+        }
+    }
+
+    async fn splice<S>(&self, peer_stream: S, peer: &SpiffeId)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let started = Instant::now();
+        let app = match self.app_dialer.dial().await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::warn!(app = %self.app, error = %e, "inbound TCP: app unavailable");
+                return;
+            }
+        };
+        match crate::tcp::splice(peer_stream, app, self.limits.idle_timeout).await {
+            Ok(carried) => {
+                metrics::tcp_bytes(Direction::Inbound, carried.a_to_b + carried.b_to_a);
+                if self.access_log {
+                    tracing::info!(target: "ward::access", direction = "inbound", protocol = "tcp",
+                        %peer, bytes_received = carried.a_to_b, bytes_sent = carried.b_to_a,
+                        duration_ms = started.elapsed().as_millis() as u64);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "inbound TCP ended"),
+        }
+    }
+
+    async fn request(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(&req);
+        let caller_http1 = req.version() != Version::HTTP_2;
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let (parts, body) = req.into_parts();
+        let decision = self.authz.request(&peer.id, &parts);
+        let req = Request::from_parts(parts, body);
+        let (response, protocol) = if decision == Decision::Deny {
+            (failure_response(Failure::Forbidden, grpc), "http")
+        } else {
+            self.forward(req, peer, grpc, caller_http1).await
+        };
+        let elapsed = started.elapsed();
+        metrics::request(
+            Direction::Inbound,
+            protocol,
+            &peer.name,
+            response.status().as_u16(),
+            elapsed,
+        );
+        if self.access_log {
+            tracing::info!(target: "ward::access", direction = "inbound", protocol, peer = %peer.name,
+                %method, path, status = response.status().as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0);
+        }
+        response
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+        grpc: bool,
+        caller_http1: bool,
+    ) -> (Response<Body>, &'static str) {
+        set_identity_headers(req.headers_mut(), peer, &self.own_id);
+        if caller_http1 && is_upgrade(&req) {
+            let req = keep_upgrade_headers(req);
+            let result = forward::upgrade(
+                &self.app_dialer,
+                req,
+                self.limits.request_timeout,
+                self.limits.idle_timeout,
+            )
+            .await;
+            return match result {
+                Ok(resp) => (from_upstream(resp, true), "http1"),
+                Err(f) => (failure_response(f, grpc), "http1"),
+            };
+        }
+        let app_http1 = match self.protocol {
+            Protocol::Http1 => true,
+            Protocol::Http2 | Protocol::Grpc => false,
+            Protocol::Auto | Protocol::Tcp => {
+                let original = req.headers().get(ORIGINAL_PROTOCOL);
+                match original {
+                    Some(v) => v.as_bytes() == b"http/1.1",
+                    None => caller_http1,
+                }
+            }
+        };
+        let protocol = if grpc {
+            "grpc"
+        } else if app_http1 {
+            "http1"
+        } else {
+            "http2"
+        };
+        let result = match to_app_request(req, self.app, app_http1) {
+            Ok(req) if app_http1 => {
+                forward::send(&self.app_h1, req, self.limits.request_timeout).await
+            }
+            Ok(req) => forward::send(&self.app_h2, req, self.limits.request_timeout).await,
+            Err(f) => Err(f),
+        };
+        let response = match result {
+            Ok(resp) => from_upstream(resp, caller_http1),
+            Err(f) => failure_response(f, grpc),
+        };
+        (response, protocol)
+    }
+}
+
+/// Replaces whatever identity headers the peer sent with the verified ones.
+fn set_identity_headers(headers: &mut http::HeaderMap, peer: &Peer, own_id: &str) {
+    headers.remove(PEER_IDENTITY);
+    headers.remove(XFCC);
+    if let Ok(v) = HeaderValue::from_str(&peer.name) {
+        headers.insert(PEER_IDENTITY, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("By={own_id};URI={}", peer.name)) {
+        headers.insert(XFCC, v);
+    }
+}
+
+/// Rewrites a request for the app: HTTP/1.1 with a Host header, or HTTP/2 with :authority.
+fn to_app_request(
+    mut req: Request<Incoming>,
+    app: SocketAddr,
+    app_http1: bool,
+) -> Result<Request<Incoming>, Failure> {
+    let authority = authority_of(&req).unwrap_or_else(|| app.to_string());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let connect_to = if app_http1 {
+        app.to_string()
+    } else {
+        authority.clone()
+    };
+    *req.uri_mut() = Uri::builder()
+        .scheme("http")
+        .authority(connect_to.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Failure::BadRequest)?;
+    let headers = req.headers_mut();
+    crate::http::strip_hop_by_hop(headers);
+    headers.remove(ORIGINAL_PROTOCOL);
+    if app_http1 {
+        let host = HeaderValue::from_str(&authority).map_err(|_| Failure::BadRequest)?;
+        headers.insert(header::HOST, host);
+        *req.version_mut() = Version::HTTP_11;
+    } else {
+        headers.remove(header::HOST);
+        *req.version_mut() = Version::HTTP_2;
+    }
+    Ok(req)
+}
+
+/// A metrics label for a failed inbound handshake.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "error",
+        None => "error",
+    }
+}

@@ -1,0 +1,142 @@
+//! The sidecar's metrics: names, labels and the Prometheus recorder behind `/metrics`.
+//!
+//! Label values are `&'static str` wherever the set is closed (direction, protocol, result)
+//! so recording allocates only for the peer identity.
+
+use std::time::{Duration, SystemTime};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "ward_requests_total";
+pub const REQUEST_DURATION: &str = "ward_request_duration_seconds";
+pub const TCP_CONNECTIONS_OPEN: &str = "ward_tcp_connections_open";
+pub const TCP_BYTES_TOTAL: &str = "ward_tcp_bytes_total";
+pub const TLS_HANDSHAKES_TOTAL: &str = "ward_tls_handshakes_total";
+pub const CERT_EXPIRY: &str = "ward_cert_expiry_timestamp_seconds";
+pub const PROTOCOL_DETECT_TOTAL: &str = "ward_protocol_detect_total";
+
+/// Latency buckets, seconds: sub-millisecond to a minute.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Which way traffic flows through this sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Installs the process-wide recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe_counter!(REQUESTS_TOTAL, "HTTP requests and gRPC calls handled");
+    describe_histogram!(
+        REQUEST_DURATION,
+        "Time from request received to response headers"
+    );
+    describe_gauge!(TCP_CONNECTIONS_OPEN, "Connections currently open");
+    describe_counter!(TCP_BYTES_TOTAL, "Bytes carried by opaque TCP connections");
+    describe_counter!(TLS_HANDSHAKES_TOTAL, "mTLS handshakes by result");
+    describe_gauge!(CERT_EXPIRY, "notAfter of the served SVID, Unix seconds");
+    describe_counter!(
+        PROTOCOL_DETECT_TOTAL,
+        "Protocol detection outcomes on outbound connections"
+    );
+    Ok(handle)
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// One finished request.
+pub fn request(
+    direction: Direction,
+    protocol: &'static str,
+    peer: &str,
+    status: u16,
+    elapsed: Duration,
+) {
+    counter!(
+        REQUESTS_TOTAL,
+        "direction" => direction.label(),
+        "protocol" => protocol,
+        "peer" => peer.to_owned(),
+        "status_class" => status_class(status)
+    )
+    .increment(1);
+    histogram!(REQUEST_DURATION, "direction" => direction.label(), "protocol" => protocol)
+        .record(elapsed.as_secs_f64());
+}
+
+/// One TLS handshake; `result` is `ok`, `identity_mismatch`, `bad_certificate`, `error`, ….
+pub fn handshake(direction: Direction, result: &'static str) {
+    counter!(TLS_HANDSHAKES_TOTAL, "direction" => direction.label(), "result" => result)
+        .increment(1);
+}
+
+pub fn detected(result: &'static str) {
+    counter!(PROTOCOL_DETECT_TOTAL, "result" => result).increment(1);
+}
+
+pub fn tcp_bytes(direction: Direction, bytes: u64) {
+    counter!(TCP_BYTES_TOTAL, "direction" => direction.label()).increment(bytes);
+}
+
+pub fn cert_expiry(not_after: SystemTime) {
+    let secs = not_after
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    gauge!(CERT_EXPIRY).set(secs);
+}
+
+/// Counts one open connection for as long as it lives.
+#[derive(Debug)]
+pub struct OpenConnection(Direction);
+
+impl OpenConnection {
+    pub fn new(direction: Direction) -> Self {
+        gauge!(TCP_CONNECTIONS_OPEN, "direction" => direction.label()).increment(1.0);
+        Self(direction)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        gauge!(TCP_CONNECTIONS_OPEN, "direction" => self.0.label()).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_classes() {
+        assert_eq!(super::status_class(204), "2xx");
+        assert_eq!(super::status_class(431), "4xx");
+        assert_eq!(super::status_class(504), "5xx");
+        assert_eq!(super::status_class(101), "1xx");
+    }
+}

@@ -1,0 +1,279 @@
+//! The outbound side: plaintext from the local app, mutual TLS to the peer sidecar.
+//!
+//! Each connection's protocol is detected (or fixed by config). HTTP — whether the app
+//! speaks HTTP/1.1 or HTTP/2 — is carried to the peer over one pooled HTTP/2 connection;
+//! HTTP/1.1 upgrades get a connection of their own; anything else is spliced as opaque TCP.
+//! The peer must present exactly the configured SPIFFE ID or nothing is sent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use ward_certs::{ExpectedPeer, MeshIdentity, SpiffeId};
+
+use crate::config::{Limits, Outbound as OutboundConfig, Protocol};
+use crate::detect::{self, Detected, Prefixed};
+use crate::drain::Drain;
+use crate::forward::{self, NextHop};
+use crate::h1guard::H1Guard;
+use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, failure_response, is_grpc, is_upgrade};
+use crate::idle::{Activity, Tracked};
+use crate::listener::{Servers, serve_http};
+use crate::metrics::{self, Direction, OpenConnection};
+use crate::pool::{Dialer, H2Pool};
+
+/// ALPN for opaque TCP between sidecars.
+pub const ALPN_TCP: &[u8] = b"ward-tcp/1";
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// One outbound listener's forwarding state.
+pub struct Outbound {
+    listen: SocketAddr,
+    protocol: Protocol,
+    server_identity: SpiffeId,
+    /// `server_identity` as text, for metrics and logs.
+    server_name: String,
+    limits: Limits,
+    h2: NextHop,
+    upgrade: Dialer,
+    tcp: Dialer,
+    servers: Servers,
+    access_log: bool,
+}
+
+impl Outbound {
+    pub fn new(
+        config: &OutboundConfig,
+        server_identity: SpiffeId,
+        identity: &MeshIdentity,
+        limits: &Limits,
+        servers: Servers,
+        access_log: bool,
+    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+        let dialer = |alpn: &[u8]| -> Result<Dialer, ward_certs::tls::TlsConfigError> {
+            Ok(Dialer::Mesh {
+                addr: config.upstream,
+                timeout: limits.connect_timeout,
+                tls: identity
+                    .client_config(ExpectedPeer::Exact(server_identity.clone()), &[alpn])?,
+            })
+        };
+        Ok(Arc::new(Self {
+            listen: config.listen,
+            protocol: config.protocol,
+            h2: NextHop::H2(Arc::new(H2Pool::new(dialer(ALPN_H2)?))),
+            upgrade: dialer(ALPN_HTTP1)?,
+            tcp: dialer(ALPN_TCP)?,
+            server_name: server_identity.to_string(),
+            server_identity,
+            limits: limits.clone(),
+            servers,
+            access_log,
+        }))
+    }
+
+    /// Handles one connection from the app.
+    pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain) {
+        let _open = OpenConnection::new(Direction::Outbound);
+        let activity = Activity::new();
+        let mut io = Tracked::new(tcp, activity.clone());
+        let (detected, prefix) = match self.protocol {
+            Protocol::Tcp => (Detected::Tcp, Default::default()),
+            Protocol::Http1 => (Detected::Http1, Default::default()),
+            Protocol::Http2 | Protocol::Grpc => (Detected::Http2, Default::default()),
+            Protocol::Auto => match detect::detect(&mut io, self.limits.detect_timeout).await {
+                Ok((d, prefix)) => {
+                    metrics::detected(if d == Detected::Tcp && prefix.is_empty() {
+                        "timeout"
+                    } else {
+                        d.label()
+                    });
+                    (d, prefix)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbound connection failed before detection");
+                    return;
+                }
+            },
+        };
+        let io = Prefixed::new(prefix, io);
+        match detected {
+            Detected::Tcp => self.splice(io).await,
+            Detected::Http1 => {
+                let this = self.clone();
+                let service = move |req| {
+                    let this = this.clone();
+                    async move { this.request(req, true).await }
+                };
+                let io = H1Guard::new(io, self.limits.max_header_bytes);
+                serve_http(
+                    &self.servers.http1,
+                    io,
+                    service,
+                    &drain,
+                    &activity,
+                    self.limits.idle_timeout,
+                )
+                .await;
+            }
+            Detected::Http2 => {
+                let this = self.clone();
+                let service = move |req| {
+                    let this = this.clone();
+                    async move { this.request(req, false).await }
+                };
+                serve_http(
+                    &self.servers.http2,
+                    io,
+                    service,
+                    &drain,
+                    &activity,
+                    self.limits.idle_timeout,
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn splice(&self, app: Prefixed<Tracked<TcpStream>>) {
+        let started = Instant::now();
+        let upstream = match self.tcp.dial().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(listen = %self.listen, error = %e, "outbound TCP: upstream unavailable");
+                return;
+            }
+        };
+        match crate::tcp::splice(app, upstream, self.limits.idle_timeout).await {
+            Ok(carried) => {
+                metrics::tcp_bytes(Direction::Outbound, carried.a_to_b + carried.b_to_a);
+                if self.access_log {
+                    tracing::info!(target: "ward::access", direction = "outbound", protocol = "tcp",
+                        peer = %self.server_identity, bytes_sent = carried.a_to_b,
+                        bytes_received = carried.b_to_a, duration_ms = started.elapsed().as_millis() as u64);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "outbound TCP ended"),
+        }
+    }
+
+    async fn request(&self, req: Request<Incoming>, app_http1: bool) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(&req);
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let result = if app_http1 && is_upgrade(&req) {
+            let req = keep_upgrade_headers(req);
+            forward::upgrade(
+                &self.upgrade,
+                req,
+                self.limits.request_timeout,
+                self.limits.idle_timeout,
+            )
+            .await
+        } else {
+            match to_mesh_request(req, app_http1) {
+                Ok(req) => forward::send(&self.h2, req, self.limits.request_timeout).await,
+                Err(f) => Err(f),
+            }
+        };
+        let response = match result {
+            Ok(resp) => from_upstream(resp, app_http1),
+            Err(f) => failure_response(f, grpc),
+        };
+        let protocol = if grpc {
+            "grpc"
+        } else if app_http1 {
+            "http1"
+        } else {
+            "http2"
+        };
+        let elapsed = started.elapsed();
+        metrics::request(
+            Direction::Outbound,
+            protocol,
+            &self.server_name,
+            response.status().as_u16(),
+            elapsed,
+        );
+        if self.access_log {
+            tracing::info!(target: "ward::access", direction = "outbound", protocol,
+                peer = %self.server_identity, %method, path, status = response.status().as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0);
+        }
+        response
+    }
+}
+
+/// Rewrites an app request for the HTTP/2 hop between sidecars.
+fn to_mesh_request(
+    mut req: Request<Incoming>,
+    app_http1: bool,
+) -> Result<Request<Incoming>, Failure> {
+    let authority = authority_of(&req).ok_or(Failure::BadRequest)?;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    *req.uri_mut() = Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Failure::BadRequest)?;
+    let headers = req.headers_mut();
+    crate::http::strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    if app_http1 {
+        headers.insert(ORIGINAL_PROTOCOL, HeaderValue::from_static("http/1.1"));
+    } else {
+        headers.remove(ORIGINAL_PROTOCOL);
+    }
+    *req.version_mut() = Version::HTTP_2;
+    Ok(req)
+}
+
+/// The request's authority: from the URI (HTTP/2, absolute-form) or the Host header.
+pub fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+}
+
+/// Keeps `Connection: upgrade` and `Upgrade` for the hop that carries the upgrade; strips
+/// the other hop-by-hop headers.
+pub fn keep_upgrade_headers<B>(mut req: Request<B>) -> Request<B> {
+    let upgrade = req.headers().get(header::UPGRADE).cloned();
+    crate::http::strip_hop_by_hop(req.headers_mut());
+    if let Some(upgrade) = upgrade {
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, upgrade);
+    }
+    req
+}
+
+/// Prepares a response from the next hop for the caller.
+pub fn from_upstream(resp: Response<Incoming>, caller_http1: bool) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        crate::http::strip_hop_by_hop(&mut parts.headers);
+    }
+    parts.headers.remove(ORIGINAL_PROTOCOL);
+    if caller_http1 {
+        parts.version = Version::HTTP_11;
+    }
+    Response::from_parts(parts, Either::Left(body))
+}

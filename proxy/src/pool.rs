@@ -1,0 +1,205 @@
+//! Connections towards an upstream: mTLS to a peer sidecar, or plain TCP to the local app,
+//! and a pool that multiplexes every HTTP request to one destination over a shared HTTP/2
+//! connection.
+//!
+//! The request path only loads the current connection's sender from an `ArcSwap`; the mutex
+//! is taken only to (re)connect, so concurrent requests never queue behind a lock, and a
+//! burst after a connection drops opens one new connection, not one per request.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use ward_certs::SvidError;
+use ward_certs::tls::{BrokenRule, mesh_server_name};
+
+use crate::metrics::{self, Direction};
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("connect to {addr}: timed out")]
+    Timeout { addr: SocketAddr },
+    #[error("TLS to {addr}: peer is not the expected identity: {rule}")]
+    Identity { addr: SocketAddr, rule: String },
+    #[error("TLS to {addr}: peer certificate refused: {rule}")]
+    BadCertificate { addr: SocketAddr, rule: String },
+    #[error("TLS to {addr}: {source}")]
+    Tls { addr: SocketAddr, source: io::Error },
+    #[error("HTTP/2 handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+/// A byte stream to an upstream, whatever carries it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+pub type BoxStream = Box<dyn Stream>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<BoxStream, ConnectError>> + Send>>;
+
+/// How to reach one destination.
+#[derive(Clone)]
+pub enum Dialer {
+    /// Plain TCP (the local app).
+    Tcp { addr: SocketAddr, timeout: Duration },
+    /// mTLS to a peer sidecar with a client config that pins its identity and ALPN.
+    Mesh {
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Arc<ClientConfig>,
+    },
+}
+
+impl Dialer {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Dialer::Tcp { addr, .. } | Dialer::Mesh { addr, .. } => *addr,
+        }
+    }
+
+    pub fn dial(&self) -> ConnectFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            match this {
+                Dialer::Tcp { addr, timeout } => {
+                    let tcp = tcp_connect(addr, timeout).await?;
+                    Ok(Box::new(tcp) as BoxStream)
+                }
+                Dialer::Mesh { addr, timeout, tls } => {
+                    let tcp = tcp_connect(addr, timeout).await?;
+                    let handshake = TlsConnector::from(tls).connect(mesh_server_name(), tcp);
+                    match tokio::time::timeout(timeout, handshake).await {
+                        Err(_) => {
+                            metrics::handshake(Direction::Outbound, "timeout");
+                            Err(ConnectError::Timeout { addr })
+                        }
+                        Ok(Err(e)) => {
+                            let err = classify_tls_error(addr, e);
+                            let label = match err {
+                                ConnectError::Identity { .. } => "identity_mismatch",
+                                ConnectError::BadCertificate { .. } => "bad_certificate",
+                                _ => "error",
+                            };
+                            metrics::handshake(Direction::Outbound, label);
+                            Err(err)
+                        }
+                        Ok(Ok(tls)) => {
+                            metrics::handshake(Direction::Outbound, "ok");
+                            Ok(Box::new(tls) as BoxStream)
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout { addr })?
+        .map_err(|source| ConnectError::Io { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Tells an upstream that is not who it must be from other TLS failures.
+fn classify_tls_error(addr: SocketAddr, e: io::Error) -> ConnectError {
+    let rule = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                other.0.downcast_ref::<BrokenRule>().map(|b| b.0.clone())
+            }
+            _ => None,
+        });
+    match rule {
+        Some(rule @ SvidError::UnexpectedPeer { .. }) => ConnectError::Identity {
+            addr,
+            rule: rule.to_string(),
+        },
+        Some(rule) => ConnectError::BadCertificate {
+            addr,
+            rule: rule.to_string(),
+        },
+        None => ConnectError::Tls { addr, source: e },
+    }
+}
+
+/// One shared HTTP/2 connection to a destination, reopened on demand.
+pub struct H2Pool {
+    dialer: Dialer,
+    current: ArcSwapOption<http2::SendRequest<Incoming>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Pool {
+    pub fn new(dialer: Dialer) -> Self {
+        Self {
+            dialer,
+            current: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A sender on a live connection, connecting if there is none.
+    pub async fn sender(&self) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+        if let Some(s) = self.live() {
+            return Ok(s);
+        }
+        let _guard = self.connecting.lock().await;
+        if let Some(s) = self.live() {
+            return Ok(s);
+        }
+        let stream = self.dialer.dial().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                addr: self.dialer.addr(),
+                source,
+            })?;
+        let addr = self.dialer.addr();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection ended");
+            }
+        });
+        self.current.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    fn live(&self) -> Option<http2::SendRequest<Incoming>> {
+        self.current
+            .load()
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .map(|s| (**s).clone())
+    }
+
+    /// Forgets the current connection (after it failed), so the next request reconnects.
+    pub fn reset(&self) {
+        self.current.store(None);
+    }
+}

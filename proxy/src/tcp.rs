@@ -1,0 +1,36 @@
+//! Opaque TCP: copy both ways until both sides are done. An EOF from one side becomes a
+//! shutdown of the write half towards the other (a TLS close_notify between sidecars), so a
+//! client that half-closes still receives the rest of the server's reply.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::idle::{Activity, Tracked};
+
+/// Bytes carried each way.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Carried {
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+}
+
+/// Splices `a` and `b` until both directions end, an error, or `idle` with no traffic.
+pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> io::Result<Carried>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let mut a = Tracked::new(a, activity.clone());
+    let mut b = Tracked::new(b, activity.clone());
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => {
+            copied.map(|(a_to_b, b_to_a)| Carried { a_to_b, b_to_a })
+        }
+        _ = activity.idle_for(idle) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
+        }
+    }
+}
