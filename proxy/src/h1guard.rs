@@ -9,10 +9,17 @@
 //! one hyper cannot parse, so hyper answers 400 and closes — there is one place that writes
 //! error responses. Anything the guard cannot follow (malformed chunking, an upgrade) is
 //! passed through as is; hyper rejects what is malformed.
+//!
+//! Because heads are held back, hyper's own header-read timer would never see a slow head;
+//! the guard therefore enforces the header read timeout itself: a head not complete within
+//! it ends the connection (slowloris).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use std::future::Future;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -99,10 +106,13 @@ pub struct H1Guard<S> {
     max_head: usize,
     eof: bool,
     refused: Option<Refusal>,
+    header_timeout: Duration,
+    /// Armed while a head is incomplete.
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> H1Guard<S> {
-    pub fn new(inner: S, max_head: usize) -> Self {
+    pub fn new(inner: S, max_head: usize, header_timeout: Duration) -> Self {
         Self {
             inner,
             state: State::Head,
@@ -111,6 +121,20 @@ impl<S> H1Guard<S> {
             max_head,
             eof: false,
             refused: None,
+            header_timeout,
+            head_deadline: None,
+        }
+    }
+
+    /// Arms the head timer when a head has begun but is not complete; disarms it otherwise.
+    fn update_deadline(&mut self) {
+        let in_head = self.state == State::Head && !self.pending.is_empty();
+        match (in_head, self.head_deadline.is_some()) {
+            (true, false) => {
+                self.head_deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
+            }
+            (false, true) => self.head_deadline = None,
+            _ => {}
         }
     }
 
@@ -256,10 +280,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
                     } else {
                         this.pending.extend_from_slice(rb.filled());
                         this.advance();
+                        this.update_deadline();
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if let Some(deadline) = this.head_deadline.as_mut() {
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "request head not received within the header read timeout",
+                            )));
+                        }
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -292,7 +327,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         client.write_all(input).await.unwrap();
         client.shutdown().await.unwrap();
-        let mut guard = H1Guard::new(server, 64 * 1024);
+        let mut guard = H1Guard::new(server, 64 * 1024, Duration::from_secs(10));
         let mut out = Vec::new();
         guard.read_to_end(&mut out).await.unwrap();
         out
@@ -325,6 +360,19 @@ GET /z HTTP/1.1\r\nHost: a\r\n\r\n";
 POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n";
         let out = through(input).await;
         assert_eq!(out, input, "body bytes pass as body");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_never_completes_times_out() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        let mut guard = H1Guard::new(server, 64 * 1024, Duration::from_secs(2));
+        let mut buf = [0u8; 64];
+        let err = guard.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]

@@ -132,11 +132,19 @@ impl Inbound {
                 serve_http(&self.servers.http2, tls, service, &drain, &activity, idle).await
             }
             Some(ALPN_HTTP1) => {
-                let io = H1Guard::new(tls, self.limits.max_header_bytes);
+                let io = H1Guard::new(
+                    tls,
+                    self.limits.max_header_bytes,
+                    self.limits.header_read_timeout,
+                );
                 serve_http(&self.servers.http1, io, service, &drain, &activity, idle).await
             }
             _ => {
-                let io = H1Guard::new(tls, self.limits.max_header_bytes);
+                let io = H1Guard::new(
+                    tls,
+                    self.limits.max_header_bytes,
+                    self.limits.header_read_timeout,
+                );
                 serve_http(&self.servers.auto, io, service, &drain, &activity, idle).await
             }
         }

@@ -111,7 +111,11 @@ impl Outbound {
                     let this = this.clone();
                     async move { this.request(req, true).await }
                 };
-                let io = H1Guard::new(io, self.limits.max_header_bytes);
+                let io = H1Guard::new(
+                    io,
+                    self.limits.max_header_bytes,
+                    self.limits.header_read_timeout,
+                );
                 serve_http(
                     &self.servers.http1,
                     io,

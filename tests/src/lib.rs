@@ -1,8 +1,10 @@
 //! Test support for ward's end-to-end suite: certificates good and bad, the binaries under
-//! test, and TLS endpoints on loopback. Every cross-process test builds on these, so a
-//! helper is written once here and never copied into a test file.
+//! test, apps and sidecar processes, and TLS endpoints on loopback. Every cross-process test
+//! builds on these, so a helper is written once here and never copied into a test file.
 
+pub mod apps;
 pub mod bin;
+pub mod mesh;
 pub mod pki;
 pub mod tls;
 

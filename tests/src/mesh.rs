@@ -1,0 +1,242 @@
+//! Sidecar processes for end-to-end tests: generated configs on ephemeral ports, started as
+//! a user would start them, waited on through `/ready`, killed on drop, and their logs
+//! printed when a test fails.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::pki::TestPki;
+
+/// A loopback address with a port the kernel just handed out and that is free again.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A blocking `GET path` over HTTP/1.1; `None` if nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).ok()?;
+    let status = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// A running `ward-proxy sidecar`.
+pub struct Proxy {
+    child: Child,
+    pub name: String,
+    pub admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Writes `config` to `dir/<name>.yaml` and starts the sidecar (without waiting).
+    pub fn spawn(dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Self {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).expect("write config");
+        let admin = yaml_admin(config).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(crate::bin::path("ward-proxy"))
+            .args(["sidecar", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied())
+            .env("WARD_LOG", "info,ward_proxy=debug")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn ward-proxy");
+        Self {
+            child,
+            name: name.to_owned(),
+            admin,
+            log,
+        }
+    }
+
+    /// Starts the sidecar and waits until `/ready` answers 200.
+    pub fn start(dir: &Path, name: &str, config: &str) -> Self {
+        let mut proxy = Self::spawn(dir, name, config, &[]);
+        proxy.wait_ready();
+        proxy
+    }
+
+    /// Polls `/ready` until it answers 200; panics (with the logs) if the process exits or
+    /// 20 s pass.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((200, _)) = http_get(self.admin, "/ready") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited with {status}:\n{}", self.name, self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET on the admin server.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).unwrap_or_else(|| panic!("{}: admin did not answer", self.name))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.logs());
+        }
+    }
+}
+
+fn yaml_admin(config: &str) -> Option<SocketAddr> {
+    config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Two sidecars of one trust domain: `web` (client side: an outbound listener) and `orders`
+/// (server side: an inbound listener in front of `app`).
+pub struct Pair {
+    pub pki: TestPki,
+    pub web: Proxy,
+    pub orders: Proxy,
+    /// Where the web app sends plaintext.
+    pub outbound: SocketAddr,
+    /// The orders sidecar's mTLS listener.
+    pub inbound: SocketAddr,
+}
+
+/// Options for [`Pair::start`].
+#[derive(Debug, Clone)]
+pub struct PairOptions {
+    pub outbound_protocol: &'static str,
+    pub inbound_protocol: &'static str,
+    /// Extra `limits:` entries, e.g. `"header_read_timeout: 1s"`.
+    pub limits: Vec<String>,
+    /// The identity the web sidecar expects of orders (default: orders' own).
+    pub expect_identity: Option<String>,
+}
+
+impl Default for PairOptions {
+    fn default() -> Self {
+        Self {
+            outbound_protocol: "auto",
+            inbound_protocol: "auto",
+            limits: Vec::new(),
+            expect_identity: None,
+        }
+    }
+}
+
+impl Pair {
+    pub fn start(app: SocketAddr, options: PairOptions) -> Self {
+        let pki = TestPki::new("example.org");
+        let dir = pki.dir().to_owned();
+        for sa in ["web", "orders"] {
+            let svid = pki.svid_ttl(&pki.id("default", sa), Duration::from_secs(3600));
+            svid.write(
+                &dir.join(format!("{sa}.pem")),
+                &dir.join(format!("{sa}.key")),
+            )
+            .expect("write svid");
+        }
+        let (outbound, inbound) = (free_addr(), free_addr());
+        let limits = if options.limits.is_empty() {
+            String::new()
+        } else {
+            format!("limits: {{ {} }}\n", options.limits.join(", "))
+        };
+        let orders = format!(
+            "trust_domain: example.org\n\
+             identity: {{ cert: orders.pem, key: orders.key, bundle: ca/bundle.pem }}\n\
+             workload: {{ namespace: default, labels: {{ app: orders }} }}\n\
+             inbound:\n  - {{ listen: {inbound}, app: {app}, protocol: {} }}\n\
+             admin: {}\naccess_log: true\n{limits}",
+            options.inbound_protocol,
+            free_addr(),
+        );
+        let expect = options
+            .expect_identity
+            .clone()
+            .unwrap_or_else(|| pki.id("default", "orders"));
+        let web = format!(
+            "trust_domain: example.org\n\
+             identity: {{ cert: web.pem, key: web.key, bundle: ca/bundle.pem }}\n\
+             workload: {{ namespace: default, labels: {{ app: web }} }}\n\
+             outbound:\n  - {{ listen: {outbound}, upstream: {inbound}, server_identity: \"{expect}\", protocol: {} }}\n\
+             admin: {}\naccess_log: true\n{limits}",
+            options.outbound_protocol,
+            free_addr(),
+        );
+        let orders = Proxy::start(&dir, "orders", &orders);
+        let web = Proxy::start(&dir, "web", &web);
+        Self {
+            pki,
+            web,
+            orders,
+            outbound,
+            inbound,
+        }
+    }
+
+    pub fn web_id(&self) -> String {
+        self.pki.id("default", "web")
+    }
+
+    pub fn orders_id(&self) -> String {
+        self.pki.id("default", "orders")
+    }
+}
