@@ -285,13 +285,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    if let Some(deadline) = this.head_deadline.as_mut() {
-                        if deadline.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "request head not received within the header read timeout",
-                            )));
-                        }
+                    let timed_out = this
+                        .head_deadline
+                        .as_mut()
+                        .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                    if timed_out {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not received within the header read timeout",
+                        )));
                     }
                     return Poll::Pending;
                 }

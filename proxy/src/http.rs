@@ -74,6 +74,32 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The deadline a gRPC caller set (`grpc-timeout`: up to 8 digits and a unit of H, M, S, m,
+/// u or n), if any and well-formed.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How long to wait for the response head: the configured limit, or a gRPC caller's shorter
+/// deadline.
+pub fn deadline<B>(req: &Request<B>, limit: Duration) -> Duration {
+    grpc_timeout(req.headers()).map_or(limit, |d| d.min(limit))
+}
+
 /// Why a request could not be carried; each maps to one status and nothing else reaches the
 /// caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +196,23 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty(), "te other than trailers is hop-by-hop");
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_per_the_spec() {
+        let t = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_static(v));
+            grpc_timeout(&h)
+        };
+        assert_eq!(t("200m"), Some(Duration::from_millis(200)));
+        assert_eq!(t("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(t("123456789m"), None, "more than 8 digits");
+        assert_eq!(t("5x"), None);
+        assert_eq!(t("m"), None);
+        assert_eq!(t(""), None);
     }
 
     #[test]

@@ -245,11 +245,14 @@ impl Inbound {
         } else {
             "http2"
         };
+        let limit = crate::http::deadline(&req, self.limits.request_timeout);
+        let hop = if app_http1 {
+            &self.app_h1
+        } else {
+            &self.app_h2
+        };
         let result = match to_app_request(req, self.app, app_http1) {
-            Ok(req) if app_http1 => {
-                forward::send(&self.app_h1, req, self.limits.request_timeout).await
-            }
-            Ok(req) => forward::send(&self.app_h2, req, self.limits.request_timeout).await,
+            Ok(req) => forward::send(hop, req, limit).await,
             Err(f) => Err(f),
         };
         let response = match result {

@@ -183,7 +183,10 @@ impl Outbound {
             .await
         } else {
             match to_mesh_request(req, app_http1) {
-                Ok(req) => forward::send(&self.h2, req, self.limits.request_timeout).await,
+                Ok(req) => {
+                    let limit = crate::http::deadline(&req, self.limits.request_timeout);
+                    forward::send(&self.h2, req, limit).await
+                }
                 Err(f) => Err(f),
             }
         };
