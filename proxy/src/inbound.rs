@@ -106,7 +106,7 @@ impl Inbound {
             metrics::handshake(Direction::Inbound, "bad_certificate");
             return;
         };
-        metrics::handshake(Direction::Inbound, "ok");
+        metrics::handshake(Direction::Inbound, handshake_kind(conn));
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
         if self.authz.connection(&peer) == Decision::Deny {
             tracing::info!(target: "ward::audit", %peer, decision = "deny", "connection refused");
@@ -310,6 +310,14 @@ fn to_app_request(
         *req.version_mut() = Version::HTTP_2;
     }
     Ok(req)
+}
+
+/// `resumed` for an abbreviated (session-resumption) handshake, `ok` for a full one.
+pub fn handshake_kind(conn: &rustls::CommonState) -> &'static str {
+    match conn.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        _ => "ok",
+    }
 }
 
 /// A metrics label for a failed inbound handshake.

@@ -100,7 +100,8 @@ impl Dialer {
                             Err(err)
                         }
                         Ok(Ok(tls)) => {
-                            metrics::handshake(Direction::Outbound, "ok");
+                            let kind = crate::inbound::handshake_kind(tls.get_ref().1);
+                            metrics::handshake(Direction::Outbound, kind);
                             Ok(Box::new(tls) as BoxStream)
                         }
                     }

@@ -43,12 +43,24 @@ pub struct Proxy {
 impl Proxy {
     /// Writes `config` to `dir/<name>.yaml` and starts the sidecar (without waiting).
     pub fn spawn(dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(dir, name, config, env, &[])
+    }
+
+    /// [`Proxy::spawn`] with extra command-line arguments (e.g. `--log-format json`).
+    pub fn spawn_with(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write config");
         let admin = yaml_admin(config).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(crate::bin::path("ward-proxy"))
+            .args(args)
             .args(["sidecar", "--config"])
             .arg(&path)
             .envs(env.iter().copied())

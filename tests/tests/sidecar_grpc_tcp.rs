@@ -177,23 +177,32 @@ async fn tcp_half_close_and_server_speaks_first() {
             },
         )
         .await;
-        let mut tcp = TcpStream::connect(mesh.outbound).await.unwrap();
-        // The app greets before the client says anything: detection must give up and
-        // carry the connection as TCP.
-        let mut greeting = [0u8; 15];
-        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut greeting))
-            .await
-            .expect("greeting within detect_timeout")
-            .unwrap();
-        assert_eq!(&greeting, b"220 ward-test\r\n");
-        tcp.write_all(b"half-closed hello").await.unwrap();
-        tcp.shutdown().await.unwrap();
-        let mut reply = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut reply))
-            .await
-            .expect("reply after half-close")
-            .unwrap();
-        assert_eq!(reply, b"HALF-CLOSED HELLO", "{protocol}");
+        // Two connections: the second resumes the first's TLS session between sidecars.
+        for _ in 0..2 {
+            let mut tcp = TcpStream::connect(mesh.outbound).await.unwrap();
+            // The app greets before the client says anything: detection must give up and
+            // carry the connection as TCP.
+            let mut greeting = [0u8; 15];
+            tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut greeting))
+                .await
+                .expect("greeting within detect_timeout")
+                .unwrap();
+            assert_eq!(&greeting, b"220 ward-test\r\n");
+            tcp.write_all(b"half-closed hello").await.unwrap();
+            tcp.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut reply))
+                .await
+                .expect("reply after half-close")
+                .unwrap();
+            assert_eq!(reply, b"HALF-CLOSED HELLO", "{protocol}");
+        }
+        let inbound = mesh.orders.admin_get("/metrics").1;
+        assert!(
+            inbound
+                .contains("ward_tls_handshakes_total{direction=\"inbound\",result=\"resumed\"} 1"),
+            "{inbound}"
+        );
         let metrics = mesh.web.admin_get("/metrics").1;
         assert!(
             metrics.contains("ward_tcp_bytes_total{direction=\"outbound\"}"),

@@ -137,3 +137,98 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
         mesh.web.logs()
     );
 }
+
+#[test]
+fn json_logs_when_asked() {
+    let pki = TestPki::new("example.org");
+    write_identity(&pki);
+    let admin = free_addr();
+    let config = format!(
+        "trust_domain: example.org\n\
+         identity: {{ cert: web.pem, key: web.key, bundle: ca/bundle.pem }}\n\
+         admin: {admin}\n"
+    );
+    let mut proxy = Proxy::spawn_with(pki.dir(), "web", &config, &[], &["--log-format", "json"]);
+    proxy.wait_ready();
+    let logs = proxy.logs();
+    let ready = logs
+        .lines()
+        .find(|l| l.contains("sidecar ready"))
+        .unwrap_or_else(|| panic!("no ready line: {logs}"));
+    let line: serde_json::Value = serde_json::from_str(ready).expect("a JSON log line");
+    assert_eq!(line["fields"]["spiffe_id"], pki.id("default", "web"));
+}
+
+fn read_closes_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    use std::io::Write;
+    let app = apps::http_echo().await;
+    let addr = app.addr;
+    let options = PairOptions {
+        limits: vec!["idle_timeout: 1s".into()],
+        ..Default::default()
+    };
+    let mesh = tokio::task::spawn_blocking(move || Pair::start(addr, options))
+        .await
+        .unwrap();
+    let outbound = mesh.outbound;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut tcp = TcpStream::connect(outbound).unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let started = Instant::now();
+        // The response arrives, then nothing moves: the keep-alive connection must close.
+        let closed = read_closes_within(&mut tcp, Duration::from_secs(5));
+        (closed, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(closed.0, "idle connection still open");
+    assert!(
+        closed.1 < Duration::from_secs(4),
+        "closed after {:?}",
+        closed.1
+    );
+    drop(mesh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_at_once() {
+    let app = apps::http_echo().await;
+    let addr = app.addr;
+    let options = PairOptions {
+        limits: vec!["max_connections: 2".into()],
+        ..Default::default()
+    };
+    let mesh = tokio::task::spawn_blocking(move || Pair::start(addr, options))
+        .await
+        .unwrap();
+    let outbound = mesh.outbound;
+    let (held_open, third_closed) = tokio::task::spawn_blocking(move || {
+        let mut first = TcpStream::connect(outbound).unwrap();
+        let mut second = TcpStream::connect(outbound).unwrap();
+        let mut third = TcpStream::connect(outbound).unwrap();
+        let third_closed = read_closes_within(&mut third, Duration::from_secs(3));
+        let held_open = !read_closes_within(&mut first, Duration::from_millis(500))
+            && !read_closes_within(&mut second, Duration::from_millis(500));
+        (held_open, third_closed)
+    })
+    .await
+    .unwrap();
+    assert!(third_closed, "the third connection must be closed");
+    assert!(held_open, "the first two stay open");
+    drop(mesh);
+}
