@@ -99,10 +99,11 @@ fn judge(head: &[u8]) -> Result<Option<(usize, State)>, Refusal> {
 pub struct H1Guard<S> {
     inner: S,
     state: State,
-    /// Bytes read but not yet judged (a partial head or line).
-    pending: BytesMut,
-    /// Bytes judged and ready for hyper.
-    ready: BytesMut,
+    /// Bytes read from `inner`: the first `judged` may go to hyper, the rest wait for
+    /// more (a partial head or line). Emptied buffers are released, so an idle keep-alive
+    /// connection holds no buffer here.
+    buf: BytesMut,
+    judged: usize,
     max_head: usize,
     eof: bool,
     refused: Option<Refusal>,
@@ -116,8 +117,8 @@ impl<S> H1Guard<S> {
         Self {
             inner,
             state: State::Head,
-            pending: BytesMut::new(),
-            ready: BytesMut::new(),
+            buf: BytesMut::new(),
+            judged: 0,
             max_head,
             eof: false,
             refused: None,
@@ -126,9 +127,14 @@ impl<S> H1Guard<S> {
         }
     }
 
+    /// The bytes not yet judged.
+    fn unjudged(&self) -> &[u8] {
+        &self.buf[self.judged..]
+    }
+
     /// Arms the head timer when a head has begun but is not complete; disarms it otherwise.
     fn update_deadline(&mut self) {
-        let in_head = self.state == State::Head && !self.pending.is_empty();
+        let in_head = self.state == State::Head && !self.unjudged().is_empty();
         match (in_head, self.head_deadline.is_some()) {
             (true, false) => {
                 self.head_deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
@@ -143,30 +149,29 @@ impl<S> H1Guard<S> {
         self.refused
     }
 
-    /// Moves as many pending bytes as the framing allows into `ready`.
+    /// Judges as many unjudged bytes as the framing allows.
     fn advance(&mut self) {
         loop {
-            if self.pending.is_empty() {
+            let rest = self.unjudged();
+            if rest.is_empty() {
                 return;
             }
             match self.state.clone() {
                 State::Passthrough => {
-                    let all = self.pending.split();
-                    self.ready.extend_from_slice(&all);
+                    self.judged = self.buf.len();
                     return;
                 }
                 State::Refused => {
-                    self.pending.clear();
+                    self.buf.truncate(self.judged);
                     return;
                 }
-                State::Head => match judge(&self.pending) {
+                State::Head => match judge(rest) {
                     Ok(Some((len, next))) => {
-                        let head = self.pending.split_to(len);
-                        self.ready.extend_from_slice(&head);
+                        self.judged += len;
                         self.state = next;
                     }
                     Ok(None) => {
-                        if self.pending.len() > self.max_head {
+                        if rest.len() > self.max_head {
                             // Too large for us to hold: hand it over, hyper answers 431.
                             self.state = State::Passthrough;
                             continue;
@@ -174,35 +179,32 @@ impl<S> H1Guard<S> {
                         return;
                     }
                     Err(refusal) => {
-                        self.pending.clear();
-                        self.ready.extend_from_slice(POISON);
+                        self.buf.truncate(self.judged);
+                        self.buf.extend_from_slice(POISON);
+                        self.judged = self.buf.len();
                         self.state = State::Refused;
                         self.refused = Some(refusal);
                         return;
                     }
                 },
                 State::Fixed(n) => {
-                    let take = (n as usize).min(self.pending.len());
-                    let body = self.pending.split_to(take);
-                    self.ready.extend_from_slice(&body);
-                    let left = n - take as u64;
-                    self.state = if left == 0 {
-                        State::Head
-                    } else {
-                        State::Fixed(left)
+                    let take = n.min(rest.len() as u64);
+                    self.judged += take as usize;
+                    self.state = match n - take {
+                        0 => State::Head,
+                        left => State::Fixed(left),
                     };
                 }
                 State::ChunkSize => {
-                    let Some(end) = self.pending.iter().position(|&b| b == b'\n') else {
-                        if self.pending.len() > 1024 {
+                    let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                        if rest.len() > 1024 {
                             self.state = State::Passthrough;
                             continue;
                         }
                         return;
                     };
-                    let line = self.pending.split_to(end + 1);
-                    let size = parse_chunk_size(&line);
-                    self.ready.extend_from_slice(&line);
+                    let size = parse_chunk_size(&rest[..=end]);
+                    self.judged += end + 1;
                     self.state = match size {
                         Some(0) => State::Trailers,
                         // Data plus its CRLF.
@@ -211,27 +213,23 @@ impl<S> H1Guard<S> {
                     };
                 }
                 State::ChunkData(n) => {
-                    let take = (n.min(self.pending.len() as u64)) as usize;
-                    let data = self.pending.split_to(take);
-                    self.ready.extend_from_slice(&data);
-                    let left = n - take as u64;
-                    self.state = if left == 0 {
-                        State::ChunkSize
-                    } else {
-                        State::ChunkData(left)
+                    let take = n.min(rest.len() as u64);
+                    self.judged += take as usize;
+                    self.state = match n - take {
+                        0 => State::ChunkSize,
+                        left => State::ChunkData(left),
                     };
                 }
                 State::Trailers => {
-                    let Some(end) = self.pending.iter().position(|&b| b == b'\n') else {
-                        if self.pending.len() > self.max_head {
+                    let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                        if rest.len() > self.max_head {
                             self.state = State::Passthrough;
                             continue;
                         }
                         return;
                     };
-                    let line = self.pending.split_to(end + 1);
-                    let blank = line.as_ref() == b"\r\n" || line.as_ref() == b"\n";
-                    self.ready.extend_from_slice(&line);
+                    let blank = end == 0 || (end == 1 && rest[0] == b'\r');
+                    self.judged += end + 1;
                     if blank {
                         self.state = State::Head;
                     }
@@ -255,33 +253,33 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if !this.ready.is_empty() {
-                let n = this.ready.len().min(buf.remaining());
-                buf.put_slice(&this.ready[..n]);
-                this.ready.advance(n);
+            if this.judged > 0 {
+                let n = this.judged.min(out.remaining());
+                out.put_slice(&this.buf[..n]);
+                this.buf.advance(n);
+                this.judged -= n;
+                if this.buf.is_empty() {
+                    this.buf = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.eof || this.state == State::Refused {
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    if rb.filled().is_empty() {
-                        this.eof = true;
-                        // Whatever is left unjudged goes to hyper, which sees it truncated.
-                        let rest = this.pending.split();
-                        this.ready.extend_from_slice(&rest);
-                    } else {
-                        this.pending.extend_from_slice(rb.filled());
-                        this.advance();
-                        this.update_deadline();
-                    }
+            this.buf.reserve(4096);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
+                Poll::Ready(Ok(0)) => {
+                    this.eof = true;
+                    // Whatever is left unjudged goes to hyper, which sees it truncated.
+                    this.judged = this.buf.len();
+                }
+                Poll::Ready(Ok(_)) => {
+                    this.advance();
+                    this.update_deadline();
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {

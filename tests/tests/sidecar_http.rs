@@ -437,3 +437,50 @@ async fn admin_reports_liveness_readiness_metrics_config_and_certs() {
     assert!(certs["not_after"].as_str().unwrap().ends_with('Z'));
     assert_eq!(certs["bundle"]["roots"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
+    let app = apps::http_echo().await;
+    let mut mesh = pair(
+        &app,
+        PairOptions {
+            limits: vec!["request_timeout: 1s".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let code = |path: &str| {
+        let url = format!("http://{}{path}", mesh.outbound);
+        curl(s(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]))
+    };
+    assert_eq!(code("/slow?ms=3000").await.ok(), "504");
+    assert_eq!(code("/").await.ok(), "200");
+
+    // gRPC callers get the same failures as gRPC statuses.
+    let grpc_status = |path: &'static str, outbound: SocketAddr| {
+        let url = format!("http://{outbound}{path}");
+        curl(s(&[
+            "-sS",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-d",
+            "",
+            &url,
+        ]))
+    };
+
+    mesh.orders.terminate();
+    mesh.orders
+        .wait_exit(Duration::from_secs(10))
+        .expect("orders stops");
+    assert_eq!(code("/").await.ok(), "502");
+    let headers = grpc_status("/svc/Method", mesh.outbound).await;
+    assert!(headers.ok().contains("grpc-status: 14"), "{headers:?}");
+}
