@@ -117,7 +117,16 @@ impl Inbound {
             id: peer,
         });
         if self.protocol == Protocol::Tcp || alpn.as_deref() == Some(ALPN_TCP) {
-            return self.splice(tls, &peer.id).await;
+            let (limits, log) = (&self.limits, self.access_log);
+            return crate::tcp::forward(
+                tls,
+                &self.app_dialer,
+                Direction::Inbound,
+                &peer.name,
+                limits.idle_timeout,
+                log,
+            )
+            .await;
         }
         let this = self.clone();
         let p = peer.clone();
@@ -147,31 +156,6 @@ impl Inbound {
                 );
                 serve_http(&self.servers.auto, io, service, &drain, &activity, idle).await
             }
-        }
-    }
-
-    async fn splice<S>(&self, peer_stream: S, peer: &SpiffeId)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let started = Instant::now();
-        let app = match self.app_dialer.dial().await {
-            Ok(app) => app,
-            Err(e) => {
-                tracing::warn!(app = %self.app, error = %e, "inbound TCP: app unavailable");
-                return;
-            }
-        };
-        match crate::tcp::splice(peer_stream, app, self.limits.idle_timeout).await {
-            Ok(carried) => {
-                metrics::tcp_bytes(Direction::Inbound, carried.a_to_b + carried.b_to_a);
-                if self.access_log {
-                    tracing::info!(target: "ward::access", direction = "inbound", protocol = "tcp",
-                        %peer, bytes_received = carried.a_to_b, bytes_sent = carried.b_to_a,
-                        duration_ms = started.elapsed().as_millis() as u64);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "inbound TCP ended"),
         }
     }
 

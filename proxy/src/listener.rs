@@ -18,15 +18,23 @@ use crate::drain::Drain;
 use crate::http::Body;
 use crate::idle::Activity;
 
-/// Accepts connections until the drain begins. Past `limit` open connections a new one is
-/// closed at once.
+/// Binds a listener; the error names the setting (`inbound[0].listen`) and the address.
+pub async fn bind(field: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{field}: cannot listen on {addr}"))
+}
+
+/// Accepts connections until the drain begins, handing each to `handle` with the drain.
+/// Past `limit` open connections a new one is closed at once.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     drain: Drain,
     limit: Arc<Semaphore>,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    F: Fn(TcpStream, Drain) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -46,7 +54,7 @@ pub async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let task = handle(tcp, peer);
+        let task = handle(tcp, drain.clone());
         drain.spawn(async move {
             task.await;
             drop(permit);

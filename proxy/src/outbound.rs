@@ -5,7 +5,6 @@
 //! HTTP/1.1 upgrades get a connection of their own; anything else is spliced as opaque TCP.
 //! The peer must present exactly the configured SPIFFE ID or nothing is sent.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,7 +33,6 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// One outbound listener's forwarding state.
 pub struct Outbound {
-    listen: SocketAddr,
     protocol: Protocol,
     server_identity: SpiffeId,
     /// `server_identity` as text, for metrics and logs.
@@ -65,7 +63,6 @@ impl Outbound {
             })
         };
         Ok(Arc::new(Self {
-            listen: config.listen,
             protocol: config.protocol,
             h2: NextHop::H2(Arc::new(H2Pool::new(dialer(ALPN_H2)?))),
             upgrade: dialer(ALPN_HTTP1)?,
@@ -103,67 +100,35 @@ impl Outbound {
             },
         };
         let io = Prefixed::new(prefix, io);
-        match detected {
-            Detected::Tcp => self.splice(io).await,
-            Detected::Http1 => {
-                let this = self.clone();
-                let service = move |req| {
-                    let this = this.clone();
-                    async move { this.request(req, true).await }
-                };
-                let io = H1Guard::new(
+        let app_http1 = match detected {
+            Detected::Tcp => {
+                let (limits, log) = (&self.limits, self.access_log);
+                let peer = &self.server_name;
+                return crate::tcp::forward(
                     io,
-                    self.limits.max_header_bytes,
-                    self.limits.header_read_timeout,
-                );
-                serve_http(
-                    &self.servers.http1,
-                    io,
-                    service,
-                    &drain,
-                    &activity,
-                    self.limits.idle_timeout,
+                    &self.tcp,
+                    Direction::Outbound,
+                    peer,
+                    limits.idle_timeout,
+                    log,
                 )
                 .await;
             }
-            Detected::Http2 => {
-                let this = self.clone();
-                let service = move |req| {
-                    let this = this.clone();
-                    async move { this.request(req, false).await }
-                };
-                serve_http(
-                    &self.servers.http2,
-                    io,
-                    service,
-                    &drain,
-                    &activity,
-                    self.limits.idle_timeout,
-                )
-                .await;
-            }
-        }
-    }
-
-    async fn splice(&self, app: Prefixed<Tracked<TcpStream>>) {
-        let started = Instant::now();
-        let upstream = match self.tcp.dial().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(listen = %self.listen, error = %e, "outbound TCP: upstream unavailable");
-                return;
-            }
+            Detected::Http1 => true,
+            Detected::Http2 => false,
         };
-        match crate::tcp::splice(app, upstream, self.limits.idle_timeout).await {
-            Ok(carried) => {
-                metrics::tcp_bytes(Direction::Outbound, carried.a_to_b + carried.b_to_a);
-                if self.access_log {
-                    tracing::info!(target: "ward::access", direction = "outbound", protocol = "tcp",
-                        peer = %self.server_identity, bytes_sent = carried.a_to_b,
-                        bytes_received = carried.b_to_a, duration_ms = started.elapsed().as_millis() as u64);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "outbound TCP ended"),
+        let this = self.clone();
+        let service = move |req| {
+            let this = this.clone();
+            async move { this.request(req, app_http1).await }
+        };
+        let idle = self.limits.idle_timeout;
+        if app_http1 {
+            let limits = &self.limits;
+            let io = H1Guard::new(io, limits.max_header_bytes, limits.header_read_timeout);
+            serve_http(&self.servers.http1, io, service, &drain, &activity, idle).await;
+        } else {
+            serve_http(&self.servers.http2, io, service, &drain, &activity, idle).await;
         }
     }
 

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::admin::{self, Admin};
@@ -13,7 +11,7 @@ use crate::authz::Authorizer;
 use crate::config::Validated;
 use crate::drain::Drain;
 use crate::inbound::Inbound;
-use crate::listener::{Servers, accept_loop};
+use crate::listener::{Servers, accept_loop, bind};
 use crate::outbound::Outbound;
 use crate::readiness::Readiness;
 
@@ -45,9 +43,7 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
     drop(loading);
 
     let drain = Drain::new();
-    let admin_listener = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("admin: cannot listen on {}", config.admin))?;
+    let admin_listener = bind("admin", config.admin).await?;
     let admin = Arc::new(Admin {
         readiness: readiness.clone(),
         metrics,
@@ -62,9 +58,7 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
     let mut pending = pending.into_iter();
 
     for (i, cfg) in config.inbound.iter().enumerate() {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("inbound[{i}].listen: cannot listen on {}", cfg.listen))?;
+        let listener = bind(&format!("inbound[{i}].listen"), cfg.listen).await?;
         let inbound = Inbound::new(
             cfg,
             &own_id,
@@ -74,19 +68,12 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             servers.clone(),
             config.access_log,
         )?;
-        let d = drain.clone();
-        tokio::spawn(accept_loop(
-            listener,
-            drain.clone(),
-            limit.clone(),
-            move |tcp, _| inbound.clone().connection(tcp, d.clone()),
-        ));
+        let handle = move |tcp, drain| inbound.clone().connection(tcp, drain);
+        tokio::spawn(accept_loop(listener, drain.clone(), limit.clone(), handle));
         drop(pending.next());
     }
     for (i, cfg) in config.outbound.iter().enumerate() {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("outbound[{i}].listen: cannot listen on {}", cfg.listen))?;
+        let listener = bind(&format!("outbound[{i}].listen"), cfg.listen).await?;
         let outbound = Outbound::new(
             cfg,
             validated.server_identities[i].clone(),
@@ -95,13 +82,8 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             servers.clone(),
             config.access_log,
         )?;
-        let d = drain.clone();
-        tokio::spawn(accept_loop(
-            listener,
-            drain.clone(),
-            limit.clone(),
-            move |tcp, _| outbound.clone().connection(tcp, d.clone()),
-        ));
+        let handle = move |tcp, drain| outbound.clone().connection(tcp, drain);
+        tokio::spawn(accept_loop(listener, drain.clone(), limit.clone(), handle));
         drop(pending.next());
     }
     tracing::info!(spiffe_id = %own_id, admin = %config.admin,

@@ -3,11 +3,13 @@
 //! client that half-closes still receives the rest of the server's reply.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::idle::{Activity, Tracked};
+use crate::metrics::{self, Direction};
+use crate::pool::Dialer;
 
 /// Bytes carried each way.
 #[derive(Debug, Default, Clone, Copy)]
@@ -31,6 +33,41 @@ where
         }
         _ = activity.idle_for(idle) => {
             Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
+        }
+    }
+}
+
+/// Carries an accepted connection as opaque TCP to what `next` dials, counting the bytes
+/// and, when `access_log` is on, logging one line for the connection.
+pub async fn forward<S>(
+    accepted: S,
+    next: &Dialer,
+    direction: Direction,
+    peer: &str,
+    idle: Duration,
+    access_log: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let other = match next.dial().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(direction = direction.label(), error = %e, "TCP: next hop unavailable");
+            return;
+        }
+    };
+    match splice(accepted, other, idle).await {
+        Ok(carried) => {
+            metrics::tcp_bytes(direction, carried.a_to_b + carried.b_to_a);
+            if access_log {
+                tracing::info!(target: "ward::access", direction = direction.label(),
+                    protocol = "tcp", peer, bytes_in = carried.a_to_b, bytes_out = carried.b_to_a,
+                    duration_ms = started.elapsed().as_millis() as u64);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(direction = direction.label(), error = %e, "TCP connection ended")
         }
     }
 }
