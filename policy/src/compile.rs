@@ -1,0 +1,396 @@
+//! Policies compiled for evaluation, and the decision for one call.
+//!
+//! A [`PolicySet`] is everything loaded; [`PolicySet::for_workload`] picks what applies to one
+//! workload (its namespace's policies whose selector matches its labels, plus the root
+//! namespace's) once per policy update, so a decision only walks the policies that can
+//! matter. Evaluation follows one rule: any matching DENY denies; else, if any ALLOW policy
+//! applies, one must match; else the mesh default decides. AUDIT matches are reported and
+//! never change the outcome. A TCP connection has no HTTP facts: an ALLOW rule that needs
+//! them never matches it, while a DENY rule is judged on its L4 part alone (fail closed).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::model::{
+    Action, AuthorizationPolicyDoc, Condition, MeshDefault, Operation, ROOT_NAMESPACE, Rule, Source,
+};
+
+/// One loaded policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub action: Action,
+    /// `None`: every workload of the namespace.
+    pub selector: Option<BTreeMap<String, String>>,
+    pub rules: Vec<Rule>,
+    /// Where it was defined.
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl Policy {
+    pub(crate) fn new(
+        doc: AuthorizationPolicyDoc,
+        namespace: String,
+        file: PathBuf,
+        line: usize,
+    ) -> Self {
+        Self {
+            namespace,
+            name: doc.metadata.name,
+            action: doc.spec.action,
+            selector: doc.spec.selector.map(|s| s.match_labels),
+            rules: doc.spec.rules,
+            file,
+            line,
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether this policy applies to a workload of `namespace` with `labels`.
+    pub fn applies_to(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        let in_scope = self.namespace == ROOT_NAMESPACE || self.namespace == namespace;
+        in_scope
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    }
+}
+
+/// Everything loaded from a policy directory.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+    mesh_default: MeshDefault,
+}
+
+impl PolicySet {
+    pub fn new(policies: Vec<Policy>, mesh_default: MeshDefault) -> Self {
+        Self {
+            policies,
+            mesh_default,
+        }
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    pub fn mesh_default(&self) -> MeshDefault {
+        self.mesh_default
+    }
+
+    /// The policies that apply to one workload, ready to decide its calls.
+    pub fn for_workload(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> WorkloadPolicy {
+        let mut out = WorkloadPolicy {
+            deny: Vec::new(),
+            allow: Vec::new(),
+            audit: Vec::new(),
+            mesh_default: self.mesh_default,
+        };
+        for p in self
+            .policies
+            .iter()
+            .filter(|p| p.applies_to(namespace, labels))
+        {
+            let compiled = CompiledPolicy {
+                id: p.id(),
+                rules: p.rules.clone(),
+            };
+            match p.action {
+                Action::Deny => out.deny.push(compiled),
+                Action::Allow => out.allow.push(compiled),
+                Action::Audit => out.audit.push(compiled),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledPolicy {
+    id: String,
+    rules: Vec<Rule>,
+}
+
+/// The facts of one call at the inbound side.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The caller's verified SPIFFE ID.
+    pub principal: &'a str,
+    /// The caller's namespace (from `…/ns/<namespace>/…`), if its ID has one.
+    pub namespace: Option<&'a str>,
+    /// The application port called.
+    pub port: u16,
+    /// HTTP facts; `None` for a TCP connection.
+    pub http: Option<HttpCall<'a>>,
+}
+
+/// Request headers, looked up by lower-case name.
+pub trait Headers {
+    fn get(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for Vec<(String, String)> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct HttpCall<'a> {
+    pub method: &'a str,
+    /// The normalized path, without the query string.
+    pub path: &'a str,
+    pub host: Option<&'a str>,
+    /// `(service, method)` for a gRPC call.
+    pub grpc: Option<(&'a str, &'a str)>,
+    pub headers: &'a dyn Headers,
+}
+
+impl fmt::Debug for HttpCall<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCall")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("host", &self.host)
+            .field("grpc", &self.grpc)
+            .finish()
+    }
+}
+
+/// The namespace segment of a `spiffe://td/ns/<namespace>/…` ID.
+pub fn namespace_of(principal: &str) -> Option<&str> {
+    let path = principal.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let mut segments = path.split('/');
+    match (segments.next(), segments.next()) {
+        (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}
+
+/// What decided a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decider {
+    /// A policy's rule (`namespace/name`, rule index).
+    Rule { policy: String, rule: usize },
+    /// ALLOW policies apply and none matched.
+    NoAllowMatched,
+    /// The mesh default.
+    Default(MeshDefault),
+}
+
+impl fmt::Display for Decider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decider::Rule { policy, rule } => write!(f, "{policy} rule {rule}"),
+            Decider::NoAllowMatched => f.write_str("default:deny (no ALLOW policy matched)"),
+            Decider::Default(d) => write!(f, "default:{}", d.name()),
+        }
+    }
+}
+
+impl Decider {
+    /// The value of the `policy` metric label and audit field.
+    pub fn policy_label(&self) -> String {
+        match self {
+            Decider::Rule { policy, .. } => policy.clone(),
+            Decider::NoAllowMatched => "default:deny".to_owned(),
+            Decider::Default(d) => format!("default:{}", d.name()),
+        }
+    }
+
+    pub fn rule(&self) -> Option<usize> {
+        match self {
+            Decider::Rule { rule, .. } => Some(*rule),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub decider: Decider,
+    /// The first AUDIT policy that matched, if any (never changes `allowed`).
+    pub audit: Option<Decider>,
+}
+
+impl Decision {
+    /// `ALLOW`, `DENY`, or with an audit match `AUDIT+ALLOW` / `AUDIT+DENY`.
+    pub fn verdict(&self) -> &'static str {
+        match (self.audit.is_some(), self.allowed) {
+            (false, true) => "ALLOW",
+            (false, false) => "DENY",
+            (true, true) => "AUDIT+ALLOW",
+            (true, false) => "AUDIT+DENY",
+        }
+    }
+}
+
+/// The policies that apply to one workload.
+#[derive(Debug, Clone)]
+pub struct WorkloadPolicy {
+    deny: Vec<CompiledPolicy>,
+    allow: Vec<CompiledPolicy>,
+    audit: Vec<CompiledPolicy>,
+    mesh_default: MeshDefault,
+}
+
+/// How a rule treats HTTP fields a TCP connection does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// ALLOW and AUDIT: a rule that needs HTTP facts does not match a TCP connection.
+    Strict,
+    /// DENY: HTTP fields are ignored for a TCP connection (fail closed).
+    FailClosed,
+}
+
+impl WorkloadPolicy {
+    /// A workload to which nothing applies and the default is `mesh_default`.
+    pub fn empty(mesh_default: MeshDefault) -> Self {
+        Self {
+            deny: Vec::new(),
+            allow: Vec::new(),
+            audit: Vec::new(),
+            mesh_default,
+        }
+    }
+
+    pub fn decide(&self, call: &Call<'_>) -> Decision {
+        let audit = first_match(&self.audit, call, Mode::Strict);
+        if let Some(decider) = first_match(&self.deny, call, Mode::FailClosed) {
+            return Decision {
+                allowed: false,
+                decider,
+                audit,
+            };
+        }
+        if !self.allow.is_empty() {
+            return match first_match(&self.allow, call, Mode::Strict) {
+                Some(decider) => Decision {
+                    allowed: true,
+                    decider,
+                    audit,
+                },
+                None => Decision {
+                    allowed: false,
+                    decider: Decider::NoAllowMatched,
+                    audit,
+                },
+            };
+        }
+        Decision {
+            allowed: self.mesh_default != MeshDefault::Deny,
+            decider: Decider::Default(self.mesh_default),
+            audit,
+        }
+    }
+
+    /// How many policies apply (for readiness detail and tests).
+    pub fn len(&self) -> usize {
+        self.deny.len() + self.allow.len() + self.audit.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn first_match(policies: &[CompiledPolicy], call: &Call<'_>, mode: Mode) -> Option<Decider> {
+    policies.iter().find_map(|p| {
+        p.rules
+            .iter()
+            .position(|r| rule_matches(r, call, mode))
+            .map(|rule| Decider::Rule {
+                policy: p.id.clone(),
+                rule,
+            })
+    })
+}
+
+fn any_or_empty<T>(list: &[T], f: impl Fn(&T) -> bool) -> bool {
+    list.is_empty() || list.iter().any(f)
+}
+
+fn rule_matches(rule: &Rule, call: &Call<'_>, mode: Mode) -> bool {
+    any_or_empty(&rule.from, |s| source_matches(s, call))
+        && any_or_empty(&rule.to, |o| operation_matches(o, call, mode))
+        && rule.when.iter().all(|c| condition_matches(c, call, mode))
+}
+
+fn source_matches(s: &Source, call: &Call<'_>) -> bool {
+    let ns = call.namespace.unwrap_or("");
+    any_or_empty(&s.principals, |p| p.0.matches(call.principal))
+        && !s.not_principals.iter().any(|p| p.0.matches(call.principal))
+        && (s.namespaces.is_empty()
+            || (call.namespace.is_some() && s.namespaces.iter().any(|p| p.matches(ns))))
+        && !(call.namespace.is_some() && s.not_namespaces.iter().any(|p| p.matches(ns)))
+}
+
+fn needs_http(o: &Operation) -> bool {
+    !o.methods.is_empty()
+        || !o.not_methods.is_empty()
+        || !o.paths.is_empty()
+        || !o.not_paths.is_empty()
+        || !o.hosts.is_empty()
+        || o.grpc.is_some()
+}
+
+fn operation_matches(o: &Operation, call: &Call<'_>, mode: Mode) -> bool {
+    let l4 =
+        (o.ports.is_empty() || o.ports.contains(&call.port)) && !o.not_ports.contains(&call.port);
+    if !l4 {
+        return false;
+    }
+    let Some(http) = &call.http else {
+        return mode == Mode::FailClosed || !needs_http(o);
+    };
+    any_or_empty(&o.methods, |m| m.0 == http.method)
+        && !o.not_methods.iter().any(|m| m.0 == http.method)
+        && any_or_empty(&o.paths, |p| p.0.matches(http.path))
+        && !o.not_paths.iter().any(|p| p.0.matches(http.path))
+        && (o.hosts.is_empty()
+            || http
+                .host
+                .is_some_and(|h| o.hosts.iter().any(|p| p.matches_ignore_case(h))))
+        && o.grpc.as_ref().is_none_or(|g| match http.grpc {
+            Some((service, method)) => {
+                g.service.as_ref().is_none_or(|s| s.matches(service))
+                    && any_or_empty(&g.methods, |m| m.matches(method))
+            }
+            None => false,
+        })
+}
+
+fn condition_matches(c: &Condition, call: &Call<'_>, mode: Mode) -> bool {
+    let Some(http) = &call.http else {
+        return mode == Mode::FailClosed;
+    };
+    let value = http.headers.get(&c.key.0);
+    if c.present.is_some_and(|present| value.is_some() != present) {
+        return false;
+    }
+    c.values.is_empty() || value.is_some_and(|v| c.values.iter().any(|p| p.matches(v)))
+}
+
+/// Splits a gRPC `:path` (`/package.Service/Method`) into service and method.
+pub fn grpc_route(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}

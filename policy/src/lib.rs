@@ -1,0 +1,16 @@
+//! ward-policy: the one authorization engine, shared by the sidecar (per call) and by the
+//! `ward policy` commands (offline), so what a test or a review says is what the mesh does.
+//!
+//! [`model`] is the schema as written, [`load`] turns a directory into a [`PolicySet`] or
+//! `file:line:column` errors, [`compile`] decides calls, [`path`] normalizes request paths.
+
+pub mod compile;
+pub mod load;
+pub mod model;
+pub mod path;
+pub mod pattern;
+
+pub use compile::{Call, Decider, Decision, Headers, HttpCall, PolicySet, WorkloadPolicy};
+pub use load::{PolicyError, PolicyErrors, load_dir, load_sources};
+pub use model::{Action, MeshDefault, ROOT_NAMESPACE};
+pub use path::{PathError, normalize_path};

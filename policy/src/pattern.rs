@@ -1,0 +1,172 @@
+//! String patterns in policies: exact, `prefix*`, `*suffix`, or `*` alone.
+//!
+//! A `*` anywhere else is refused when the policy is loaded rather than read literally,
+//! because `/api/*/admin` looks like a glob and would silently match nothing.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty pattern".into());
+        }
+        if s == "*" {
+            return Ok(Pattern::Any);
+        }
+        let (body, make): (&str, fn(String) -> Pattern) = if let Some(rest) = s.strip_prefix('*') {
+            (rest, Pattern::Suffix)
+        } else if let Some(rest) = s.strip_suffix('*') {
+            (rest, Pattern::Prefix)
+        } else {
+            (s, Pattern::Exact)
+        };
+        if body.contains('*') {
+            return Err(format!(
+                "pattern {s:?}: '*' may only stand alone, first or last"
+            ));
+        }
+        Ok(make(body.to_owned()))
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(e) => value == e,
+            Pattern::Prefix(p) => value.starts_with(p.as_str()),
+            Pattern::Suffix(s) => value.ends_with(s.as_str()),
+        }
+    }
+
+    /// Case-insensitive match (header values, host names).
+    pub fn matches_ignore_case(&self, value: &str) -> bool {
+        let fold = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(e) => fold(value, e),
+            Pattern::Prefix(p) => {
+                value.len() >= p.len()
+                    && fold(&value[..p.len()], p)
+                    && value.is_char_boundary(p.len())
+            }
+            Pattern::Suffix(s) => {
+                let at = value.len().wrapping_sub(s.len());
+                value.len() >= s.len() && value.is_char_boundary(at) && fold(&value[at..], s)
+            }
+        }
+    }
+
+    /// The literal part of the pattern.
+    pub fn text(&self) -> &str {
+        match self {
+            Pattern::Any => "",
+            Pattern::Exact(s) | Pattern::Prefix(s) | Pattern::Suffix(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Any => f.write_str("*"),
+            Pattern::Exact(s) => f.write_str(s),
+            Pattern::Prefix(s) => write!(f, "{s}*"),
+            Pattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Pattern::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A principal pattern: an exact SPIFFE ID (checked), a `spiffe://…` prefix, a suffix, or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalPattern(pub Pattern);
+
+impl<'de> Deserialize<'de> for PrincipalPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let s = String::deserialize(d)?;
+        let pattern = Pattern::parse(&s).map_err(D::Error::custom)?;
+        match &pattern {
+            Pattern::Exact(id) => {
+                ward_certs::parse_spiffe_id(id)
+                    .map_err(|e| D::Error::custom(format!("bad SPIFFE ID {id:?}: {e}")))?;
+            }
+            Pattern::Prefix(p) if !p.starts_with("spiffe://") => {
+                return Err(D::Error::custom(format!(
+                    "principal prefix {s:?} must start with spiffe://"
+                )));
+            }
+            _ => {}
+        }
+        Ok(PrincipalPattern(pattern))
+    }
+}
+
+/// A path pattern: like [`Pattern`], and an exact or prefix path must start with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern(pub Pattern);
+
+impl<'de> Deserialize<'de> for PathPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let s = String::deserialize(d)?;
+        let pattern = Pattern::parse(&s).map_err(D::Error::custom)?;
+        if let Pattern::Exact(p) | Pattern::Prefix(p) = &pattern
+            && !p.starts_with('/')
+        {
+            return Err(D::Error::custom(format!("path {s:?} must start with '/'")));
+        }
+        Ok(PathPattern(pattern))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_match() {
+        let cases = [
+            ("*", "anything", true),
+            ("/a", "/a", true),
+            ("/a", "/ab", false),
+            ("/a/*", "/a/b/c", true),
+            ("/a/*", "/a", false),
+            ("*.json", "/x/y.json", true),
+            ("*.json", "/x/y.jsonp", false),
+        ];
+        for (p, v, want) in cases {
+            assert_eq!(Pattern::parse(p).unwrap().matches(v), want, "{p} ~ {v}");
+        }
+        assert!(Pattern::parse("").is_err());
+        assert!(Pattern::parse("/a/*/b").is_err());
+        assert!(Pattern::parse("**").is_err());
+        assert_eq!(Pattern::parse("/a*").unwrap().to_string(), "/a*");
+    }
+
+    #[test]
+    fn case_insensitive_matching_respects_char_boundaries() {
+        let p = Pattern::parse("EU-*").unwrap();
+        assert!(p.matches_ignore_case("eu-west"));
+        assert!(!p.matches_ignore_case("us-west"));
+        assert!(!p.matches_ignore_case("é"));
+        let s = Pattern::parse("*.Example.org").unwrap();
+        assert!(s.matches_ignore_case("api.example.ORG"));
+        assert!(!s.matches_ignore_case("ü"));
+    }
+}
