@@ -8,9 +8,10 @@
 //! never change the outcome. A TCP connection has no HTTP facts: an ALLOW rule that needs
 //! them never matches it, while a DENY rule is judged on its L4 part alone (fail closed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::model::{
     Action, AuthorizationPolicyDoc, Condition, MeshDefault, Operation, ROOT_NAMESPACE, Rule, Source,
@@ -93,35 +94,119 @@ impl PolicySet {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> WorkloadPolicy {
-        let mut out = WorkloadPolicy {
-            deny: Vec::new(),
-            allow: Vec::new(),
-            audit: Vec::new(),
-            mesh_default: self.mesh_default,
-        };
+        let mut deny = Vec::new();
+        let mut allow = Vec::new();
+        let mut audit = Vec::new();
         for p in self
             .policies
             .iter()
             .filter(|p| p.applies_to(namespace, labels))
         {
             let compiled = CompiledPolicy {
-                id: p.id(),
+                id: p.id().into(),
                 rules: p.rules.clone(),
             };
             match p.action {
-                Action::Deny => out.deny.push(compiled),
-                Action::Allow => out.allow.push(compiled),
-                Action::Audit => out.audit.push(compiled),
+                Action::Deny => deny.push(compiled),
+                Action::Allow => allow.push(compiled),
+                Action::Audit => audit.push(compiled),
             }
         }
-        out
+        WorkloadPolicy {
+            has_allow: !allow.is_empty(),
+            count: deny.len() + allow.len() + audit.len(),
+            deny: RuleIndex::new(deny),
+            allow: RuleIndex::new(allow),
+            audit: RuleIndex::new(audit),
+            mesh_default: self.mesh_default,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 struct CompiledPolicy {
-    id: String,
+    id: Arc<str>,
     rules: Vec<Rule>,
+}
+
+/// The rules of one action, indexed by exact caller principal.
+///
+/// A rule whose every source names only exact principals can match only those callers; it
+/// is filed under each of them. Every other rule is "general" and always considered. A
+/// decision then looks at the caller's own rules plus the general ones instead of every
+/// rule, and still reports the first match in policy order.
+#[derive(Debug, Clone, Default)]
+struct RuleIndex {
+    policies: Vec<CompiledPolicy>,
+    by_principal: HashMap<String, Vec<(usize, usize)>>,
+    general: Vec<(usize, usize)>,
+}
+
+impl RuleIndex {
+    fn new(policies: Vec<CompiledPolicy>) -> Self {
+        let mut by_principal: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        let mut general = Vec::new();
+        for (p, policy) in policies.iter().enumerate() {
+            for (r, rule) in policy.rules.iter().enumerate() {
+                match exact_principals(rule) {
+                    Some(principals) => {
+                        for principal in principals {
+                            let slot = by_principal.entry(principal.to_owned()).or_default();
+                            if slot.last() != Some(&(p, r)) {
+                                slot.push((p, r));
+                            }
+                        }
+                    }
+                    None => general.push((p, r)),
+                }
+            }
+        }
+        Self {
+            policies,
+            by_principal,
+            general,
+        }
+    }
+
+    /// The first rule, in policy order, that matches.
+    fn first_match(&self, call: &Call<'_>, mode: Mode) -> Option<Decider> {
+        let matches =
+            |&(p, r): &(usize, usize)| rule_matches(&self.policies[p].rules[r], call, mode);
+        let specific = self
+            .by_principal
+            .get(call.principal)
+            .and_then(|candidates| candidates.iter().copied().find(|c| matches(c)));
+        let general = self.general.iter().copied().find(|c| matches(c));
+        let (p, r) = match (specific, general) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(Decider::Rule {
+            policy: self.policies[p].id.clone(),
+            rule: r,
+        })
+    }
+}
+
+/// The exact principals a rule is limited to, if every one of its sources lists only exact
+/// principals (and nothing else can widen it).
+fn exact_principals(rule: &Rule) -> Option<Vec<&str>> {
+    if rule.from.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for source in &rule.from {
+        if source.principals.is_empty() {
+            return None;
+        }
+        for p in &source.principals {
+            match &p.0 {
+                crate::pattern::Pattern::Exact(id) => out.push(id.as_str()),
+                _ => return None,
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The facts of one call at the inbound side.
@@ -186,7 +271,7 @@ pub fn namespace_of(principal: &str) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decider {
     /// A policy's rule (`namespace/name`, rule index).
-    Rule { policy: String, rule: usize },
+    Rule { policy: Arc<str>, rule: usize },
     /// ALLOW policies apply and none matched.
     NoAllowMatched,
     /// The mesh default.
@@ -207,7 +292,7 @@ impl Decider {
     /// The value of the `policy` metric label and audit field.
     pub fn policy_label(&self) -> String {
         match self {
-            Decider::Rule { policy, .. } => policy.clone(),
+            Decider::Rule { policy, .. } => policy.to_string(),
             Decider::NoAllowMatched => "default:deny".to_owned(),
             Decider::Default(d) => format!("default:{}", d.name()),
         }
@@ -245,9 +330,11 @@ impl Decision {
 /// The policies that apply to one workload.
 #[derive(Debug, Clone)]
 pub struct WorkloadPolicy {
-    deny: Vec<CompiledPolicy>,
-    allow: Vec<CompiledPolicy>,
-    audit: Vec<CompiledPolicy>,
+    deny: RuleIndex,
+    allow: RuleIndex,
+    audit: RuleIndex,
+    has_allow: bool,
+    count: usize,
     mesh_default: MeshDefault,
 }
 
@@ -264,24 +351,26 @@ impl WorkloadPolicy {
     /// A workload to which nothing applies and the default is `mesh_default`.
     pub fn empty(mesh_default: MeshDefault) -> Self {
         Self {
-            deny: Vec::new(),
-            allow: Vec::new(),
-            audit: Vec::new(),
+            deny: RuleIndex::default(),
+            allow: RuleIndex::default(),
+            audit: RuleIndex::default(),
+            has_allow: false,
+            count: 0,
             mesh_default,
         }
     }
 
     pub fn decide(&self, call: &Call<'_>) -> Decision {
-        let audit = first_match(&self.audit, call, Mode::Strict);
-        if let Some(decider) = first_match(&self.deny, call, Mode::FailClosed) {
+        let audit = self.audit.first_match(call, Mode::Strict);
+        if let Some(decider) = self.deny.first_match(call, Mode::FailClosed) {
             return Decision {
                 allowed: false,
                 decider,
                 audit,
             };
         }
-        if !self.allow.is_empty() {
-            return match first_match(&self.allow, call, Mode::Strict) {
+        if self.has_allow {
+            return match self.allow.first_match(call, Mode::Strict) {
                 Some(decider) => Decision {
                     allowed: true,
                     decider,
@@ -303,24 +392,12 @@ impl WorkloadPolicy {
 
     /// How many policies apply (for readiness detail and tests).
     pub fn len(&self) -> usize {
-        self.deny.len() + self.allow.len() + self.audit.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn first_match(policies: &[CompiledPolicy], call: &Call<'_>, mode: Mode) -> Option<Decider> {
-    policies.iter().find_map(|p| {
-        p.rules
-            .iter()
-            .position(|r| rule_matches(r, call, mode))
-            .map(|rule| Decider::Rule {
-                policy: p.id.clone(),
-                rule,
-            })
-    })
 }
 
 fn any_or_empty<T>(list: &[T], f: impl Fn(&T) -> bool) -> bool {

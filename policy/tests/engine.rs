@@ -464,3 +464,47 @@ fn duplicates_and_misplaced_mesh_policies_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_first_match_in_policy_order_wins_across_the_principal_index() {
+    let doc = |name: &str, from: &str, to: &str| {
+        format!(
+            "apiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name}, namespace: bank }}\nspec:\n  action: ALLOW\n  rules:\n  - from: [ {from} ]\n    to: [ {to} ]\n---\n"
+        )
+    };
+    let yaml = [
+        doc("a-general", "{ namespaces: [web] }", "{ paths: [\"/x\"] }"),
+        doc(
+            "b-exact",
+            &format!("{{ principals: [\"{WEB}\"] }}"),
+            "{ ports: [8080] }",
+        ),
+        doc(
+            "c-exact-later",
+            &format!("{{ principals: [\"{WEB}\", \"{BATCH}\"] }}"),
+            "{ paths: [\"/z\"] }",
+        ),
+    ]
+    .concat();
+    let set = load(&yaml);
+    let rule = |name: &str| Decider::Rule {
+        policy: format!("bank/{name}").as_str().into(),
+        rule: 0,
+    };
+    assert_eq!(
+        decide(&set, "bank", &[], &http(WEB, "GET", "/x")).decider,
+        rule("a-general")
+    );
+    assert_eq!(
+        decide(&set, "bank", &[], &http(WEB, "GET", "/y")).decider,
+        rule("b-exact")
+    );
+    assert_eq!(
+        decide(&set, "bank", &[], &http(BATCH, "GET", "/z")).decider,
+        rule("c-exact-later")
+    );
+    assert_eq!(
+        decide(&set, "bank", &[], &http(BATCH, "GET", "/x")).decider,
+        Decider::NoAllowMatched
+    );
+}
