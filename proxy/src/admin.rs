@@ -124,6 +124,15 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// RFC 3339 UTC with milliseconds, for audit lines.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let ms = t.millisecond();
+    let t = t.replace_nanosecond(u32::from(ms) * 1_000_000).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)

@@ -1,51 +1,230 @@
-//! The authorization hook every inbound connection and request passes through before the
-//! app sees it. Until the policy engine lands it allows any verified SVID of our trust
-//! domain and nothing else.
+//! Authorization at the inbound side: every HTTP request, gRPC call and TCP connection is
+//! decided by the policy engine before the app sees it, and the decision is explained in
+//! the audit log and counted — never to the caller.
+//!
+//! The compiled policy for this workload sits behind an `ArcSwap`: a reload swaps it and
+//! bumps a generation that open TCP connections watch, so they are re-checked and closed if
+//! no longer allowed. Until a valid policy set has been loaded every call is denied.
 
-use ward_certs::{SpiffeId, TrustDomain};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allow,
-    Deny,
+use arc_swap::ArcSwapOption;
+use metrics::counter;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use ward_policy::{Call, Decider, Decision, MeshDefault, PolicySet, WorkloadPolicy};
+
+use crate::config::{Audit, AuditDecisions};
+use crate::drain::Drain;
+use crate::readiness::Pending;
+
+pub const DECISIONS_TOTAL: &str = "ward_authz_decisions_total";
+pub const POLICY_RELOADS_TOTAL: &str = "ward_policy_reloads_total";
+
+/// What the audit line says about a call besides the decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub protocol: &'static str,
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub request_id: Option<&'a str>,
 }
 
-#[derive(Debug, Clone)]
+/// The workload's authorizer.
 pub struct Authorizer {
-    trust_domain: TrustDomain,
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    destination: String,
+    current: ArcSwapOption<WorkloadPolicy>,
+    generation: watch::Sender<u64>,
+    audit: AuditLog,
 }
 
 impl Authorizer {
-    pub fn new(trust_domain: TrustDomain) -> Self {
-        Self { trust_domain }
+    pub fn new(
+        namespace: String,
+        labels: BTreeMap<String, String>,
+        destination: String,
+        audit: AuditLog,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            namespace,
+            labels,
+            destination,
+            current: ArcSwapOption::empty(),
+            generation: watch::Sender::new(0),
+            audit,
+        })
     }
 
-    /// A new connection from `peer` (the only check a TCP connection gets).
-    pub fn connection(&self, peer: &SpiffeId) -> Decision {
-        if peer.is_member_of(&self.trust_domain) {
-            Decision::Allow
-        } else {
-            Decision::Deny
+    /// Compiles `set` for this workload and puts it in force for the next call.
+    pub fn install(&self, set: &PolicySet) -> usize {
+        let workload = set.for_workload(&self.namespace, &self.labels);
+        let applying = workload.len();
+        self.current.store(Some(Arc::new(workload)));
+        self.generation.send_modify(|g| *g += 1);
+        applying
+    }
+
+    /// Changes whenever a new policy set is installed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Decides one call and records it (audit log, metrics).
+    pub fn decide(&self, call: &Call<'_>, facts: Facts<'_>) -> Decision {
+        let decision = match self.current.load().as_ref() {
+            Some(policy) => policy.decide(call),
+            None => WorkloadPolicy::empty(MeshDefault::Deny).decide(call),
+        };
+        let label = decision.decider.policy_label();
+        let verdict = if decision.allowed { "allow" } else { "deny" };
+        counter!(DECISIONS_TOTAL, "decision" => verdict, "policy" => label).increment(1);
+        if let Some(audit) = &decision.audit {
+            counter!(DECISIONS_TOTAL, "decision" => "audit", "policy" => audit.policy_label())
+                .increment(1);
         }
-    }
-
-    /// One HTTP request or gRPC call from `peer`.
-    pub fn request(&self, peer: &SpiffeId, _request: &http::request::Parts) -> Decision {
-        self.connection(peer)
+        self.audit
+            .record(call, &decision, facts, call.port, &self.destination);
+        decision
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where audit lines go. Lines are handed to a writer task, so a request never waits on a
+/// file or a lock; if the writer falls behind by more than the queue, lines are dropped and
+/// counted rather than slowing traffic.
+#[derive(Clone)]
+pub struct AuditLog {
+    mode: AuditDecisions,
+    lines: mpsc::Sender<String>,
+}
 
-    #[test]
-    fn allows_only_the_trust_domain() {
-        let td = ward_certs::parse_trust_domain("example.org").unwrap();
-        let authz = Authorizer::new(td);
-        let ours = ward_certs::parse_spiffe_id("spiffe://example.org/ns/a/sa/b").unwrap();
-        let theirs = ward_certs::parse_spiffe_id("spiffe://evil.org/ns/a/sa/b").unwrap();
-        assert_eq!(authz.connection(&ours), Decision::Allow);
-        assert_eq!(authz.connection(&theirs), Decision::Deny);
+const AUDIT_QUEUE: usize = 8192;
+
+impl AuditLog {
+    /// Starts the writer for `config` (`stdout` or a file, appended to).
+    pub async fn start(config: &Audit) -> std::io::Result<Self> {
+        let (lines, mut rx) = mpsc::channel::<String>(AUDIT_QUEUE);
+        let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if config.log == "stdout" {
+            Box::new(tokio::io::stdout())
+        } else {
+            Box::new(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&config.log)
+                    .await?,
+            )
+        };
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if out.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+                if rx.is_empty() {
+                    let _ = out.flush().await;
+                }
+            }
+        });
+        Ok(Self {
+            mode: config.decisions,
+            lines,
+        })
     }
+
+    fn record(
+        &self,
+        call: &Call<'_>,
+        decision: &Decision,
+        facts: Facts<'_>,
+        port: u16,
+        destination: &str,
+    ) {
+        let wanted =
+            !decision.allowed || decision.audit.is_some() || self.mode == AuditDecisions::All;
+        if !wanted {
+            return;
+        }
+        let rule = |d: &Decider| d.rule();
+        let mut line = json!({
+            "time": crate::admin::rfc3339_millis(SystemTime::now()),
+            "source": call.principal,
+            "destination": destination,
+            "port": port,
+            "protocol": facts.protocol,
+            "method": facts.method,
+            "path": facts.path,
+            "decision": if decision.allowed { "allow" } else { "deny" },
+            "policy": decision.decider.policy_label(),
+            "rule": rule(&decision.decider),
+            "request_id": facts.request_id,
+        });
+        if let Some(audit) = &decision.audit {
+            line["audit_policy"] = json!(audit.policy_label());
+            line["audit_rule"] = json!(rule(audit));
+        }
+        let mut text = line.to_string();
+        text.push('\n');
+        if self.lines.try_send(text).is_err() {
+            counter!("ward_audit_lines_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Loads the policy directory now, then watches it: a change is in force within a second;
+/// a broken set is refused with every error logged, and the last good one stays.
+pub async fn watch_policy_dir(
+    dir: PathBuf,
+    authz: Arc<Authorizer>,
+    mut not_ready: Option<Pending>,
+    drain: Drain,
+) {
+    let mut seen = None;
+    loop {
+        let now = fingerprint(&dir);
+        if now != seen {
+            seen = now;
+            match ward_policy::load_dir(&dir) {
+                Ok(set) => {
+                    let applying = authz.install(&set);
+                    counter!(POLICY_RELOADS_TOTAL, "result" => "ok").increment(1);
+                    tracing::info!(dir = %dir.display(), loaded = set.policies().len(),
+                        applying, default = set.mesh_default().name(), "policy in force");
+                    not_ready.take();
+                }
+                Err(errors) => {
+                    counter!(POLICY_RELOADS_TOTAL, "result" => "error").increment(1);
+                    for e in &errors.0 {
+                        tracing::error!(target: "ward::policy", "{e}");
+                    }
+                    tracing::warn!(dir = %dir.display(), errors = errors.0.len(),
+                        "policy refused; the last good policy stays in force");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
+/// What changes when a policy file changes: names, sizes and modification times.
+fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, Option<SystemTime>)>> {
+    let files = ward_policy::load::policy_files(dir).ok()?;
+    Some(
+        files
+            .into_iter()
+            .map(|f| {
+                let meta = std::fs::metadata(&f).ok();
+                let len = meta.as_ref().map_or(0, |m| m.len());
+                let modified = meta.and_then(|m| m.modified().ok());
+                (f, len, modified)
+            })
+            .collect(),
+    )
 }

@@ -23,7 +23,9 @@ use yaml_serde::Value;
 /// Variables with the `WARD_` prefix that are not settings.
 const NOT_SETTINGS: &[&str] = &["WARD_LOG"];
 /// Sections whose fields can be set one by one from the environment.
-const SECTIONS: &[&str] = &["identity", "workload", "limits", "runtime"];
+const SECTIONS: &[&str] = &[
+    "identity", "workload", "limits", "runtime", "policy", "audit",
+];
 /// Top-level fields settable from the environment.
 const TOP_LEVEL: &[&str] = &["trust_domain", "admin", "access_log", "inbound", "outbound"];
 
@@ -59,6 +61,45 @@ pub struct SidecarConfig {
     /// One log line per request / TCP connection.
     #[serde(default)]
     pub access_log: bool,
+    /// Where authorization policy comes from (static mode: a directory of YAML files).
+    /// Required when there are inbound listeners.
+    #[serde(default)]
+    pub policy: Option<PolicySource>,
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySource {
+    /// Watched: a change takes effect within a second; a broken file keeps the last good set.
+    pub dir: PathBuf,
+}
+
+/// The audit log of authorization decisions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// `denied` (default) or `all`.
+    pub decisions: AuditDecisions,
+    /// `stdout` or a file path (appended to).
+    pub log: String,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            decisions: AuditDecisions::Denied,
+            log: "stdout".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDecisions {
+    Denied,
+    All,
 }
 
 /// Static identity files (from `ward cert issue`).
@@ -141,6 +182,9 @@ pub struct Limits {
     /// How long a request may wait for the upstream's response headers (504 past it).
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// Accept header names with `_` (refused by default: some apps read `_` as `-`, which
+    /// would let `x_user` stand in for a header the mesh controls).
+    pub allow_header_underscores: bool,
 }
 
 impl Default for Limits {
@@ -155,6 +199,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            allow_header_underscores: false,
         }
     }
 }
@@ -260,6 +305,23 @@ impl SidecarConfig {
             if let Err(e) = std::fs::metadata(&*file) {
                 return Err(err(field, &format!("{}: {e}", file.display())));
             }
+        }
+
+        if let Some(policy) = &mut config.policy {
+            if policy.dir.is_relative() {
+                policy.dir = base.join(&policy.dir);
+            }
+            if !policy.dir.is_dir() {
+                return Err(err(
+                    "policy.dir",
+                    &format!("{}: not a directory", policy.dir.display()),
+                ));
+            }
+        } else if !config.inbound.is_empty() {
+            return Err(err(
+                "policy",
+                &"required when inbound listeners are configured (policy: { dir: PATH })",
+            ));
         }
 
         let mut server_identities = Vec::with_capacity(config.outbound.len());
@@ -413,6 +475,7 @@ mod tests {
             for f in ["web.pem", "web.key", "bundle.pem"] {
                 std::fs::write(dir.path().join(f), "x").unwrap();
             }
+            std::fs::create_dir(dir.path().join("policies")).unwrap();
             Self { dir }
         }
 
@@ -436,6 +499,8 @@ outbound:
     server_identity: spiffe://example.org/ns/default/sa/orders
     protocol: tcp
 admin: 127.0.0.1:15000
+policy: { dir: policies }
+audit: { decisions: all, log: stdout }
 limits: { max_header_bytes: 65536, header_read_timeout: 10s, detect_timeout: 300ms,
           max_concurrent_streams: 1024, max_connections: 10000, idle_timeout: 300s,
           drain_timeout: 20s }
@@ -555,6 +620,21 @@ limits: { max_header_bytes: 65536, header_read_timeout: 10s, detect_timeout: 300
                 "trust_domain: [unclosed\n".to_owned(),
                 vec![],
                 "sidecar.yaml:2:1: did not find expected",
+            ),
+            (
+                GOOD.replace("dir: policies", "dir: nowhere"),
+                vec![],
+                "policy.dir: ",
+            ),
+            (
+                GOOD.replace("policy: { dir: policies }\n", ""),
+                vec![],
+                "policy: required when inbound listeners",
+            ),
+            (
+                GOOD.replace("decisions: all", "decisions: some"),
+                vec![],
+                "audit.decisions: unknown variant",
             ),
         ];
         for (yaml, env, want) in cases {

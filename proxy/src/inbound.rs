@@ -16,8 +16,10 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use ward_certs::{MeshIdentity, SpiffeId};
+use ward_policy::compile::{grpc_route, namespace_of};
+use ward_policy::{Call, HttpCall};
 
-use crate::authz::{Authorizer, Decision};
+use crate::authz::{Authorizer, Facts};
 use crate::config::{Inbound as InboundConfig, Limits, Protocol};
 use crate::drain::Drain;
 use crate::forward::{self, NextHop};
@@ -33,6 +35,30 @@ use crate::outbound::{
 };
 use crate::pool::{Dialer, H2Pool};
 
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A fresh request id: 128 random bits in hex.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = nanos.to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Request headers as the policy engine reads them.
+struct HttpHeaders<'a>(&'a http::HeaderMap);
+
+impl ward_policy::Headers for HttpHeaders<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 /// A verified peer: its SPIFFE ID, and the same as text for headers, metrics and logs.
 pub struct Peer {
     pub id: SpiffeId,
@@ -45,7 +71,7 @@ pub struct Inbound {
     protocol: Protocol,
     own_id: String,
     acceptor: TlsAcceptor,
-    authz: Authorizer,
+    authz: Arc<Authorizer>,
     app_h1: NextHop,
     app_h2: NextHop,
     app_dialer: Dialer,
@@ -59,7 +85,7 @@ impl Inbound {
         config: &InboundConfig,
         own_id: &SpiffeId,
         identity: &MeshIdentity,
-        authz: Authorizer,
+        authz: Arc<Authorizer>,
         limits: &Limits,
         servers: Servers,
         access_log: bool,
@@ -108,25 +134,12 @@ impl Inbound {
         };
         metrics::handshake(Direction::Inbound, handshake_kind(conn));
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-        if self.authz.connection(&peer) == Decision::Deny {
-            tracing::info!(target: "ward::audit", %peer, decision = "deny", "connection refused");
-            return;
-        }
         let peer = Arc::new(Peer {
             name: peer.to_string(),
             id: peer,
         });
         if self.protocol == Protocol::Tcp || alpn.as_deref() == Some(ALPN_TCP) {
-            let (limits, log) = (&self.limits, self.access_log);
-            return crate::tcp::forward(
-                tls,
-                &self.app_dialer,
-                Direction::Inbound,
-                &peer.name,
-                limits.idle_timeout,
-                log,
-            )
-            .await;
+            return self.tcp(tls, &peer).await;
         }
         let this = self.clone();
         let p = peer.clone();
@@ -159,19 +172,67 @@ impl Inbound {
         }
     }
 
+    /// A TCP connection: decided once at the start, before any byte reaches the app, and
+    /// again whenever the policy changes while it is open.
+    async fn tcp<S>(&self, stream: S, peer: &Peer)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut changes = self.authz.subscribe();
+        if !self.tcp_allowed(peer) {
+            return;
+        }
+        let (limits, log) = (&self.limits, self.access_log);
+        let forward = crate::tcp::forward(
+            stream,
+            &self.app_dialer,
+            Direction::Inbound,
+            &peer.name,
+            limits.idle_timeout,
+            log,
+        );
+        let revoked = async {
+            while changes.changed().await.is_ok() {
+                if !self.tcp_allowed(peer) {
+                    tracing::info!(peer = %peer.name, "policy changed: closing TCP connection");
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = forward => {}
+            _ = revoked => {}
+        }
+    }
+
+    fn tcp_allowed(&self, peer: &Peer) -> bool {
+        let call = Call {
+            principal: &peer.name,
+            namespace: namespace_of(&peer.name),
+            port: self.app.port(),
+            http: None,
+        };
+        let facts = Facts {
+            protocol: "tcp",
+            method: None,
+            path: None,
+            request_id: None,
+        };
+        self.authz.decide(&call, facts).allowed
+    }
+
     async fn request(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(&req);
         let caller_http1 = req.version() != Version::HTTP_2;
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let (parts, body) = req.into_parts();
-        let decision = self.authz.request(&peer.id, &parts);
-        let req = Request::from_parts(parts, body);
-        let (response, protocol) = if decision == Decision::Deny {
-            (failure_response(Failure::Forbidden, grpc), "http")
-        } else {
-            self.forward(req, peer, grpc, caller_http1).await
+        let (response, protocol, path) = match self.admit(req, peer, grpc) {
+            Ok((req, path)) => {
+                let (response, protocol) = self.forward(req, peer, grpc, caller_http1).await;
+                (response, protocol, path)
+            }
+            Err((response, path)) => (response, if grpc { "grpc" } else { "http" }, path),
         };
         let elapsed = started.elapsed();
         metrics::request(
@@ -187,6 +248,78 @@ impl Inbound {
                 duration_ms = elapsed.as_secs_f64() * 1000.0);
         }
         response
+    }
+
+    /// Request hygiene, path normalization, request id and the authorization decision.
+    /// Returns the request to forward (with its normalized path), or the refusal.
+    #[allow(clippy::result_large_err)]
+    fn admit(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+        grpc: bool,
+    ) -> Result<(Request<Incoming>, String), (Response<Body>, String)> {
+        let raw_path = req.uri().path().to_owned();
+        let bad = |path: String| (failure_response(Failure::BadRequest, grpc), path);
+        if !self.limits.allow_header_underscores
+            && req.headers().keys().any(|k| k.as_str().contains('_'))
+        {
+            return Err(bad(raw_path));
+        }
+        let path = match ward_policy::normalize_path(&raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(peer = %peer.name, path = %raw_path, error = %e, "path refused");
+                return Err(bad(raw_path));
+            }
+        };
+        if path != raw_path {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = pq.parse().ok();
+            match Uri::from_parts(parts) {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => return Err(bad(path)),
+            }
+        }
+        let request_id = match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => {
+                let id = new_request_id();
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    req.headers_mut().insert(REQUEST_ID, v);
+                }
+                id
+            }
+        };
+        let host = authority_of(&req);
+        let headers = HttpHeaders(req.headers());
+        let call = Call {
+            principal: &peer.name,
+            namespace: namespace_of(&peer.name),
+            port: self.app.port(),
+            http: Some(HttpCall {
+                method: req.method().as_str(),
+                path: &path,
+                host: host.as_deref(),
+                grpc: if grpc { grpc_route(&path) } else { None },
+                headers: &headers,
+            }),
+        };
+        let facts = Facts {
+            protocol: if grpc { "grpc" } else { "http" },
+            method: Some(req.method().as_str()),
+            path: Some(&path),
+            request_id: Some(&request_id),
+        };
+        if self.authz.decide(&call, facts).allowed {
+            Ok((req, path))
+        } else {
+            Err((failure_response(Failure::Forbidden, grpc), path))
+        }
     }
 
     async fn forward(

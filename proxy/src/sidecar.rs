@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::admin::{self, Admin};
-use crate::authz::Authorizer;
+use crate::authz::{AuditLog, Authorizer, watch_policy_dir};
 use crate::config::Validated;
 use crate::drain::Drain;
 use crate::inbound::Inbound;
@@ -54,7 +56,25 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
 
     let servers = Servers::new(&config.limits);
     let limit = Arc::new(Semaphore::new(config.limits.max_connections));
-    let authz = Authorizer::new(validated.trust_domain.clone());
+    let audit = AuditLog::start(&config.audit)
+        .await
+        .with_context(|| format!("audit.log: cannot open {}", config.audit.log))?;
+    let authz = Authorizer::new(
+        config.workload.namespace.clone(),
+        config.workload.labels.clone(),
+        own_id.to_string(),
+        audit,
+    );
+    if let Some(policy) = &config.policy {
+        // Not ready, and denying every inbound call, until a valid policy set is in force.
+        let not_ready = readiness.register("policy");
+        tokio::spawn(watch_policy_dir(
+            policy.dir.clone(),
+            authz.clone(),
+            Some(not_ready),
+            drain.clone(),
+        ));
+    }
     let mut pending = pending.into_iter();
 
     for (i, cfg) in config.inbound.iter().enumerate() {

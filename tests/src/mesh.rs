@@ -180,6 +180,16 @@ pub struct PairOptions {
     pub limits: Vec<String>,
     /// The identity the web sidecar expects of orders (default: orders' own).
     pub expect_identity: Option<String>,
+    /// The orders sidecar's policy file (default: a MeshPolicy allowing any authenticated
+    /// caller).
+    pub policy: Option<String>,
+}
+
+/// A MeshPolicy setting the mesh default.
+pub fn mesh_default(default: &str) -> String {
+    format!(
+        "apiVersion: ward.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{ name: mesh, namespace: ward-system }}\nspec: {{ default: {default} }}\n"
+    )
 }
 
 impl Default for PairOptions {
@@ -189,6 +199,7 @@ impl Default for PairOptions {
             inbound_protocol: "auto",
             limits: Vec::new(),
             expect_identity: None,
+            policy: None,
         }
     }
 }
@@ -205,6 +216,13 @@ impl Pair {
             )
             .expect("write svid");
         }
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).expect("policy dir");
+        let policy = options
+            .policy
+            .clone()
+            .unwrap_or_else(|| mesh_default("allow-authenticated"));
+        std::fs::write(policies.join("policy.yaml"), policy).expect("write policy");
         let (outbound, inbound) = (free_addr(), free_addr());
         let limits = if options.limits.is_empty() {
             String::new()
@@ -216,6 +234,8 @@ impl Pair {
              identity: {{ cert: orders.pem, key: orders.key, bundle: ca/bundle.pem }}\n\
              workload: {{ namespace: default, labels: {{ app: orders }} }}\n\
              inbound:\n  - {{ listen: {inbound}, app: {app}, protocol: {} }}\n\
+             policy: {{ dir: policies }}\n\
+             audit: {{ decisions: all, log: audit.log }}\n\
              admin: {}\naccess_log: true\n{limits}",
             options.inbound_protocol,
             free_addr(),
@@ -250,5 +270,22 @@ impl Pair {
 
     pub fn orders_id(&self) -> String {
         self.pki.id("default", "orders")
+    }
+
+    /// Replaces the orders sidecar's policy file (atomically, as an editor's save would).
+    pub fn set_policy(&self, yaml: &str) {
+        let dir = self.pki.dir().join("policies");
+        let tmp = dir.join(".policy.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write policy");
+        std::fs::rename(&tmp, dir.join("policy.yaml")).expect("replace policy");
+    }
+
+    /// The orders sidecar's audit log, one JSON value per line.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.pki.dir().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 }
