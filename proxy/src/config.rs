@@ -307,6 +307,9 @@ impl SidecarConfig {
             }
         }
 
+        if config.audit.log != "stdout" && Path::new(&config.audit.log).is_relative() {
+            config.audit.log = base.join(&config.audit.log).display().to_string();
+        }
         if let Some(policy) = &mut config.policy {
             if policy.dir.is_relative() {
                 policy.dir = base.join(&policy.dir);
