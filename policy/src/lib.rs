@@ -5,6 +5,7 @@
 //! `file:line:column` errors, [`compile`] decides calls, [`path`] normalizes request paths.
 
 pub mod compile;
+pub mod lint;
 pub mod load;
 pub mod model;
 pub mod path;

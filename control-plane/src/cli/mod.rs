@@ -6,6 +6,7 @@
 
 mod ca;
 mod cert;
+mod policy;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Command {
     /// Issue and inspect workload certificates (X.509-SVIDs).
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Lint, check, test and review authorization policy offline (the sidecar's engine).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// What a command reports besides success.
@@ -37,6 +41,8 @@ pub enum Outcome {
     Success,
     /// The command ran but its answer is "no" (e.g. an invalid certificate): exit 1.
     Negative,
+    /// `ward policy check` decided the call is denied: exit 3.
+    Denied,
 }
 
 /// Parses `args` and runs the command, returning the process exit code.
@@ -52,10 +58,12 @@ where
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
+        Command::Policy(cmd) => policy::run(cmd),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
+        Ok(Outcome::Denied) => ExitCode::from(3),
         Err(e) => {
             eprintln!("ward: {e:#}");
             ExitCode::from(1)
