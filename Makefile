@@ -25,5 +25,8 @@ build:
 
 ## bench: micro-benchmarks (criterion) of each crate
 bench:
-	@echo "micro-benchmarks: certs/benches/certs.rs (CSR signing, SVID verification)"
+	@echo "micro-benchmarks:"
+	@echo "  certs/benches/certs.rs    CSR signing, SVID chain verification"
+	@echo "  policy/benches/policy.rs  policy decisions and compilation at 1,000 policies"
 	$(CARGO) bench -p ward-certs --bench certs
+	$(CARGO) bench -p ward-policy --bench policy
