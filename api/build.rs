@@ -2,7 +2,11 @@
 //! vendored by `protoc-bin-vendored`, so a fresh machine needs no system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/ward/v1/identity.proto"];
+    let protos = [
+        "proto/ward/v1/identity.proto",
+        "proto/ward/v1/policy.proto",
+        "proto/ward/v1/bundle.proto",
+    ];
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()

@@ -15,6 +15,7 @@ mod tests {
         let req = CertifyRequest {
             csr: vec![0x30, 0x82, 1, 2],
             token: "join-token".into(),
+            spiffe_id: String::new(),
         };
         let bytes = req.encode_to_vec();
         assert_eq!(CertifyRequest::decode(bytes.as_slice()).unwrap(), req);
@@ -24,6 +25,8 @@ mod tests {
             bundle: vec![vec![3]],
             spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
             not_after_unix: 1_800_000_000,
+            workload: None,
+            bundle_version: 2,
         };
         assert_eq!(
             CertifyResponse::decode(resp.encode_to_vec().as_slice()).unwrap(),

@@ -32,7 +32,8 @@ use crate::svid::Svid;
 use crate::verify::{CertInfo, SvidError};
 
 /// How far back a certificate's notBefore is set, so that a peer whose clock runs a little
-/// behind ours still accepts a certificate issued a moment ago.
+/// behind ours still accepts a certificate issued a moment ago (leaves: at most a tenth of
+/// their lifetime).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// Default lifetime of a root (and intermediate): one year.
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -389,7 +390,10 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = to_offset(now.checked_sub(CLOCK_SKEW).unwrap_or(now));
+        // Backdate by the skew allowance, but by no more than a tenth of the lifetime: a
+        // 20 s SVID backdated by 5 minutes would be past half-life (renewal time) at birth.
+        let skew = CLOCK_SKEW.min(ttl / 10);
+        params.not_before = to_offset(now.checked_sub(skew).unwrap_or(now));
         params.not_after = to_offset((now + ttl).min(self.not_after));
         params.serial_number = Some(random_serial()?);
         let leaf = params.signed_by(public_key, &self.issuer)?;
@@ -476,6 +480,26 @@ fn checked_csr_key(csr_der: &[u8]) -> Result<SubjectPublicKeyInfo, CaError> {
     }
     csr.verify_signature().map_err(|_| CaError::CsrSignature)?;
     SubjectPublicKeyInfo::from_der(spki.raw).map_err(|e| CaError::UnsupportedKey(e.to_string()))
+}
+
+/// The URI SANs a CSR asks for. The CA never signs them as such (it signs the identity its
+/// caller authorizes); the control plane uses them to refuse a request whose stated
+/// identity differs from the attested one.
+pub fn csr_requested_uris(csr_der: &[u8]) -> Result<Vec<String>, CaError> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let (_, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| CaError::CsrMalformed(e.to_string()))?;
+    let mut uris = Vec::new();
+    for ext in csr.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext {
+            for name in &san.general_names {
+                if let GeneralName::URI(uri) = name {
+                    uris.push((*uri).to_owned());
+                }
+            }
+        }
+    }
+    Ok(uris)
 }
 
 /// A random positive serial of 128 bits (RFC 5280 allows up to 20 octets; CA/B asks for at
@@ -631,6 +655,23 @@ mod tests {
                 "{life:?}"
             );
         }
+    }
+
+    #[test]
+    fn short_lived_leaves_are_backdated_by_a_tenth_of_their_life_at_most() {
+        let now = SystemTime::now();
+        let ca = CertificateAuthority::create(td(), &CaOptions::default(), now).unwrap();
+        let ttl = Duration::from_secs(20);
+        let info = ca
+            .issue(&id("spiffe://example.org/x"), ttl, now)
+            .unwrap()
+            .leaf_info()
+            .unwrap();
+        let back = now.duration_since(info.not_before).unwrap();
+        assert!(back <= Duration::from_secs(3), "{back:?}");
+        // Renewal then falls after issuance, not before it.
+        let renew = crate::rotation::renew_at(info.not_before, info.not_after, 0.0);
+        assert!(renew > now, "renewal due at birth");
     }
 
     #[test]

@@ -53,6 +53,25 @@ impl Clone for Svid {
     }
 }
 
+/// A fresh ECDSA P-256 key (PKCS#8) and a CSR for it, as a proxy makes for every renewal:
+/// the key never leaves the process. The CSR names `id` as its URI SAN, which the control
+/// plane checks against what the caller proved.
+pub fn new_key_and_csr(
+    id: Option<&SpiffeId>,
+) -> Result<(PrivateKeyDer<'static>, Vec<u8>), rcgen::Error> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(id) = id {
+        params.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into()?)];
+    }
+    let csr = params.serialize_request(&key)?;
+    let key_der = PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
+        key.serialize_der(),
+    ));
+    Ok((key_der, csr.der().to_vec()))
+}
+
 impl Svid {
     /// Assembles an SVID; the SPIFFE ID is read from the leaf's URI SAN.
     pub fn new(

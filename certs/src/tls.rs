@@ -381,14 +381,20 @@ impl ClientSessionStore for TrustBoundSessions<ClientSessionMemoryCache> {
     }
 }
 
-/// Verifies client SVIDs against the current bundle; a client certificate is mandatory.
+/// Verifies client SVIDs against the current bundle; a client certificate is mandatory
+/// unless `optional` (the control plane, whose first callers attest with a token).
 #[derive(Debug)]
 struct ClientSvidVerifier {
     bundle: Arc<BundleStore>,
     algorithms: WebPkiSupportedAlgorithms,
+    optional: bool,
 }
 
 impl ClientCertVerifier for ClientSvidVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // SPIFFE peers pick their SVID by identity, not by CA name; sending none also keeps
         // the bundle's subjects out of every handshake.
@@ -505,9 +511,28 @@ impl MeshIdentity {
     /// A TLS 1.3-only server config that requires a client SVID from the bundle and offers
     /// `alpn` in preference order.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsConfigError> {
+        self.server_config_with(alpn, false)
+    }
+
+    /// Like [`MeshIdentity::server_config`], but a client may also connect without a
+    /// certificate; one it presents is verified all the same. For the control plane, where
+    /// a proxy's first request attests with a token instead of an SVID.
+    pub fn server_config_client_optional(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, TlsConfigError> {
+        self.server_config_with(alpn, true)
+    }
+
+    fn server_config_with(
+        &self,
+        alpn: &[&[u8]],
+        optional: bool,
+    ) -> Result<Arc<ServerConfig>, TlsConfigError> {
         let verifier = Arc::new(ClientSvidVerifier {
             bundle: self.bundle.clone(),
             algorithms: signature_algorithms(),
+            optional,
         });
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -547,6 +572,28 @@ impl MeshIdentity {
         config.enable_sni = false;
         Ok(Arc::new(config))
     }
+}
+
+/// A TLS 1.3 client config that verifies the server against `bundle` and `expected` but
+/// presents no certificate: how a proxy that has no SVID yet reaches the control plane.
+pub fn bootstrap_client_config(
+    bundle: TrustBundle,
+    expected: ExpectedPeer,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let verifier = Arc::new(ServerSvidVerifier {
+        bundle: BundleStore::new(bundle),
+        expected,
+        algorithms: signature_algorithms(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.enable_sni = false;
+    Ok(Arc::new(config))
 }
 
 /// The server name a mesh client passes to rustls. It is never sent (SNI is off) nor

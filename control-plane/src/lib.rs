@@ -1,3 +1,4 @@
 //! ward-control-plane: the control plane server and the operator CLI (`ward`).
 
 pub mod cli;
+pub mod server;

@@ -29,6 +29,8 @@ pub struct Policy {
     /// Where it was defined.
     pub file: PathBuf,
     pub line: usize,
+    /// The YAML document as written, to hand on (the control plane sends it to proxies).
+    pub source: String,
 }
 
 impl Policy {
@@ -37,6 +39,7 @@ impl Policy {
         namespace: String,
         file: PathBuf,
         line: usize,
+        source: String,
     ) -> Self {
         Self {
             namespace,
@@ -46,6 +49,7 @@ impl Policy {
             rules: doc.spec.rules,
             file,
             line,
+            source,
         }
     }
 
@@ -70,14 +74,40 @@ impl Policy {
 pub struct PolicySet {
     policies: Vec<Policy>,
     mesh_default: MeshDefault,
+    /// The MeshPolicy document as written, if there is one.
+    mesh_source: Option<(PathBuf, String)>,
 }
 
 impl PolicySet {
-    pub fn new(policies: Vec<Policy>, mesh_default: MeshDefault) -> Self {
+    pub fn new(
+        policies: Vec<Policy>,
+        mesh_default: MeshDefault,
+        mesh_source: Option<(PathBuf, String)>,
+    ) -> Self {
         Self {
             policies,
             mesh_default,
+            mesh_source,
         }
+    }
+
+    /// The documents (source name, YAML) a workload needs to decide its own calls: the
+    /// MeshPolicy and every policy that applies to it — and nothing about other workloads.
+    pub fn documents_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<(String, String)> {
+        let mesh = self
+            .mesh_source
+            .iter()
+            .map(|(file, yaml)| (file.display().to_string(), yaml.clone()));
+        let applying = self
+            .policies
+            .iter()
+            .filter(|p| p.applies_to(namespace, labels))
+            .map(|p| (format!("{}:{}", p.file.display(), p.line), p.source.clone()));
+        mesh.chain(applying).collect()
     }
 
     pub fn policies(&self) -> &[Policy] {

@@ -72,6 +72,25 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
     Ok(files)
 }
 
+/// What changes when a policy file changes: names, sizes and modification times. Pollers
+/// compare successive fingerprints to know when to reload.
+pub type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+pub fn fingerprint(dir: &Path) -> Option<Fingerprint> {
+    let files = policy_files(dir).ok()?;
+    Some(
+        files
+            .into_iter()
+            .map(|f| {
+                let meta = std::fs::metadata(&f).ok();
+                let len = meta.as_ref().map_or(0, |m| m.len());
+                let modified = meta.and_then(|m| m.modified().ok());
+                (f, len, modified)
+            })
+            .collect(),
+    )
+}
+
 /// Loads every policy file of `dir`.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
     let mut sources = Vec::new();
@@ -100,10 +119,11 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
 /// Loads policies from `(file name, text)` pairs.
 pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyErrors> {
     let mut policies = Vec::new();
-    let mut mesh_default: Option<(MeshDefault, PathBuf, usize)> = None;
+    let mut mesh_default: Option<(MeshDefault, PathBuf, usize, String)> = None;
     let mut errors = Vec::new();
     for (file, text) in sources {
         for (first_line, doc) in split_documents(text) {
+            let doc_text = doc;
             let at = |line: usize, column: usize, reason: String| PolicyError {
                 file: file.clone(),
                 line: first_line + line.saturating_sub(1),
@@ -135,7 +155,14 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
                         ));
                         continue;
                     }
-                    policies.push(Policy::new(doc, namespace, file.clone(), first_line));
+                    let source = doc_text.to_owned();
+                    policies.push(Policy::new(
+                        doc,
+                        namespace,
+                        file.clone(),
+                        first_line,
+                        source,
+                    ));
                 }
                 Ok(Some(Parsed::Mesh(doc))) => {
                     let ns = doc.metadata.namespace.as_deref().unwrap_or(ROOT_NAMESPACE);
@@ -145,7 +172,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
                             1,
                             format!("MeshPolicy belongs in namespace {ROOT_NAMESPACE}, not {ns}"),
                         ));
-                    } else if let Some((_, prev_file, prev_line)) = &mesh_default {
+                    } else if let Some((_, prev_file, prev_line, _)) = &mesh_default {
                         errors.push(at(
                             1,
                             1,
@@ -155,7 +182,12 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
                             ),
                         ));
                     } else {
-                        mesh_default = Some((doc.spec.default, file.clone(), first_line));
+                        mesh_default = Some((
+                            doc.spec.default,
+                            file.clone(),
+                            first_line,
+                            doc_text.to_owned(),
+                        ));
                     }
                 }
                 Err((line, column, reason)) => errors.push(at(line, column, reason)),
@@ -163,10 +195,9 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
         }
     }
     if errors.is_empty() {
-        Ok(PolicySet::new(
-            policies,
-            mesh_default.map(|(d, _, _)| d).unwrap_or_default(),
-        ))
+        let default = mesh_default.as_ref().map(|m| m.0).unwrap_or_default();
+        let mesh_source = mesh_default.map(|(_, file, _, text)| (file, text));
+        Ok(PolicySet::new(policies, default, mesh_source))
     } else {
         Err(PolicyErrors(errors))
     }

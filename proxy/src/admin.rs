@@ -25,7 +25,8 @@ pub struct Admin {
     pub metrics: Option<PrometheusHandle>,
     /// The effective configuration, rendered once (it holds paths, never key material).
     pub config_json: String,
-    pub identity: MeshIdentity,
+    /// Set once the identity is loaded (with a control plane, after the first Certify).
+    pub identity: std::sync::OnceLock<MeshIdentity>,
 }
 
 /// Serves the admin endpoints on `listener` until drained.
@@ -85,7 +86,10 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(admin.config_json.clone())))
             .unwrap_or_default(),
-        "/certs" => json_response(StatusCode::OK, &certs(&admin.identity)),
+        "/certs" => match admin.identity.get() {
+            Some(identity) => json_response(StatusCode::OK, &certs(identity)),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "no identity yet\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

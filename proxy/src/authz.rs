@@ -7,7 +7,7 @@
 //! no longer allowed. Until a valid policy set has been loaded every call is denied.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -185,7 +185,7 @@ pub async fn watch_policy_dir(
 ) {
     let mut seen = None;
     loop {
-        let now = fingerprint(&dir);
+        let now = ward_policy::load::fingerprint(&dir);
         if now != seen {
             seen = now;
             match ward_policy::load_dir(&dir) {
@@ -211,20 +211,4 @@ pub async fn watch_policy_dir(
             _ = drain.signaled() => return,
         }
     }
-}
-
-/// What changes when a policy file changes: names, sizes and modification times.
-fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, Option<SystemTime>)>> {
-    let files = ward_policy::load::policy_files(dir).ok()?;
-    Some(
-        files
-            .into_iter()
-            .map(|f| {
-                let meta = std::fs::metadata(&f).ok();
-                let len = meta.as_ref().map_or(0, |m| m.len());
-                let modified = meta.and_then(|m| m.modified().ok());
-                (f, len, modified)
-            })
-            .collect(),
-    )
 }

@@ -102,16 +102,26 @@ pub enum AuditDecisions {
     All,
 }
 
-/// Static identity files (from `ward cert issue`).
+/// Where the workload's identity comes from: static files (`cert` + `key`, from `ward cert
+/// issue`) or the control plane (`control_plane` + `token_file`). `bundle` is the trust
+/// bundle: the roots to trust, and with a control plane the bootstrap roots it must chain to.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityFiles {
     /// The SVID chain, leaf first.
-    pub cert: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
     /// The private key (only its path is ever shown).
-    pub key: PathBuf,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     /// The trust bundle (PEM roots).
     pub bundle: PathBuf,
+    /// `https://HOST:PORT` of the control plane.
+    #[serde(default)]
+    pub control_plane: Option<String>,
+    /// A file holding the join token for the first certificate.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -293,11 +303,50 @@ impl SidecarConfig {
             .map_err(|e| err("trust_domain", &e))?;
 
         let mut config = self;
-        for (field, file) in [
-            ("identity.cert", &mut config.identity.cert),
-            ("identity.key", &mut config.identity.key),
-            ("identity.bundle", &mut config.identity.bundle),
-        ] {
+        let id = &mut config.identity;
+        let static_mode = id.cert.is_some() || id.key.is_some();
+        let control_mode = id.control_plane.is_some() || id.token_file.is_some();
+        match (static_mode, control_mode) {
+            (true, true) => {
+                return Err(err(
+                    "identity",
+                    &"give cert + key (static) or control_plane + token_file, not both",
+                ));
+            }
+            (false, false) => {
+                return Err(err(
+                    "identity",
+                    &"needs cert + key (static) or control_plane + token_file",
+                ));
+            }
+            (true, false) if id.cert.is_none() || id.key.is_none() => {
+                return Err(err("identity", &"cert and key go together"));
+            }
+            (false, true) if id.control_plane.is_none() || id.token_file.is_none() => {
+                return Err(err("identity", &"control_plane and token_file go together"));
+            }
+            _ => {}
+        }
+        if let Some(cp) = &id.control_plane {
+            let addr = cp.strip_prefix("https://").unwrap_or("");
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(err(
+                    "identity.control_plane",
+                    &format!("{cp:?} is not https://HOST:PORT"),
+                ));
+            }
+        }
+        let files = [
+            ("identity.cert", id.cert.as_mut()),
+            ("identity.key", id.key.as_mut()),
+            ("identity.bundle", Some(&mut id.bundle)),
+            ("identity.token_file", id.token_file.as_mut()),
+        ];
+        for (field, file) in files {
+            let Some(file) = file else { continue };
             // Relative paths are relative to the config file, not to the working directory.
             if file.is_relative() {
                 *file = base.join(&*file);
@@ -320,10 +369,11 @@ impl SidecarConfig {
                     &format!("{}: not a directory", policy.dir.display()),
                 ));
             }
-        } else if !config.inbound.is_empty() {
+        } else if !config.inbound.is_empty() && config.identity.control_plane.is_none() {
             return Err(err(
                 "policy",
-                &"required when inbound listeners are configured (policy: { dir: PATH })",
+                &"required when inbound listeners are configured without a control plane \
+                  (policy: { dir: PATH })",
             ));
         }
 
@@ -521,7 +571,11 @@ limits: { max_header_bytes: 65536, header_read_timeout: 10s, detect_timeout: 300
             "spiffe://example.org/ns/default/sa/orders"
         );
         assert!(
-            v.config.identity.cert.is_absolute(),
+            v.config
+                .identity
+                .cert
+                .as_ref()
+                .is_some_and(|c| c.is_absolute()),
             "relative to the config file"
         );
         assert_eq!(v.config.runtime.worker_threads, 2);
@@ -639,6 +693,30 @@ limits: { max_header_bytes: 65536, header_read_timeout: 10s, detect_timeout: 300
                 vec![],
                 "audit.decisions: unknown variant",
             ),
+            (
+                GOOD.replace(
+                    "key: web.key,",
+                    "key: web.key, control_plane: \"https://127.0.0.1:15012\",",
+                ),
+                vec![],
+                "identity: give cert + key (static) or control_plane + token_file, not both",
+            ),
+            (
+                GOOD.replace(
+                    "cert: web.pem, key: web.key,",
+                    "control_plane: \"https://127.0.0.1:15012\",",
+                ),
+                vec![],
+                "identity: control_plane and token_file go together",
+            ),
+            (
+                GOOD.replace(
+                    "cert: web.pem, key: web.key,",
+                    "control_plane: \"http://cp\", token_file: web.key,",
+                ),
+                vec![],
+                "identity.control_plane: \"http://cp\" is not https://HOST:PORT",
+            ),
         ];
         for (yaml, env, want) in cases {
             let err = files.load(&yaml, &env).expect_err(want);
@@ -649,6 +727,23 @@ limits: { max_header_bytes: 65536, header_read_timeout: 10s, detect_timeout: 300
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_control_plane_identity_needs_no_cert_files_and_no_policy_dir() {
+        let files = Files::new();
+        let yaml = GOOD
+            .replace(
+                "cert: web.pem, key: web.key,",
+                "control_plane: \"https://127.0.0.1:15012\", token_file: web.key,",
+            )
+            .replace("policy: { dir: policies }\n", "");
+        let v = files.load(&yaml, &[]).unwrap();
+        assert!(v.config.identity.cert.is_none());
+        assert!(
+            v.config.policy.is_none(),
+            "policy comes from the control plane"
+        );
     }
 
     #[test]

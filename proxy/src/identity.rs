@@ -1,10 +1,28 @@
-//! The workload's identity from static files (`ward cert issue`): its SVID and the trust
-//! bundle, checked against each other before anything listens.
+//! The workload's identity: from static files (`ward cert issue`), or from the control plane
+//! — a first SVID for a join token, then renewal at half-life over mTLS, plus the policy and
+//! trust-bundle streams.
+//!
+//! Every stream from the control plane follows one pattern ([`follow`]): connect, consume,
+//! and on any end or error reconnect with capped exponential backoff, keeping the last good
+//! value in force meanwhile (fail static). The private key of each SVID is made in this
+//! process and never leaves it.
 
-use std::time::SystemTime;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use hyper_util::rt::TokioIo;
+use metrics::gauge;
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+use ward_api::v1;
 use ward_certs::verify::{Purpose, unix_time};
-use ward_certs::{MeshIdentity, SpiffeId, Svid, TrustBundle, TrustDomain, verify_svid};
+use ward_certs::{
+    ExpectedPeer, MeshIdentity, SpiffeId, Svid, TrustBundle, TrustDomain, verify_svid,
+};
 
 use crate::config::IdentityFiles;
 
@@ -19,14 +37,21 @@ pub enum IdentityError {
         path: String,
         rule: ward_certs::SvidError,
     },
+    #[error("control plane: {0}")]
+    ControlPlane(String),
 }
 
-/// Loads and cross-checks the SVID and bundle; returns the TLS identity and our SPIFFE ID.
-pub fn load(
+/// Loads and cross-checks static SVID files and the bundle.
+pub fn load_static(
     files: &IdentityFiles,
     trust_domain: &TrustDomain,
 ) -> Result<(MeshIdentity, SpiffeId), IdentityError> {
-    let svid = Svid::read(&files.cert, &files.key)?;
+    let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
+        return Err(IdentityError::ControlPlane(
+            "no static identity configured".into(),
+        ));
+    };
+    let svid = Svid::read(cert, key)?;
     let bundle = TrustBundle::read(trust_domain.clone(), &files.bundle)?;
     let id = verify_svid(
         svid.chain(),
@@ -35,8 +60,396 @@ pub fn load(
         Purpose::Both,
     )
     .map_err(|rule| IdentityError::Invalid {
-        path: files.cert.display().to_string(),
+        path: cert.display().to_string(),
         rule,
     })?;
     Ok((MeshIdentity::new(&svid, bundle)?, id))
+}
+
+/// The control plane as this proxy reaches it.
+#[derive(Clone)]
+pub struct ControlPlane {
+    /// `host:port`.
+    addr: String,
+    pub expected: SpiffeId,
+    trust_domain: TrustDomain,
+    token_file: PathBuf,
+    bootstrap_bundle: TrustBundle,
+}
+
+/// What the first Certify returned.
+pub struct Bootstrapped {
+    pub identity: MeshIdentity,
+    pub spiffe_id: SpiffeId,
+    pub namespace: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl ControlPlane {
+    pub fn new(files: &IdentityFiles, trust_domain: &TrustDomain) -> Result<Self, IdentityError> {
+        let url = files.control_plane.as_deref().unwrap_or_default();
+        let addr = url.strip_prefix("https://").unwrap_or(url).to_owned();
+        let token_file = files
+            .token_file
+            .clone()
+            .ok_or_else(|| IdentityError::ControlPlane("no token_file".into()))?;
+        let bootstrap_bundle = TrustBundle::read(trust_domain.clone(), &files.bundle)?;
+        let expected = ward_certs::id::workload_id(trust_domain, "ward-system", "control-plane")
+            .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
+        Ok(Self {
+            addr,
+            expected,
+            trust_domain: trust_domain.clone(),
+            token_file,
+            bootstrap_bundle,
+        })
+    }
+
+    /// A gRPC channel over TLS with `tls` (which decides whether we present an SVID).
+    fn channel(&self, tls: Arc<ClientConfig>) -> Result<Channel, IdentityError> {
+        let addr = self.addr.clone();
+        let connector = TlsConnector::from(tls);
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| IdentityError::ControlPlane(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30));
+        Ok(
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+                let (addr, connector) = (addr.clone(), connector.clone());
+                async move {
+                    let tcp = TcpStream::connect(&addr).await?;
+                    let _ = tcp.set_nodelay(true);
+                    let tls = connector
+                        .connect(ward_certs::tls::mesh_server_name(), tcp)
+                        .await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            })),
+        )
+    }
+
+    /// A channel that presents our current SVID (follows renewals by itself).
+    pub fn mtls_channel(&self, identity: &MeshIdentity) -> Result<Channel, IdentityError> {
+        let tls = identity
+            .client_config(ExpectedPeer::Exact(self.expected.clone()), &[b"h2"])
+            .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
+        self.channel(tls)
+    }
+
+    /// Gets the first SVID for the join token; retries with backoff until it succeeds.
+    pub async fn bootstrap(&self) -> Bootstrapped {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.try_bootstrap().await {
+                Ok(b) => return b,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff.peek(), "bootstrap from the control plane failed");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    async fn try_bootstrap(&self) -> Result<Bootstrapped, IdentityError> {
+        let token = std::fs::read_to_string(&self.token_file).map_err(|e| {
+            IdentityError::ControlPlane(format!("{}: {e}", self.token_file.display()))
+        })?;
+        let tls = ward_certs::tls::bootstrap_client_config(
+            self.bootstrap_bundle.clone(),
+            ExpectedPeer::Exact(self.expected.clone()),
+            &[b"h2"],
+        )
+        .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
+        let mut client = v1::identity_client::IdentityClient::new(self.channel(tls)?);
+        let (key, csr) = ward_certs::svid::new_key_and_csr(None)
+            .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
+        let resp = client
+            .certify(v1::CertifyRequest {
+                csr,
+                token: token.trim().to_owned(),
+                spiffe_id: String::new(),
+            })
+            .await
+            .map_err(|s| {
+                IdentityError::ControlPlane(format!("{}: {}", code_name(s.code()), s.message()))
+            })?
+            .into_inner();
+        let (svid, bundle) = self.accept(resp.chain.clone(), key, &resp.bundle)?;
+        let spiffe_id = svid.spiffe_id().clone();
+        let workload = resp.workload.unwrap_or_default();
+        tracing::info!(%spiffe_id, "first SVID from the control plane");
+        Ok(Bootstrapped {
+            identity: MeshIdentity::new(&svid, bundle)?,
+            spiffe_id,
+            namespace: workload.namespace,
+            labels: workload.labels.into_iter().collect(),
+        })
+    }
+
+    /// Checks a returned chain against the returned bundle and our key.
+    fn accept(
+        &self,
+        chain: Vec<Vec<u8>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+        roots: &[Vec<u8>],
+    ) -> Result<(Svid, TrustBundle), IdentityError> {
+        let chain: Vec<_> = chain
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from)
+            .collect();
+        let bundle = TrustBundle::new(
+            self.trust_domain.clone(),
+            roots
+                .iter()
+                .map(|r| rustls_pki_types::CertificateDer::from(r.clone())),
+        )?;
+        verify_svid(&chain, &bundle, unix_time(SystemTime::now()), Purpose::Both).map_err(
+            |rule| {
+                IdentityError::ControlPlane(format!(
+                    "the control plane returned an invalid SVID: {rule}"
+                ))
+            },
+        )?;
+        let svid = Svid::new(chain, key).map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
+        // The key must belong to the certificate.
+        svid.certified_key()?;
+        Ok((svid, bundle))
+    }
+
+    /// Renews at half-life with jitter, over mTLS with the current SVID; on failure retries
+    /// with backoff and keeps serving the current certificate.
+    pub async fn renew_forever(self, identity: MeshIdentity, id: SpiffeId) {
+        let mut backoff = Backoff::new();
+        loop {
+            let wait = identity
+                .svid
+                .current_chain()
+                .first()
+                .and_then(|leaf| ward_certs::CertInfo::parse(leaf).ok())
+                .map(|info| {
+                    crate::metrics::cert_expiry(info.not_after);
+                    ward_certs::rotation::renew_in(
+                        SystemTime::now(),
+                        info.not_before,
+                        info.not_after,
+                        jitter(),
+                    )
+                })
+                .unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            loop {
+                match self.renew_once(&identity, &id).await {
+                    Ok(serial) => {
+                        tracing::info!(spiffe_id = %id, %serial, "renewed SVID");
+                        backoff = Backoff::new();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff.peek(), "SVID renewal failed; serving the current one");
+                        backoff.wait().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew_once(
+        &self,
+        identity: &MeshIdentity,
+        id: &SpiffeId,
+    ) -> Result<String, IdentityError> {
+        let mut client = v1::identity_client::IdentityClient::new(self.mtls_channel(identity)?);
+        let (key, csr) = ward_certs::svid::new_key_and_csr(Some(id))
+            .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
+        let resp = client
+            .certify(v1::CertifyRequest {
+                csr,
+                token: String::new(),
+                spiffe_id: id.to_string(),
+            })
+            .await
+            .map_err(|s| {
+                IdentityError::ControlPlane(format!("{}: {}", code_name(s.code()), s.message()))
+            })?
+            .into_inner();
+        let (svid, _) = self.accept(resp.chain, key, &resp.bundle)?;
+        identity.svid.swap(&svid)?;
+        let info = svid
+            .leaf_info()
+            .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
+        crate::metrics::cert_expiry(info.not_after);
+        Ok(info.serial)
+    }
+
+    /// Follows the trust bundle: swaps it in and acknowledges each version.
+    pub async fn follow_bundle(self, identity: MeshIdentity) {
+        let td = self.trust_domain.clone();
+        follow("bundle", move || {
+            let (this, identity, td) = (self.clone(), identity.clone(), td.clone());
+            async move {
+                let (acks, rx) = tokio::sync::mpsc::channel(4);
+                let mut client = v1::bundle_client::BundleClient::new(this.mtls_channel(&identity).map_err(|e| e.to_string())?);
+                let mut stream = client
+                    .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map_err(|s| s.message().to_owned())?
+                    .into_inner();
+                connected("bundle", true);
+                while let Some(msg) = stream.message().await.map_err(|s| s.message().to_owned())? {
+                    let roots = msg.roots.iter().map(|r| rustls_pki_types::CertificateDer::from(r.clone()));
+                    match TrustBundle::new(td.clone(), roots) {
+                        Ok(bundle) => {
+                            identity.bundle.swap(bundle);
+                            gauge!("ward_bundle_version").set(msg.version as f64);
+                            let leaf_not_after = identity
+                                .svid
+                                .current_chain()
+                                .first()
+                                .and_then(|l| ward_certs::CertInfo::parse(l).ok())
+                                .map(|i| unix_secs(i.not_after))
+                                .unwrap_or_default();
+                            let _ = acks
+                                .send(v1::BundleAck {
+                                    applied_version: msg.version,
+                                    leaf_not_after_unix: leaf_not_after,
+                                    leaf_issuer_root: String::new(),
+                                })
+                                .await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "refused a trust bundle from the control plane"),
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Follows this workload's policy snapshots into the authorizer.
+    pub async fn follow_policy(
+        self,
+        identity: MeshIdentity,
+        authz: Arc<crate::authz::Authorizer>,
+        mut not_ready: Option<crate::readiness::Pending>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let watcher = follow("policy", move || {
+            let (this, identity, authz, tx) =
+                (self.clone(), identity.clone(), authz.clone(), tx.clone());
+            async move {
+                let mut client = v1::policy_client::PolicyClient::new(
+                    this.mtls_channel(&identity).map_err(|e| e.to_string())?,
+                );
+                let mut stream = client
+                    .watch(v1::PolicyWatchRequest {})
+                    .await
+                    .map_err(|s| s.message().to_owned())?
+                    .into_inner();
+                connected("policy", true);
+                while let Some(snapshot) =
+                    stream.message().await.map_err(|s| s.message().to_owned())?
+                {
+                    let sources: Vec<(PathBuf, String)> = snapshot
+                        .documents
+                        .into_iter()
+                        .map(|d| (PathBuf::from(d.source), d.yaml))
+                        .collect();
+                    match ward_policy::load_sources(&sources) {
+                        Ok(set) => {
+                            let applying = authz.install(&set);
+                            gauge!("ward_policy_version").set(snapshot.version as f64);
+                            gauge!("ward_policy_updated_timestamp_seconds")
+                                .set(unix_secs(SystemTime::now()) as f64);
+                            tracing::info!(
+                                version = snapshot.version,
+                                applying,
+                                "policy from the control plane in force"
+                            );
+                            let _ = tx.try_send(());
+                        }
+                        Err(errors) => {
+                            tracing::error!(%errors, "refused a policy snapshot; the last good one stays")
+                        }
+                    }
+                }
+                Ok(())
+            }
+        });
+        tokio::pin!(watcher);
+        loop {
+            tokio::select! {
+                _ = &mut watcher => return,
+                Some(()) = rx.recv() => { not_ready.take(); }
+            }
+        }
+    }
+}
+
+/// Runs `session` again and again: each run connects and consumes a stream; when it ends or
+/// fails the stream is marked disconnected and retried after a capped exponential backoff.
+async fn follow<F, Fut>(name: &'static str, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = session().await;
+        connected(name, false);
+        match result {
+            Ok(()) => tracing::warn!(stream = name, "control-plane stream ended; reconnecting"),
+            Err(e) => {
+                tracing::warn!(stream = name, error = %e, retry_in = ?backoff.peek(), "control-plane stream failed")
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Backoff::new();
+        }
+        backoff.wait().await;
+    }
+}
+
+fn connected(stream: &'static str, up: bool) {
+    gauge!("ward_control_plane_connected", "stream" => stream).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Capped exponential backoff: 250 ms doubling to 30 s, with jitter.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    fn peek(&self) -> Duration {
+        self.next
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next.mul_f64(0.75 + 0.5 * jitter())).await;
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+}
+
+/// A uniform draw in [0, 1).
+fn jitter() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
 }

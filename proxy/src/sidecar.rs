@@ -12,6 +12,7 @@ use crate::admin::{self, Admin};
 use crate::authz::{AuditLog, Authorizer, watch_policy_dir};
 use crate::config::Validated;
 use crate::drain::Drain;
+use crate::identity::ControlPlane;
 use crate::inbound::Inbound;
 use crate::listener::{Servers, accept_loop, bind};
 use crate::outbound::Outbound;
@@ -22,15 +23,6 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
     let config = &validated.config;
     let readiness = Readiness::new();
     let loading = readiness.register("identity");
-    let (identity, own_id) = crate::identity::load(&config.identity, &validated.trust_domain)?;
-    if let Some(info) = identity
-        .svid
-        .current_chain()
-        .first()
-        .and_then(|leaf| ward_certs::CertInfo::parse(leaf).ok())
-    {
-        crate::metrics::cert_expiry(info.not_after);
-    }
     let pending: Vec<_> = config
         .inbound
         .iter()
@@ -42,29 +34,53 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
                 .map(|l| readiness.register(format!("outbound {}", l.listen))),
         )
         .collect();
-    drop(loading);
 
+    // Admin first, so /ready can say what is still pending while the identity is fetched.
     let drain = Drain::new();
     let admin_listener = bind("admin", config.admin).await?;
     let admin = Arc::new(Admin {
         readiness: readiness.clone(),
         metrics,
         config_json: serde_json::to_string_pretty(config).unwrap_or_default(),
-        identity: identity.clone(),
+        identity: std::sync::OnceLock::new(),
     });
-    tokio::spawn(admin::serve(admin_listener, admin, drain.clone()));
+    tokio::spawn(admin::serve(admin_listener, admin.clone(), drain.clone()));
+
+    let td = &validated.trust_domain;
+    let (identity, own_id, control) = if config.identity.control_plane.is_some() {
+        let cp = ControlPlane::new(&config.identity, td)?;
+        let boot = cp.bootstrap().await;
+        let workload = (boot.namespace, boot.labels);
+        (boot.identity, boot.spiffe_id, Some((cp, workload)))
+    } else {
+        let (identity, id) = crate::identity::load_static(&config.identity, td)?;
+        (identity, id, None)
+    };
+    if let Some(info) = identity
+        .svid
+        .current_chain()
+        .first()
+        .and_then(|leaf| ward_certs::CertInfo::parse(leaf).ok())
+    {
+        crate::metrics::cert_expiry(info.not_after);
+    }
+    let _ = admin.identity.set(identity.clone());
+    drop(loading);
 
     let servers = Servers::new(&config.limits);
     let limit = Arc::new(Semaphore::new(config.limits.max_connections));
     let audit = AuditLog::start(&config.audit)
         .await
         .with_context(|| format!("audit.log: cannot open {}", config.audit.log))?;
-    let authz = Authorizer::new(
-        config.workload.namespace.clone(),
-        config.workload.labels.clone(),
-        own_id.to_string(),
-        audit,
-    );
+    // With a control plane the workload is what attestation says, not what the config says.
+    let (namespace, labels) = match &control {
+        Some((_, (ns, labels))) => (ns.clone(), labels.clone()),
+        None => (
+            config.workload.namespace.clone(),
+            config.workload.labels.clone(),
+        ),
+    };
+    let authz = Authorizer::new(namespace, labels, own_id.to_string(), audit);
     if let Some(policy) = &config.policy {
         // Not ready, and denying every inbound call, until a valid policy set is in force.
         let not_ready = readiness.register("policy");
@@ -74,6 +90,18 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             Some(not_ready),
             drain.clone(),
         ));
+    }
+    if let Some((cp, _)) = &control {
+        tokio::spawn(cp.clone().renew_forever(identity.clone(), own_id.clone()));
+        tokio::spawn(cp.clone().follow_bundle(identity.clone()));
+        if config.policy.is_none() {
+            let not_ready = readiness.register("policy");
+            tokio::spawn(cp.clone().follow_policy(
+                identity.clone(),
+                authz.clone(),
+                Some(not_ready),
+            ));
+        }
     }
     let mut pending = pending.into_iter();
 

@@ -289,3 +289,185 @@ impl Pair {
             .collect()
     }
 }
+
+/// A running `ward control-plane`.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub policy_dir: PathBuf,
+    svid_ttl: String,
+    log: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts a control plane for `example.org` with its data and policy directories under
+    /// `dir`, and waits until it accepts connections.
+    pub fn start(dir: &Path, svid_ttl: &str) -> Self {
+        let policy_dir = dir.join("cp-policies");
+        std::fs::create_dir_all(&policy_dir).expect("policy dir");
+        let mut cp = Self {
+            child: None,
+            listen: free_addr(),
+            data_dir: dir.join("cp-data"),
+            policy_dir,
+            svid_ttl: svid_ttl.to_owned(),
+            log: dir.join("control-plane.log"),
+        };
+        cp.spawn();
+        cp
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(crate::bin::path("ward"))
+            .args([
+                "control-plane",
+                "--trust-domain",
+                "example.org",
+                "--data-dir",
+            ])
+            .arg(&self.data_dir)
+            .arg("--policy-dir")
+            .arg(&self.policy_dir)
+            .args([
+                "--listen",
+                &self.listen.to_string(),
+                "--svid-ttl",
+                &self.svid_ttl,
+            ])
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn ward control-plane");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(self.listen).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("control plane exited with {status}:\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control plane not listening:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `ward token create` for `spiffe_id` with `labels` (`k=v,...`).
+    pub fn token(&self, spiffe_id: &str, labels: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "token",
+            "create",
+            "--data-dir",
+            self.data_dir.to_str().expect("utf-8"),
+            "--spiffe-id",
+            spiffe_id,
+            "--labels",
+            labels,
+        ];
+        args.extend_from_slice(extra);
+        crate::bin::ward(&args).ok().trim().to_owned()
+    }
+
+    /// Kills the process at once (no drain), as a node failure would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same address and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn bundle_path(&self) -> PathBuf {
+        self.data_dir.join("bundle.pem")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Writes the control plane's policy file (atomically).
+    pub fn set_policy(&self, yaml: &str) {
+        let tmp = self.policy_dir.join(".policy.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write policy");
+        std::fs::rename(&tmp, self.policy_dir.join("policy.yaml")).expect("replace policy");
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- control plane log ----\n{}", self.logs());
+        }
+    }
+}
+
+/// A control plane and two sidecars that got their identities from it with join tokens:
+/// `web` (outbound) calling `orders` (inbound, in front of `app`). No certificate files.
+pub struct ManagedPair {
+    pub dir: tempfile::TempDir,
+    pub cp: ControlPlane,
+    pub web: Proxy,
+    pub orders: Proxy,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+}
+
+pub const WEB_ID: &str = "spiffe://example.org/ns/default/sa/web";
+pub const ORDERS_ID: &str = "spiffe://example.org/ns/default/sa/orders";
+
+impl ManagedPair {
+    pub fn start(app: SocketAddr, svid_ttl: &str, policy: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cp = ControlPlane::start(dir.path(), svid_ttl);
+        cp.set_policy(policy);
+        // The bootstrap bundle is what an operator hands the proxies out of band.
+        std::fs::copy(cp.bundle_path(), dir.path().join("bundle.pem")).expect("bundle");
+        for (name, id, labels) in [
+            ("web", WEB_ID, "app=web"),
+            ("orders", ORDERS_ID, "app=orders"),
+        ] {
+            let token = cp.token(id, labels, &[]);
+            std::fs::write(dir.path().join(format!("{name}.token")), token).expect("token");
+        }
+        let (outbound, inbound) = (free_addr(), free_addr());
+        let identity = |name: &str| {
+            format!(
+                "identity: {{ control_plane: \"https://{}\", token_file: {name}.token, bundle: bundle.pem }}\n",
+                cp.listen
+            )
+        };
+        let orders = format!(
+            "trust_domain: example.org\n{}inbound: [ {{ listen: {inbound}, app: {app} }} ]\nadmin: {}\n",
+            identity("orders"),
+            free_addr()
+        );
+        let web = format!(
+            "trust_domain: example.org\n{}outbound: [ {{ listen: {outbound}, upstream: {inbound}, server_identity: \"{ORDERS_ID}\" }} ]\nadmin: {}\n",
+            identity("web"),
+            free_addr()
+        );
+        let orders = Proxy::start(dir.path(), "orders", &orders);
+        let web = Proxy::start(dir.path(), "web", &web);
+        Self {
+            dir,
+            cp,
+            web,
+            orders,
+            outbound,
+            inbound,
+        }
+    }
+}

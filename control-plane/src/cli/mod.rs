@@ -7,6 +7,7 @@
 mod ca;
 mod cert;
 mod policy;
+mod serve;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -33,6 +34,17 @@ enum Command {
     /// Lint, check, test and review authorization policy offline (the sidecar's engine).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run the control plane: attested SVID issuance, policy and bundle push.
+    ControlPlane(serve::ControlPlaneArgs),
+    /// Join tokens that let a proxy get its first SVID.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token bound to one identity; prints only the token.
+    Create(serve::TokenCreateArgs),
 }
 
 /// What a command reports besides success.
@@ -59,6 +71,8 @@ where
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::ControlPlane(args) => serve::control_plane(args),
+        Command::Token(TokenCommand::Create(args)) => serve::token_create(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

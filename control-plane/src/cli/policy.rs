@@ -13,6 +13,7 @@ use ward_policy::model::{Action, Operation, Rule, Source};
 use ward_policy::{Call, Decision, HttpCall, PolicySet, normalize_path};
 
 use super::Outcome;
+use super::serve::parse_labels;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -86,18 +87,6 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<Outcome> {
             to_labels,
         } => who_can(&dir, &to_namespace, &to_labels),
     }
-}
-
-fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| format!("label {pair:?} is not key=value"))
-        })
-        .collect()
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {

@@ -1,0 +1,116 @@
+//! `ward control-plane` and `ward token create`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::Args;
+use ward_certs::{SpiffeId, TrustDomain};
+
+use super::{Outcome, parse_duration, parse_spiffe_id, parse_trust_domain};
+use crate::server::{self, Settings, tokens};
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// Where the CA, trust bundle and token store live (created on first start).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    #[arg(long, value_name = "TD", value_parser = parse_trust_domain)]
+    trust_domain: TrustDomain,
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15012")]
+    listen: SocketAddr,
+    /// A directory of policy files, watched and pushed to the proxies they apply to.
+    #[arg(long, value_name = "DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Admin address (reserved; the admin server is not served yet).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
+    admin: SocketAddr,
+    /// Lifetime of the SVIDs issued to proxies.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    svid_ttl: Duration,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let _ = args.admin;
+    let settings = Settings {
+        data_dir: args.data_dir,
+        trust_domain: args.trust_domain,
+        listen: args.listen,
+        policy_dir: args.policy_dir,
+        svid_ttl: args.svid_ttl,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(server::run(settings))?;
+    Ok(Outcome::Success)
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The one identity the token attests.
+    #[arg(long, value_name = "ID", value_parser = parse_spiffe_id)]
+    spiffe_id: SpiffeId,
+    /// The workload's labels (policy selectors match them).
+    #[arg(long, value_name = "k=v[,k=v]", value_parser = parse_labels, default_value = "")]
+    labels: BTreeMap<String, String>,
+    /// How long the token may be used.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// How many times it may be used.
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+}
+
+pub fn token_create(args: TokenCreateArgs) -> anyhow::Result<Outcome> {
+    let td = server::data_dir_trust_domain(&args.data_dir)?;
+    if !args.spiffe_id.is_member_of(&td) {
+        eprintln!(
+            "ward: warning: {} is not in this control plane's trust domain {td}; Certify will refuse it",
+            args.spiffe_id
+        );
+    }
+    let grant = tokens::grant(
+        &args.spiffe_id,
+        args.labels,
+        args.ttl,
+        args.uses,
+        SystemTime::now(),
+    );
+    let token = tokens::TokenStore::new(&args.data_dir)
+        .create(grant)
+        .context("storing the token")?;
+    println!("{token}");
+    Ok(Outcome::Success)
+}
+
+pub(crate) fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("label {pair:?} is not key=value"))
+        })
+        .collect()
+}

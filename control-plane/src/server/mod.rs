@@ -1,0 +1,571 @@
+//! `ward control-plane`: issues SVIDs to proxies that prove who they are and streams each
+//! proxy the policy for its own workload and the trust bundle.
+//!
+//! The gRPC API is served over TLS 1.3 with the control plane's own SVID
+//! (`spiffe://TD/ns/ward-system/sa/control-plane`). A client certificate is optional at the
+//! TLS layer because a proxy's first `Certify` attests with a join token; every other call
+//! requires the caller's SVID, checked per call.
+
+pub mod tokens;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+use ward_api::v1::{
+    self, BundleAck, CertifyRequest, CertifyResponse, PolicyDocument, PolicySnapshot,
+    PolicyWatchRequest, TrustBundle as BundleMsg,
+};
+use ward_certs::ca::{self, CaError, CaOptions, CertificateAuthority};
+use ward_certs::{MeshIdentity, SpiffeId, TrustBundle, TrustDomain};
+use ward_policy::PolicySet;
+
+use self::tokens::{TokenError, TokenStore};
+
+/// `ward control-plane` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub trust_domain: TrustDomain,
+    pub listen: SocketAddr,
+    pub policy_dir: Option<PathBuf>,
+    pub svid_ttl: Duration,
+}
+
+/// The SPIFFE ID the control plane serves with.
+pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
+    ward_certs::id::workload_id(td, "ward-system", "control-plane")
+        .expect("constant path segments are valid")
+}
+
+struct State {
+    settings: Settings,
+    ca: CertificateAuthority,
+    tokens: TokenStore,
+    bundle: watch::Sender<Arc<(u64, TrustBundle)>>,
+    policy: watch::Sender<Arc<(u64, PolicySet)>>,
+    /// What each connected proxy last acknowledged (for rotation and `ward ca status`).
+    proxies: Mutex<HashMap<String, ProxyState>>,
+    /// Certify calls per peer address in the current second.
+    rate: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyState {
+    pub bundle_version: u64,
+    pub leaf_not_after_unix: i64,
+    pub last_seen: SystemTime,
+}
+
+/// Certify calls allowed per peer address per second.
+const CERTIFY_PER_SECOND: u32 = 200;
+
+/// Runs the control plane until SIGTERM/SIGINT.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let dir = &settings.data_dir;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // The data directory holds the CA key and the token store: owner only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let ca = if dir.join(ca::CA_CERT_FILE).exists() {
+        CertificateAuthority::load(dir).context("loading the CA")?
+    } else {
+        let ca = CertificateAuthority::create(
+            settings.trust_domain.clone(),
+            &CaOptions::default(),
+            SystemTime::now(),
+        )?;
+        ca.save(dir, false)?;
+        tracing::info!(dir = %dir.display(), "created a new CA");
+        ca
+    };
+    if ca.trust_domain() != &settings.trust_domain {
+        anyhow::bail!(
+            "{}: the CA is for trust domain {}, not {}",
+            dir.display(),
+            ca.trust_domain(),
+            settings.trust_domain
+        );
+    }
+    let bundle = TrustBundle::read(settings.trust_domain.clone(), &dir.join(ca::BUNDLE_FILE))
+        .context("reading bundle.pem")?;
+    if !bundle.contains(ca.root()) {
+        anyhow::bail!("{}: bundle.pem does not hold the CA's root", dir.display());
+    }
+
+    let own_id = control_plane_id(&settings.trust_domain);
+    let own_svid = ca.issue(&own_id, settings.svid_ttl, SystemTime::now())?;
+    let identity = MeshIdentity::new(&own_svid, bundle.clone())?;
+    let initial_policy = match &settings.policy_dir {
+        Some(p) => ward_policy::load_dir(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => PolicySet::default(),
+    };
+    let state = Arc::new(State {
+        tokens: TokenStore::new(dir),
+        bundle: watch::Sender::new(Arc::new((1, bundle))),
+        policy: watch::Sender::new(Arc::new((1, initial_policy))),
+        proxies: Mutex::new(HashMap::new()),
+        rate: Mutex::new(HashMap::new()),
+        ca,
+        settings: settings.clone(),
+    });
+
+    if let Some(policy_dir) = settings.policy_dir.clone() {
+        tokio::spawn(watch_policy(policy_dir, state.clone()));
+    }
+    tokio::spawn(renew_own_svid(
+        state.clone(),
+        identity.clone(),
+        own_id.clone(),
+    ));
+
+    let tls = identity.server_config_client_optional(&[b"h2"])?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", settings.listen))?;
+    tracing::info!(listen = %settings.listen, spiffe_id = %own_id, "control plane ready");
+    let incoming = tls_incoming(listener, TlsAcceptor::from(tls));
+    tonic::transport::Server::builder()
+        .add_service(v1::identity_server::IdentityServer::new(Api(state.clone())))
+        .add_service(v1::policy_server::PolicyServer::new(Api(state.clone())))
+        .add_service(v1::bundle_server::BundleServer::new(Api(state.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await
+        .context("serving the control-plane API")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+}
+
+/// Re-issues the control plane's own SVID at half-life.
+async fn renew_own_svid(state: Arc<State>, identity: MeshIdentity, id: SpiffeId) {
+    loop {
+        let chain = identity.svid.current_chain();
+        let wait = chain
+            .first()
+            .and_then(|leaf| ward_certs::CertInfo::parse(leaf).ok())
+            .map(|info| {
+                ward_certs::rotation::renew_in(
+                    SystemTime::now(),
+                    info.not_before,
+                    info.not_after,
+                    0.5,
+                )
+            })
+            .unwrap_or(Duration::from_secs(10));
+        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+        match state
+            .ca
+            .issue(&id, state.settings.svid_ttl, SystemTime::now())
+        {
+            Ok(svid) => {
+                if let Err(e) = identity.svid.swap(&svid) {
+                    tracing::error!(error = %e, "cannot use the renewed control-plane SVID");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot renew the control-plane SVID"),
+        }
+    }
+}
+
+/// Polls the policy directory; a valid change is pushed to every watcher, a broken one is
+/// refused with every error logged and the last good set stays.
+async fn watch_policy(dir: PathBuf, state: Arc<State>) {
+    let mut seen = ward_policy::load::fingerprint(&dir);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = ward_policy::load::fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match ward_policy::load_dir(&dir) {
+            Ok(set) => {
+                state.policy.send_modify(|current| {
+                    *current = Arc::new((current.0 + 1, set));
+                });
+                tracing::info!(version = state.policy.borrow().0, "policy updated");
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(target: "ward::policy", "{e}");
+                }
+                tracing::warn!("policy refused; the last good policy stays in force");
+            }
+        }
+    }
+}
+
+/// A TLS connection with what the handlers need to know about the peer.
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    info: PeerInfo,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub addr: Option<SocketAddr>,
+    /// Set when the peer presented a (verified) SVID.
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts TCP connections and completes their TLS handshakes off the accept loop.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> impl Stream<Item = Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, addr)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let accepted =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let stream = match accepted {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "control-plane TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let spiffe_id =
+                    ward_certs::tls::peer_spiffe_id(stream.get_ref().1.peer_certificates());
+                let info = PeerInfo {
+                    addr: Some(addr),
+                    spiffe_id,
+                };
+                let _ = tx.send(Ok(TlsConn { stream, info })).await;
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+#[derive(Clone)]
+struct Api(Arc<State>);
+
+/// What the TLS layer learned about the caller (tonic puts it in the request extensions).
+fn peer<T>(req: &Request<T>) -> PeerInfo {
+    req.extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .unwrap_or(PeerInfo {
+            addr: None,
+            spiffe_id: None,
+        })
+}
+
+fn caller_svid<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
+    peer(req)
+        .spiffe_id
+        .ok_or_else(|| Status::unauthenticated("this call needs the caller's SVID (mTLS)"))
+}
+
+impl State {
+    fn rate_limited(&self, addr: Option<SocketAddr>) -> bool {
+        let Some(addr) = addr else { return false };
+        let mut rate = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let entry = rate.entry(addr.ip()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(1) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 > CERTIFY_PER_SECOND
+    }
+
+    fn registration(&self, id: &SpiffeId) -> Result<tokens::Registration, Status> {
+        self.tokens
+            .registration(&id.to_string())
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::permission_denied(format!("{id} is not a registered workload")))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::identity_server::Identity for Api {
+    async fn certify(
+        &self,
+        req: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let state = &self.0;
+        let peer = peer(&req);
+        if state.rate_limited(peer.addr) {
+            return Err(Status::resource_exhausted(
+                "too many Certify calls; retry later",
+            ));
+        }
+        let msg = req.into_inner();
+        let now = SystemTime::now();
+        // Who is asking: a join token on first issuance, the current SVID on renewal.
+        let (id, registration, token) = if !msg.token.is_empty() {
+            let grant = state.tokens.peek(&msg.token, now).map_err(token_status)?;
+            let id = ward_certs::parse_spiffe_id(&grant.spiffe_id)
+                .map_err(|e| Status::internal(format!("stored token identity: {e}")))?;
+            if !id.is_member_of(&state.settings.trust_domain) {
+                return Err(Status::permission_denied(format!(
+                    "join token is for trust domain {}, not {}",
+                    id.trust_domain(),
+                    state.settings.trust_domain
+                )));
+            }
+            let registration = tokens::Registration {
+                namespace: grant.namespace.clone(),
+                labels: grant.labels.clone(),
+            };
+            (id, registration, Some(msg.token.clone()))
+        } else {
+            let id = peer.spiffe_id.clone().ok_or_else(|| {
+                Status::unauthenticated(
+                    "no attestation: send a join token, or renew with your SVID",
+                )
+            })?;
+            let registration = state.registration(&id)?;
+            (id, registration, None)
+        };
+        if !msg.spiffe_id.is_empty() && msg.spiffe_id != id.to_string() {
+            return Err(Status::permission_denied(format!(
+                "the caller is attested as {id}, not {}",
+                msg.spiffe_id
+            )));
+        }
+        let requested = ca::csr_requested_uris(&msg.csr).map_err(ca_status)?;
+        if let Some(other) = requested.iter().find(|u| **u != id.to_string()) {
+            return Err(Status::permission_denied(format!(
+                "CSR asks for {other}; the caller is attested as {id}"
+            )));
+        }
+        // Check the CSR before spending a token use on it.
+        let chain = state
+            .ca
+            .sign_csr(&msg.csr, &id, state.settings.svid_ttl, now)
+            .map_err(ca_status)?;
+        if let Some(token) = token {
+            state.tokens.redeem(&token, now).map_err(token_status)?;
+        }
+        let info =
+            ward_certs::CertInfo::parse(&chain[0]).map_err(|e| Status::internal(e.to_string()))?;
+        let bundle = state.bundle.borrow().clone();
+        tracing::info!(spiffe_id = %id, serial = %info.serial, renewal = msg.token.is_empty(), "issued SVID");
+        Ok(Response::new(CertifyResponse {
+            chain: chain.iter().map(|c| c.to_vec()).collect(),
+            bundle: bundle.1.roots().map(|r| r.to_vec()).collect(),
+            spiffe_id: id.to_string(),
+            not_after_unix: info
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs() as i64,
+            workload: Some(v1::Workload {
+                namespace: registration.namespace,
+                labels: registration.labels.into_iter().collect(),
+            }),
+            bundle_version: bundle.0,
+        }))
+    }
+}
+
+fn token_status(e: TokenError) -> Status {
+    match e {
+        TokenError::Store(msg) => Status::internal(msg),
+        other => Status::unauthenticated(other.to_string()),
+    }
+}
+
+fn ca_status(e: CaError) -> Status {
+    match e {
+        CaError::CsrMalformed(_)
+        | CaError::CsrSignature
+        | CaError::CsrWeakSignature
+        | CaError::WeakKey { .. }
+        | CaError::UnsupportedCurve(_)
+        | CaError::UnsupportedKey(_) => Status::invalid_argument(e.to_string()),
+        CaError::ForeignIdentity { .. } | CaError::IdWithoutPath { .. } => {
+            Status::permission_denied(e.to_string())
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PolicySnapshot, Status>> + Send>>;
+type BundleStream = Pin<Box<dyn Stream<Item = Result<BundleMsg, Status>> + Send>>;
+
+fn snapshot(version: u64, set: &PolicySet, reg: &tokens::Registration) -> PolicySnapshot {
+    let labels: BTreeMap<String, String> = reg.labels.clone();
+    PolicySnapshot {
+        version,
+        documents: set
+            .documents_for(&reg.namespace, &labels)
+            .into_iter()
+            .map(|(source, yaml)| PolicyDocument { source, yaml })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::policy_server::Policy for Api {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        req: Request<PolicyWatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = caller_svid(&req)?;
+        let registration = self.0.registration(&id)?;
+        let mut updates = self.0.policy.subscribe();
+        // Capacity 1: a slow watcher only ever waits for its own previous snapshot, and
+        // skips straight to the newest one when it catches up.
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                let current = updates.borrow_and_update().clone();
+                if tx
+                    .send(Ok(snapshot(current.0, &current.1, &registration)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if updates.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::bundle_server::Bundle for Api {
+    type WatchStream = BundleStream;
+
+    async fn watch(
+        &self,
+        req: Request<tonic::Streaming<BundleAck>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = caller_svid(&req)?.to_string();
+        let mut acks = req.into_inner();
+        let mut updates = self.0.bundle.subscribe();
+        let state = self.0.clone();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                let current = updates.borrow_and_update().clone();
+                let msg = BundleMsg {
+                    version: current.0,
+                    roots: current.1.roots().map(|r| r.to_vec()).collect(),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                if updates.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok(Some(ack)) = acks.message().await {
+                let mut proxies = state.proxies.lock().unwrap_or_else(|p| p.into_inner());
+                proxies.insert(
+                    id.clone(),
+                    ProxyState {
+                        bundle_version: ack.applied_version,
+                        leaf_not_after_unix: ack.leaf_not_after_unix,
+                        last_seen: SystemTime::now(),
+                    },
+                );
+            }
+            state
+                .proxies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The data directory's CA trust domain, for `ward token create`.
+pub fn data_dir_trust_domain(dir: &Path) -> anyhow::Result<TrustDomain> {
+    let ca = CertificateAuthority::load(dir).with_context(|| {
+        format!(
+            "{}: no CA (start the control plane or run `ward ca init`)",
+            dir.display()
+        )
+    })?;
+    Ok(ca.trust_domain().clone())
+}
