@@ -101,6 +101,7 @@ pub fn certs(identity: &MeshIdentity) -> serde_json::Value {
         json!({
             "spiffe_id": info.spiffe_id.as_ref().map(ToString::to_string),
             "subject": info.subject,
+            "issuer": info.issuer,
             "serial": info.serial,
             "not_before": rfc3339(info.not_before),
             "not_after": rfc3339(info.not_after),

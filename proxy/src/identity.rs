@@ -69,6 +69,10 @@ pub fn load_static(
 /// The control plane as this proxy reaches it.
 #[derive(Clone)]
 pub struct ControlPlane {
+    /// Asks the renewer to renew now (a rotation activated a new root).
+    renew_now: Arc<tokio::sync::Notify>,
+    /// Tells the bundle stream a new leaf is in use, so it reports it.
+    renewed: Arc<tokio::sync::Notify>,
     /// `host:port`.
     addr: String,
     pub expected: SpiffeId,
@@ -97,6 +101,8 @@ impl ControlPlane {
         let expected = ward_certs::id::workload_id(trust_domain, "ward-system", "control-plane")
             .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
         Ok(Self {
+            renew_now: Arc::new(tokio::sync::Notify::new()),
+            renewed: Arc::new(tokio::sync::Notify::new()),
             addr,
             expected,
             trust_domain: trust_domain.clone(),
@@ -236,11 +242,17 @@ impl ControlPlane {
                     )
                 })
                 .unwrap_or_default();
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.renew_now.notified() => {
+                    tracing::info!("renewing early: the control plane signs with a new root");
+                }
+            }
             loop {
                 match self.renew_once(&identity, &id).await {
                     Ok(serial) => {
                         tracing::info!(spiffe_id = %id, %serial, "renewed SVID");
+                        self.renewed.notify_one();
                         backoff = Backoff::new();
                         break;
                     }
@@ -295,26 +307,27 @@ impl ControlPlane {
                     .map_err(|s| s.message().to_owned())?
                     .into_inner();
                 connected("bundle", true);
-                while let Some(msg) = stream.message().await.map_err(|s| s.message().to_owned())? {
+                let mut applied = 0;
+                loop {
+                    let msg = tokio::select! {
+                        msg = stream.message() => msg.map_err(|s| s.message().to_owned())?,
+                        _ = this.renewed.notified() => {
+                            // Report the new leaf (rotation waits for every proxy's).
+                            let _ = acks.send(ack(&identity, applied)).await;
+                            continue;
+                        }
+                    };
+                    let Some(msg) = msg else { break };
                     let roots = msg.roots.iter().map(|r| rustls_pki_types::CertificateDer::from(r.clone()));
                     match TrustBundle::new(td.clone(), roots) {
                         Ok(bundle) => {
                             identity.bundle.swap(bundle);
+                            applied = msg.version;
                             gauge!("ward_bundle_version").set(msg.version as f64);
-                            let leaf_not_after = identity
-                                .svid
-                                .current_chain()
-                                .first()
-                                .and_then(|l| ward_certs::CertInfo::parse(l).ok())
-                                .map(|i| unix_secs(i.not_after))
-                                .unwrap_or_default();
-                            let _ = acks
-                                .send(v1::BundleAck {
-                                    applied_version: msg.version,
-                                    leaf_not_after_unix: leaf_not_after,
-                                    leaf_issuer_root: String::new(),
-                                })
-                                .await;
+                            if !msg.active_root.is_empty() && leaf_issuer(&identity) != msg.active_root {
+                                this.renew_now.notify_one();
+                            }
+                            let _ = acks.send(ack(&identity, applied)).await;
                         }
                         Err(e) => tracing::error!(error = %e, "refused a trust bundle from the control plane"),
                     }
@@ -407,6 +420,32 @@ where
             backoff = Backoff::new();
         }
         backoff.wait().await;
+    }
+}
+
+/// The issuer (root subject) of our current leaf.
+fn leaf_issuer(identity: &MeshIdentity) -> String {
+    identity
+        .svid
+        .current_chain()
+        .first()
+        .and_then(|l| ward_certs::CertInfo::parse(l).ok())
+        .map(|i| i.issuer)
+        .unwrap_or_default()
+}
+
+fn ack(identity: &MeshIdentity, applied: u64) -> v1::BundleAck {
+    let leaf_not_after = identity
+        .svid
+        .current_chain()
+        .first()
+        .and_then(|l| ward_certs::CertInfo::parse(l).ok())
+        .map(|i| unix_secs(i.not_after))
+        .unwrap_or_default();
+    v1::BundleAck {
+        applied_version: applied,
+        leaf_not_after_unix: leaf_not_after,
+        leaf_issuer_root: leaf_issuer(identity),
     }
 }
 

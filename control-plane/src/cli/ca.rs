@@ -14,6 +14,22 @@ use super::{Outcome, human, parse_duration, parse_trust_domain, rfc3339};
 pub enum CaCommand {
     /// Create a new root CA (and optionally an intermediate) in a directory.
     Init(InitArgs),
+    /// Rotate the root of a running control plane, one step per call: prepare (add the new
+    /// root to the bundle) -> activate (sign with it) -> finish (drop the old root). A step
+    /// is refused, naming the proxies, while any proxy lags.
+    Rotate {
+        /// The control plane's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Insist on this step (default: the next one).
+        #[arg(long, value_parser = ["prepare", "activate", "finish"])]
+        step: Option<String>,
+    },
+    /// Roots, the signing root, the rotation phase, and every proxy's bundle and leaf.
+    Status {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -38,6 +54,24 @@ pub struct InitArgs {
 pub fn run(cmd: CaCommand) -> anyhow::Result<Outcome> {
     match cmd {
         CaCommand::Init(args) => init(args),
+        CaCommand::Rotate { data_dir, step } => {
+            use crate::server::rotation::{Phase, advance};
+            let step = step.map(|s| match s.as_str() {
+                "prepare" => Phase::Prepared,
+                "activate" => Phase::Activated,
+                _ => Phase::Stable,
+            });
+            for line in advance(&data_dir, step)? {
+                println!("{line}");
+            }
+            Ok(Outcome::Success)
+        }
+        CaCommand::Status { data_dir } => {
+            for line in crate::server::rotation::describe(&data_dir)? {
+                println!("{line}");
+            }
+            Ok(Outcome::Success)
+        }
     }
 }
 

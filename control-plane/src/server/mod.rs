@@ -6,6 +6,7 @@
 //! TLS layer because a proxy's first `Certify` attests with a join token; every other call
 //! requires the caller's SVID, checked per call.
 
+pub mod rotation;
 pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,9 +52,10 @@ pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
 
 struct State {
     settings: Settings,
-    ca: CertificateAuthority,
+    /// The signer; swapped when a rotation activates a new root.
+    ca: arc_swap::ArcSwap<CertificateAuthority>,
     tokens: TokenStore,
-    bundle: watch::Sender<Arc<(u64, TrustBundle)>>,
+    bundle: watch::Sender<Arc<Trust>>,
     policy: watch::Sender<Arc<(u64, PolicySet)>>,
     /// What each connected proxy last acknowledged (for rotation and `ward ca status`).
     proxies: Mutex<HashMap<String, ProxyState>>,
@@ -65,7 +67,63 @@ struct State {
 pub struct ProxyState {
     pub bundle_version: u64,
     pub leaf_not_after_unix: i64,
+    pub leaf_issuer: String,
     pub last_seen: SystemTime,
+    /// Whether its Bundle.Watch stream is open now.
+    pub connected: bool,
+}
+
+/// A bundle's version: derived from its roots, so it means the same across restarts.
+fn bundle_version(bundle: &TrustBundle) -> u64 {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for root in bundle.roots() {
+        ctx.update(&(root.len() as u64).to_be_bytes());
+        ctx.update(root.as_ref());
+    }
+    let digest = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    // Keep it within what a JSON number holds exactly.
+    u64::from_be_bytes(first) >> 12
+}
+
+/// Proxies known from the last run's status.json: a restart must not forget a proxy that
+/// has not reconnected yet, or a rotation step could run ahead of it.
+fn known_proxies(dir: &Path) -> HashMap<String, ProxyState> {
+    let Ok(bytes) = std::fs::read(dir.join(rotation::STATUS_FILE)) else {
+        return HashMap::new();
+    };
+    let Ok(status) = serde_json::from_slice::<rotation::Status>(&bytes) else {
+        return HashMap::new();
+    };
+    status
+        .proxies
+        .into_iter()
+        .map(|(id, p)| {
+            let state = ProxyState {
+                bundle_version: p.bundle_version,
+                leaf_not_after_unix: p.leaf_not_after_unix,
+                leaf_issuer: p.leaf_issuer,
+                last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(p.last_seen_unix),
+                connected: false,
+            };
+            (id, state)
+        })
+        .collect()
+}
+
+/// The trust bundle pushed to proxies, its version, and which root signs new leaves.
+#[derive(Debug)]
+pub struct Trust {
+    pub version: u64,
+    pub bundle: TrustBundle,
+    pub active_root: String,
+}
+
+fn root_subject(ca: &CertificateAuthority) -> String {
+    ward_certs::CertInfo::parse(ca.root())
+        .map(|i| i.subject)
+        .unwrap_or_default()
 }
 
 /// Certify calls allowed per peer address per second.
@@ -118,11 +176,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let state = Arc::new(State {
         tokens: TokenStore::new(dir),
-        bundle: watch::Sender::new(Arc::new((1, bundle))),
+        bundle: watch::Sender::new(Arc::new(Trust {
+            version: bundle_version(&bundle),
+            bundle,
+            active_root: root_subject(&ca),
+        })),
         policy: watch::Sender::new(Arc::new((1, initial_policy))),
-        proxies: Mutex::new(HashMap::new()),
+        proxies: Mutex::new(known_proxies(dir)),
         rate: Mutex::new(HashMap::new()),
-        ca,
+        ca: arc_swap::ArcSwap::from_pointee(ca),
         settings: settings.clone(),
     });
 
@@ -134,6 +196,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         identity.clone(),
         own_id.clone(),
     ));
+    tokio::spawn(watch_data_dir(state.clone(), identity.clone()));
+    tokio::spawn(report_status(state.clone()));
 
     let tls = identity.server_config_client_optional(&[b"h2"])?;
     let listener = TcpListener::bind(settings.listen)
@@ -183,6 +247,7 @@ async fn renew_own_svid(state: Arc<State>, identity: MeshIdentity, id: SpiffeId)
         tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
         match state
             .ca
+            .load()
             .issue(&id, state.settings.svid_ttl, SystemTime::now())
         {
             Ok(svid) => {
@@ -192,6 +257,135 @@ async fn renew_own_svid(state: Arc<State>, identity: MeshIdentity, id: SpiffeId)
             }
             Err(e) => tracing::error!(error = %e, "cannot renew the control-plane SVID"),
         }
+    }
+}
+
+/// Follows `ward ca rotate`'s changes to the data directory: a new `bundle.pem` is pushed
+/// to every proxy; a new `ca.pem`/`ca.key` becomes the signer (and our own SVID is
+/// re-issued by it so that proxies which already dropped the old root can still reach us).
+async fn watch_data_dir(state: Arc<State>, identity: MeshIdentity) {
+    let dir = state.settings.data_dir.clone();
+    let stamp = |f: &str| {
+        std::fs::metadata(dir.join(f))
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut seen = (
+        stamp(ca::BUNDLE_FILE),
+        stamp(ca::CA_CERT_FILE),
+        stamp(ca::CA_KEY_FILE),
+    );
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = (
+            stamp(ca::BUNDLE_FILE),
+            stamp(ca::CA_CERT_FILE),
+            stamp(ca::CA_KEY_FILE),
+        );
+        if now == seen {
+            continue;
+        }
+        let bundle = match TrustBundle::read(
+            state.settings.trust_domain.clone(),
+            &dir.join(ca::BUNDLE_FILE),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "bundle.pem unreadable; keeping the current bundle");
+                continue;
+            }
+        };
+        let ca = match CertificateAuthority::load(&dir) {
+            Ok(ca) => ca,
+            Err(e) => {
+                // Mid-way through a rotation step; the next poll sees it whole.
+                tracing::warn!(error = %e, "CA unreadable; keeping the current signer");
+                continue;
+            }
+        };
+        if !bundle.contains(ca.root()) {
+            tracing::warn!("bundle.pem lacks the signing root; keeping the current state");
+            continue;
+        }
+        seen = now;
+        let active_root = root_subject(&ca);
+        let signer_changed = active_root != state.bundle.borrow().active_root;
+        state.ca.store(Arc::new(ca));
+        if signer_changed {
+            let own = control_plane_id(&state.settings.trust_domain);
+            match state
+                .ca
+                .load()
+                .issue(&own, state.settings.svid_ttl, SystemTime::now())
+            {
+                Ok(svid) => {
+                    let _ = identity.svid.swap(&svid);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot re-issue the control-plane SVID"),
+            }
+        }
+        identity.bundle.swap(bundle.clone());
+        state.bundle.send_modify(|t| {
+            *t = Arc::new(Trust {
+                version: bundle_version(&bundle),
+                bundle,
+                active_root: active_root.clone(),
+            });
+        });
+        tracing::info!(version = state.bundle.borrow().version, %active_root, "trust bundle updated");
+    }
+}
+
+/// Writes what every connected proxy has applied to `status.json`, for `ward ca rotate`
+/// and `ward ca status`.
+async fn report_status(state: Arc<State>) {
+    loop {
+        let trust = state.bundle.borrow().clone();
+        let proxies = state
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, p)| {
+                let last = if p.connected {
+                    SystemTime::now()
+                } else {
+                    p.last_seen
+                };
+                let seen = last
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                (
+                    id.clone(),
+                    rotation::ProxyStatus {
+                        bundle_version: p.bundle_version,
+                        leaf_not_after_unix: p.leaf_not_after_unix,
+                        leaf_issuer: p.leaf_issuer.clone(),
+                        last_seen_unix: seen,
+                    },
+                )
+            })
+            .collect();
+        let status = rotation::Status {
+            written_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            bundle_version: trust.version,
+            roots: trust
+                .bundle
+                .roots()
+                .filter_map(|r| ward_certs::CertInfo::parse(r).ok())
+                .map(|i| i.subject)
+                .collect(),
+            active_root: trust.active_root.clone(),
+            proxies,
+        };
+        if let Err(e) = rotation::write_status(&state.settings.data_dir, &status) {
+            tracing::warn!(error = %e, "cannot write status.json");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -412,6 +606,7 @@ impl v1::identity_server::Identity for Api {
         // Check the CSR before spending a token use on it.
         let chain = state
             .ca
+            .load()
             .sign_csr(&msg.csr, &id, state.settings.svid_ttl, now)
             .map_err(ca_status)?;
         if let Some(token) = token {
@@ -419,22 +614,37 @@ impl v1::identity_server::Identity for Api {
         }
         let info =
             ward_certs::CertInfo::parse(&chain[0]).map_err(|e| Status::internal(e.to_string()))?;
+        let not_after_unix = info
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        {
+            // Whoever holds a valid leaf is a proxy a rotation must wait for.
+            let mut proxies = state.proxies.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = proxies.entry(id.to_string()).or_insert(ProxyState {
+                bundle_version: 0,
+                leaf_not_after_unix: 0,
+                leaf_issuer: String::new(),
+                last_seen: now,
+                connected: false,
+            });
+            entry.leaf_not_after_unix = not_after_unix;
+            entry.leaf_issuer = info.issuer.clone();
+            entry.last_seen = now;
+        }
         let bundle = state.bundle.borrow().clone();
         tracing::info!(spiffe_id = %id, serial = %info.serial, renewal = msg.token.is_empty(), "issued SVID");
         Ok(Response::new(CertifyResponse {
             chain: chain.iter().map(|c| c.to_vec()).collect(),
-            bundle: bundle.1.roots().map(|r| r.to_vec()).collect(),
+            bundle: bundle.bundle.roots().map(|r| r.to_vec()).collect(),
             spiffe_id: id.to_string(),
-            not_after_unix: info
-                .not_after
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs() as i64,
+            not_after_unix,
             workload: Some(v1::Workload {
                 namespace: registration.namespace,
                 labels: registration.labels.into_iter().collect(),
             }),
-            bundle_version: bundle.0,
+            bundle_version: bundle.version,
         }))
     }
 }
@@ -526,8 +736,9 @@ impl v1::bundle_server::Bundle for Api {
             loop {
                 let current = updates.borrow_and_update().clone();
                 let msg = BundleMsg {
-                    version: current.0,
-                    roots: current.1.roots().map(|r| r.to_vec()).collect(),
+                    version: current.version,
+                    roots: current.bundle.roots().map(|r| r.to_vec()).collect(),
+                    active_root: current.active_root.clone(),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
@@ -545,15 +756,22 @@ impl v1::bundle_server::Bundle for Api {
                     ProxyState {
                         bundle_version: ack.applied_version,
                         leaf_not_after_unix: ack.leaf_not_after_unix,
+                        leaf_issuer: ack.leaf_issuer_root,
                         last_seen: SystemTime::now(),
+                        connected: true,
                     },
                 );
+                drop(proxies);
             }
-            state
+            if let Some(p) = state
                 .proxies
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+                .get_mut(&id)
+            {
+                p.connected = false;
+                p.last_seen = SystemTime::now();
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
