@@ -27,6 +27,8 @@ pub struct Admin {
     pub config_json: String,
     /// Set once the identity is loaded (with a control plane, after the first Certify).
     pub identity: std::sync::OnceLock<MeshIdentity>,
+    /// Control-plane stream health, when the identity comes from one.
+    pub control_plane: std::sync::OnceLock<Arc<crate::identity::Health>>,
 }
 
 /// Serves the admin endpoints on `listener` until drained.
@@ -70,10 +72,11 @@ fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            json_response(
-                status,
-                &json!({ "ready": pending.is_empty(), "pending": pending }),
-            )
+            let mut detail = json!({ "ready": pending.is_empty(), "pending": pending });
+            if let Some(cp) = admin.control_plane.get() {
+                detail["control_plane"] = cp.describe();
+            }
+            json_response(status, &detail)
         }
         "/metrics" => match &admin.metrics {
             Some(handle) => Response::builder()

@@ -67,8 +67,36 @@ pub fn load_static(
 }
 
 /// The control plane as this proxy reaches it.
+/// Whether the control-plane streams are up and how fresh their state is, for `/ready`.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub policy_connected: std::sync::atomic::AtomicBool,
+    pub bundle_connected: std::sync::atomic::AtomicBool,
+    /// When the last policy snapshot was put in force (Unix seconds; 0: never).
+    pub policy_updated_unix: std::sync::atomic::AtomicU64,
+    /// When the last trust bundle was put in force (Unix seconds; 0: never).
+    pub bundle_updated_unix: std::sync::atomic::AtomicU64,
+}
+
+impl Health {
+    /// The `/ready` detail.
+    pub fn describe(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = unix_secs(SystemTime::now()) as u64;
+        let age = |t: u64| (t > 0).then(|| now.saturating_sub(t));
+        serde_json::json!({
+            "policy_stream_connected": self.policy_connected.load(Relaxed),
+            "bundle_stream_connected": self.bundle_connected.load(Relaxed),
+            "policy_age_seconds": age(self.policy_updated_unix.load(Relaxed)),
+            "bundle_age_seconds": age(self.bundle_updated_unix.load(Relaxed)),
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct ControlPlane {
+    /// Stream state for `/ready`.
+    pub health: Arc<Health>,
     /// Asks the renewer to renew now (a rotation activated a new root).
     renew_now: Arc<tokio::sync::Notify>,
     /// Tells the bundle stream a new leaf is in use, so it reports it.
@@ -101,6 +129,7 @@ impl ControlPlane {
         let expected = ward_certs::id::workload_id(trust_domain, "ward-system", "control-plane")
             .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
         Ok(Self {
+            health: Arc::new(Health::default()),
             renew_now: Arc::new(tokio::sync::Notify::new()),
             renewed: Arc::new(tokio::sync::Notify::new()),
             addr,
@@ -296,7 +325,7 @@ impl ControlPlane {
     /// Follows the trust bundle: swaps it in and acknowledges each version.
     pub async fn follow_bundle(self, identity: MeshIdentity) {
         let td = self.trust_domain.clone();
-        follow("bundle", move || {
+        follow(self.health.clone(), "bundle", move || {
             let (this, identity, td) = (self.clone(), identity.clone(), td.clone());
             async move {
                 let (acks, rx) = tokio::sync::mpsc::channel(4);
@@ -306,7 +335,7 @@ impl ControlPlane {
                     .await
                     .map_err(|s| s.message().to_owned())?
                     .into_inner();
-                connected("bundle", true);
+                connected(&this.health, "bundle", true);
                 let mut applied = 0;
                 loop {
                     let msg = tokio::select! {
@@ -322,6 +351,10 @@ impl ControlPlane {
                     match TrustBundle::new(td.clone(), roots) {
                         Ok(bundle) => {
                             identity.bundle.swap(bundle);
+                            this.health.bundle_updated_unix.store(
+                                unix_secs(SystemTime::now()) as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                             applied = msg.version;
                             gauge!("ward_bundle_version").set(msg.version as f64);
                             if !msg.active_root.is_empty() && leaf_issuer(&identity) != msg.active_root {
@@ -346,7 +379,7 @@ impl ControlPlane {
         mut not_ready: Option<crate::readiness::Pending>,
     ) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let watcher = follow("policy", move || {
+        let watcher = follow(self.health.clone(), "policy", move || {
             let (this, identity, authz, tx) =
                 (self.clone(), identity.clone(), authz.clone(), tx.clone());
             async move {
@@ -358,7 +391,7 @@ impl ControlPlane {
                     .await
                     .map_err(|s| s.message().to_owned())?
                     .into_inner();
-                connected("policy", true);
+                connected(&this.health, "policy", true);
                 while let Some(snapshot) =
                     stream.message().await.map_err(|s| s.message().to_owned())?
                 {
@@ -371,6 +404,10 @@ impl ControlPlane {
                         Ok(set) => {
                             let applying = authz.install(&set);
                             gauge!("ward_policy_version").set(snapshot.version as f64);
+                            this.health.policy_updated_unix.store(
+                                unix_secs(SystemTime::now()) as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                             gauge!("ward_policy_updated_timestamp_seconds")
                                 .set(unix_secs(SystemTime::now()) as f64);
                             tracing::info!(
@@ -400,7 +437,7 @@ impl ControlPlane {
 
 /// Runs `session` again and again: each run connects and consumes a stream; when it ends or
 /// fails the stream is marked disconnected and retried after a capped exponential backoff.
-async fn follow<F, Fut>(name: &'static str, mut session: F)
+async fn follow<F, Fut>(health: Arc<Health>, name: &'static str, mut session: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
@@ -409,7 +446,7 @@ where
     loop {
         let started = tokio::time::Instant::now();
         let result = session().await;
-        connected(name, false);
+        connected(&health, name, false);
         match result {
             Ok(()) => tracing::warn!(stream = name, "control-plane stream ended; reconnecting"),
             Err(e) => {
@@ -449,8 +486,13 @@ fn ack(identity: &MeshIdentity, applied: u64) -> v1::BundleAck {
     }
 }
 
-fn connected(stream: &'static str, up: bool) {
+fn connected(health: &Health, stream: &'static str, up: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
     gauge!("ward_control_plane_connected", "stream" => stream).set(if up { 1.0 } else { 0.0 });
+    match stream {
+        "policy" => health.policy_connected.store(up, Relaxed),
+        _ => health.bundle_connected.store(up, Relaxed),
+    }
 }
 
 /// Capped exponential backoff: 250 ms doubling to 30 s, with jitter.

@@ -43,12 +43,14 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
         metrics,
         config_json: serde_json::to_string_pretty(config).unwrap_or_default(),
         identity: std::sync::OnceLock::new(),
+        control_plane: std::sync::OnceLock::new(),
     });
     tokio::spawn(admin::serve(admin_listener, admin.clone(), drain.clone()));
 
     let td = &validated.trust_domain;
     let (identity, own_id, control) = if config.identity.control_plane.is_some() {
         let cp = ControlPlane::new(&config.identity, td)?;
+        let _ = admin.control_plane.set(cp.health.clone());
         let boot = cp.bootstrap().await;
         let workload = (boot.namespace, boot.labels);
         (boot.identity, boot.spiffe_id, Some((cp, workload)))

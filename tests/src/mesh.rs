@@ -294,6 +294,7 @@ impl Pair {
 pub struct ControlPlane {
     child: Option<Child>,
     pub listen: SocketAddr,
+    pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub policy_dir: PathBuf,
     svid_ttl: String,
@@ -309,6 +310,7 @@ impl ControlPlane {
         let mut cp = Self {
             child: None,
             listen: free_addr(),
+            admin: free_addr(),
             data_dir: dir.join("cp-data"),
             policy_dir,
             svid_ttl: svid_ttl.to_owned(),
@@ -340,6 +342,7 @@ impl ControlPlane {
                 "--svid-ttl",
                 &self.svid_ttl,
             ])
+            .args(["--admin", &self.admin.to_string()])
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()

@@ -29,29 +29,53 @@ async fn get(addr: SocketAddr, path: &str) -> u16 {
         .unwrap()
 }
 
-/// Continuous requests until `stop`; counts successes and failures.
-fn load(
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-) -> (
-    tokio::task::JoinHandle<()>,
-    Arc<AtomicUsize>,
-    Arc<AtomicUsize>,
-) {
+/// Continuous requests until `stop` (or the returned guard is dropped, so a failing test
+/// never leaves the load running); counts successes and failures.
+fn load(addr: SocketAddr, stop: Arc<AtomicBool>) -> (Load, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (o, f) = (ok.clone(), failed.clone());
+    let (o, f, s) = (ok.clone(), failed.clone(), stop.clone());
     let handle = tokio::task::spawn_blocking(move || {
-        while !stop.load(Ordering::SeqCst) {
+        while !s.load(Ordering::SeqCst) {
             match http_get(addr, "/orders/1") {
                 Some((200, _)) => o.fetch_add(1, Ordering::SeqCst),
                 other => {
-                    eprintln!("failed request: {other:?}");
-                    f.fetch_add(1, Ordering::SeqCst)
+                    if f.fetch_add(1, Ordering::SeqCst) < 5 {
+                        eprintln!("failed request: {other:?}");
+                    }
+                    0
                 }
             };
         }
     });
-    (handle, ok, failed)
+    (
+        Load {
+            handle: Some(handle),
+            stop,
+        },
+        ok,
+        failed,
+    )
+}
+
+/// The running load; stops it when dropped.
+struct Load {
+    handle: Option<tokio::task::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Load {
+    async fn finish(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 fn serial(proxy: &ward_tests::mesh::Proxy) -> String {
@@ -277,8 +301,7 @@ async fn svids_rotate_under_load_without_a_failed_request() {
             seen.1.push(now.1);
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    handle.await.unwrap();
+    handle.finish().await;
     assert_eq!(failed.load(Ordering::SeqCst), 0);
     assert!(
         ok.load(Ordering::SeqCst) > 100,
@@ -336,6 +359,22 @@ async fn traffic_survives_the_control_plane_dying_and_proxies_reconnect() {
             || web.contains("ward_control_plane_connected{stream=\"bundle\"} 0"),
         "{web}"
     );
+    // Still ready (fail static), and /ready says the control plane is gone and since when.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = mesh.orders.admin_get("/ready");
+        let detail: Value = serde_json::from_str(&body).unwrap();
+        if detail["control_plane"]["policy_stream_connected"] == false {
+            assert_eq!(code, 200, "{body}");
+            assert!(
+                detail["control_plane"]["policy_age_seconds"].is_u64(),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::task::block_in_place(|| mesh.cp.restart());
     // Both streams come back.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -349,7 +388,6 @@ async fn traffic_survives_the_control_plane_dying_and_proxies_reconnect() {
         assert!(Instant::now() < deadline, "no reconnect:\n{m}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    handle.await.unwrap();
+    handle.finish().await;
     assert_eq!(failed.load(Ordering::SeqCst), 0);
 }

@@ -24,7 +24,7 @@ pub struct ControlPlaneArgs {
     /// A directory of policy files, watched and pushed to the proxies they apply to.
     #[arg(long, value_name = "DIR")]
     policy_dir: Option<PathBuf>,
-    /// Admin address (reserved; the admin server is not served yet).
+    /// Admin address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
     /// Lifetime of the SVIDs issued to proxies.
@@ -46,20 +46,21 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
     } else {
         builder.init();
     }
-    let _ = args.admin;
+    let metrics = server::admin::install_metrics().context("metrics")?;
     let settings = Settings {
         data_dir: args.data_dir,
         trust_domain: args.trust_domain,
         listen: args.listen,
         policy_dir: args.policy_dir,
         svid_ttl: args.svid_ttl,
+        admin: args.admin,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(server::run(settings))?;
+    runtime.block_on(server::run(settings, Some(metrics)))?;
     Ok(Outcome::Success)
 }
 

@@ -6,6 +6,7 @@
 //! TLS layer because a proxy's first `Certify` attests with a join token; every other call
 //! requires the caller's SVID, checked per call.
 
+pub mod admin;
 pub mod rotation;
 pub mod tokens;
 
@@ -42,6 +43,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub policy_dir: Option<PathBuf>,
     pub svid_ttl: Duration,
+    pub admin: SocketAddr,
 }
 
 /// The SPIFFE ID the control plane serves with.
@@ -56,7 +58,8 @@ struct State {
     ca: arc_swap::ArcSwap<CertificateAuthority>,
     tokens: TokenStore,
     bundle: watch::Sender<Arc<Trust>>,
-    policy: watch::Sender<Arc<(u64, PolicySet)>>,
+    /// The policy set, its version, and when it changed (for the fan-out metric).
+    policy: watch::Sender<Arc<(u64, PolicySet, Instant)>>,
     /// What each connected proxy last acknowledged (for rotation and `ward ca status`).
     proxies: Mutex<HashMap<String, ProxyState>>,
     /// Certify calls per peer address in the current second.
@@ -126,11 +129,17 @@ fn root_subject(ca: &CertificateAuthority) -> String {
         .unwrap_or_default()
 }
 
+/// How long before the CA expires the control plane starts warning (hourly).
+const CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
 /// Certify calls allowed per peer address per second.
 const CERTIFY_PER_SECOND: u32 = 200;
 
 /// Runs the control plane until SIGTERM/SIGINT.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<()> {
     let dir = &settings.data_dir;
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -181,7 +190,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             bundle,
             active_root: root_subject(&ca),
         })),
-        policy: watch::Sender::new(Arc::new((1, initial_policy))),
+        policy: watch::Sender::new(Arc::new((1, initial_policy, Instant::now()))),
         proxies: Mutex::new(known_proxies(dir)),
         rate: Mutex::new(HashMap::new()),
         ca: arc_swap::ArcSwap::from_pointee(ca),
@@ -203,7 +212,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", settings.listen))?;
-    tracing::info!(listen = %settings.listen, spiffe_id = %own_id, "control plane ready");
+    admin::serve(settings.admin, metrics).await?;
+    tracing::info!(listen = %settings.listen, admin = %settings.admin, spiffe_id = %own_id, "control plane ready");
     let incoming = tls_incoming(listener, TlsAcceptor::from(tls));
     tonic::transport::Server::builder()
         .add_service(v1::identity_server::IdentityServer::new(Api(state.clone())))
@@ -339,6 +349,7 @@ async fn watch_data_dir(state: Arc<State>, identity: MeshIdentity) {
 /// Writes what every connected proxy has applied to `status.json`, for `ward ca rotate`
 /// and `ward ca status`.
 async fn report_status(state: Arc<State>) {
+    let mut last_warning: Option<Instant> = None;
     loop {
         let trust = state.bundle.borrow().clone();
         let proxies = state
@@ -385,6 +396,34 @@ async fn report_status(state: Arc<State>) {
         if let Err(e) = rotation::write_status(&state.settings.data_dir, &status) {
             tracing::warn!(error = %e, "cannot write status.json");
         }
+        let connected = state
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| p.connected)
+            .count();
+        metrics::gauge!(admin::CONNECTED_PROXIES).set(connected as f64);
+        metrics::gauge!(admin::BUNDLE_VERSION).set(trust.version as f64);
+        let ca_not_after = state.ca.load().not_after();
+        metrics::gauge!(admin::CA_EXPIRY).set(
+            ca_not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+        let left = ca_not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left < CA_EXPIRY_WARNING
+            && last_warning.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(3600))
+        {
+            tracing::warn!(
+                days_left = left.as_secs() / 86_400,
+                "the CA expires soon; rotate it with `ward ca rotate`"
+            );
+            last_warning = Some(Instant::now());
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -403,7 +442,7 @@ async fn watch_policy(dir: PathBuf, state: Arc<State>) {
         match ward_policy::load_dir(&dir) {
             Ok(set) => {
                 state.policy.send_modify(|current| {
-                    *current = Arc::new((current.0 + 1, set));
+                    *current = Arc::new((current.0 + 1, set, Instant::now()));
                 });
                 tracing::info!(version = state.policy.borrow().0, "policy updated");
             }
@@ -556,6 +595,28 @@ impl v1::identity_server::Identity for Api {
         &self,
         req: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
+        let renewal = req.get_ref().token.is_empty();
+        let result = self.certify_inner(req);
+        match &result {
+            Ok(_) => {
+                let kind = if renewal { "renewal" } else { "bootstrap" };
+                metrics::counter!(admin::CERTS_ISSUED, "kind" => kind).increment(1);
+            }
+            Err(status) => {
+                let reason = format!("{:?}", status.code());
+                metrics::counter!(admin::CERTS_REFUSED, "reason" => reason).increment(1);
+                tracing::info!(code = ?status.code(), message = status.message(), "Certify refused");
+            }
+        }
+        result
+    }
+}
+
+impl Api {
+    fn certify_inner(
+        &self,
+        req: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
         let state = &self.0;
         let peer = peer(&req);
         if state.rate_limited(peer.addr) {
@@ -701,6 +762,7 @@ impl v1::policy_server::Policy for Api {
         // skips straight to the newest one when it catches up.
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
+            let mut first = true;
             loop {
                 let current = updates.borrow_and_update().clone();
                 if tx
@@ -710,6 +772,11 @@ impl v1::policy_server::Policy for Api {
                 {
                     return;
                 }
+                if !first {
+                    metrics::histogram!(admin::PUSH_FANOUT)
+                        .record(current.2.elapsed().as_secs_f64());
+                }
+                first = false;
                 if updates.changed().await.is_err() {
                     return;
                 }
