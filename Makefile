@@ -28,5 +28,8 @@ bench:
 	@echo "micro-benchmarks:"
 	@echo "  certs/benches/certs.rs    CSR signing, SVID chain verification"
 	@echo "  policy/benches/policy.rs  policy decisions and compilation at 1,000 policies"
+	@echo "  tests/benches/control_plane.rs  Certify rate, 10,000 Policy.Watch streams, control-plane RSS"
 	$(CARGO) bench -p ward-certs --bench certs
 	$(CARGO) bench -p ward-policy --bench policy
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p ward-tests --bench control_plane

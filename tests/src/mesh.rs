@@ -298,6 +298,7 @@ pub struct ControlPlane {
     pub data_dir: PathBuf,
     pub policy_dir: PathBuf,
     svid_ttl: String,
+    extra: Vec<String>,
     log: PathBuf,
 }
 
@@ -305,6 +306,11 @@ impl ControlPlane {
     /// Starts a control plane for `example.org` with its data and policy directories under
     /// `dir`, and waits until it accepts connections.
     pub fn start(dir: &Path, svid_ttl: &str) -> Self {
+        Self::start_with(dir, svid_ttl, &[])
+    }
+
+    /// [`ControlPlane::start`] with extra command-line arguments.
+    pub fn start_with(dir: &Path, svid_ttl: &str, extra: &[&str]) -> Self {
         let policy_dir = dir.join("cp-policies");
         std::fs::create_dir_all(&policy_dir).expect("policy dir");
         let mut cp = Self {
@@ -314,6 +320,7 @@ impl ControlPlane {
             data_dir: dir.join("cp-data"),
             policy_dir,
             svid_ttl: svid_ttl.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.join("control-plane.log"),
         };
         cp.spawn();
@@ -343,6 +350,7 @@ impl ControlPlane {
                 &self.svid_ttl,
             ])
             .args(["--admin", &self.admin.to_string()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -394,6 +402,10 @@ impl ControlPlane {
 
     pub fn bundle_path(&self) -> PathBuf {
         self.data_dir.join("bundle.pem")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn logs(&self) -> String {

@@ -30,6 +30,10 @@ pub struct ControlPlaneArgs {
     /// Lifetime of the SVIDs issued to proxies.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     svid_ttl: Duration,
+    /// Certify calls allowed per peer address per second (a proxy renews about twice per
+    /// SVID lifetime; bursts come from restarts).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    certify_rate: u32,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -54,6 +58,7 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
         policy_dir: args.policy_dir,
         svid_ttl: args.svid_ttl,
         admin: args.admin,
+        certify_rate: args.certify_rate,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

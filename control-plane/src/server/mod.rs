@@ -44,6 +44,8 @@ pub struct Settings {
     pub policy_dir: Option<PathBuf>,
     pub svid_ttl: Duration,
     pub admin: SocketAddr,
+    /// Certify calls allowed per peer address per second.
+    pub certify_rate: u32,
 }
 
 /// The SPIFFE ID the control plane serves with.
@@ -64,6 +66,9 @@ struct State {
     proxies: Mutex<HashMap<String, ProxyState>>,
     /// Certify calls per peer address in the current second.
     rate: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
+    /// Registrations already read from the token store (they never change once made; new
+    /// ones are added by this server when it redeems a token).
+    registrations: Mutex<HashMap<String, tokens::Registration>>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,9 +137,6 @@ fn root_subject(ca: &CertificateAuthority) -> String {
 /// How long before the CA expires the control plane starts warning (hourly).
 const CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
-/// Certify calls allowed per peer address per second.
-const CERTIFY_PER_SECOND: u32 = 200;
-
 /// Runs the control plane until SIGTERM/SIGINT.
 pub async fn run(
     settings: Settings,
@@ -193,6 +195,7 @@ pub async fn run(
         policy: watch::Sender::new(Arc::new((1, initial_policy, Instant::now()))),
         proxies: Mutex::new(known_proxies(dir)),
         rate: Mutex::new(HashMap::new()),
+        registrations: Mutex::new(HashMap::new()),
         ca: arc_swap::ArcSwap::from_pointee(ca),
         settings: settings.clone(),
     });
@@ -578,14 +581,32 @@ impl State {
             *entry = (now, 0);
         }
         entry.1 += 1;
-        entry.1 > CERTIFY_PER_SECOND
+        entry.1 > self.settings.certify_rate
     }
 
     fn registration(&self, id: &SpiffeId) -> Result<tokens::Registration, Status> {
-        self.tokens
-            .registration(&id.to_string())
+        let key = id.to_string();
+        let cached = self
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(r) = cached {
+            return Ok(r);
+        }
+        let found = self
+            .tokens
+            .registration(&key)
             .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::permission_denied(format!("{id} is not a registered workload")))
+            .ok_or_else(|| {
+                Status::permission_denied(format!("{id} is not a registered workload"))
+            })?;
+        self.registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, found.clone());
+        Ok(found)
     }
 }
 
@@ -672,6 +693,11 @@ impl Api {
             .map_err(ca_status)?;
         if let Some(token) = token {
             state.tokens.redeem(&token, now).map_err(token_status)?;
+            state
+                .registrations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string(), registration.clone());
         }
         let info =
             ward_certs::CertInfo::parse(&chain[0]).map_err(|e| Status::internal(e.to_string()))?;
@@ -695,7 +721,7 @@ impl Api {
             entry.last_seen = now;
         }
         let bundle = state.bundle.borrow().clone();
-        tracing::info!(spiffe_id = %id, serial = %info.serial, renewal = msg.token.is_empty(), "issued SVID");
+        tracing::debug!(spiffe_id = %id, serial = %info.serial, renewal = msg.token.is_empty(), "issued SVID");
         Ok(Response::new(CertifyResponse {
             chain: chain.iter().map(|c| c.to_vec()).collect(),
             bundle: bundle.bundle.roots().map(|r| r.to_vec()).collect(),
