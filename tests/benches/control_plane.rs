@@ -20,6 +20,7 @@ fn channel(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> tonic::transport
             let connector = connector.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
                 let tls = connector
                     .connect(ward_certs::tls::mesh_server_name(), tcp)
                     .await?;

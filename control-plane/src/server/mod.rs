@@ -525,6 +525,8 @@ fn tls_incoming(
             let Ok((tcp, addr)) = listener.accept().await else {
                 continue;
             };
+            // gRPC replies are small writes: without this, Nagle and delayed ACKs add ~40 ms.
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
