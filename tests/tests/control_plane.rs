@@ -341,10 +341,15 @@ async fn a_policy_edit_on_the_control_plane_is_enforced_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_survives_the_control_plane_dying_and_proxies_reconnect() {
     let app = apps::http_echo().await;
-    let mut mesh = managed(app.addr, "1h", allow_all()).await;
+    // Short-lived SVIDs, so that renewal against the restarted control plane is seen too.
+    let mut mesh = managed(app.addr, "20s", allow_all()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (handle, ok, failed) = load(mesh.outbound, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ok.load(Ordering::SeqCst) < 10 {
+        assert!(Instant::now() < deadline, "load never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     mesh.cp.kill9();
     let before = ok.load(Ordering::SeqCst);
     // Fail static: requests keep flowing with no control plane.
@@ -387,6 +392,13 @@ async fn traffic_survives_the_control_plane_dying_and_proxies_reconnect() {
         }
         assert!(Instant::now() < deadline, "no reconnect:\n{m}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and renew against the restarted control plane.
+    let (web, orders) = (serial(&mesh.web), serial(&mesh.orders));
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while serial(&mesh.web) == web || serial(&mesh.orders) == orders {
+        assert!(Instant::now() < deadline, "no renewal after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     handle.finish().await;
     assert_eq!(failed.load(Ordering::SeqCst), 0);
