@@ -290,6 +290,9 @@ impl Pair {
     }
 }
 
+/// Where [`ControlPlane`] keeps its policy files, under its directory.
+const POLICY_DIR: &str = "cp-policies";
+
 /// A running `ward control-plane`.
 pub struct ControlPlane {
     child: Option<Child>,
@@ -311,7 +314,7 @@ impl ControlPlane {
 
     /// [`ControlPlane::start`] with extra command-line arguments.
     pub fn start_with(dir: &Path, svid_ttl: &str, extra: &[&str]) -> Self {
-        let policy_dir = dir.join("cp-policies");
+        let policy_dir = dir.join(POLICY_DIR);
         std::fs::create_dir_all(&policy_dir).expect("policy dir");
         let mut cp = Self {
             child: None,
@@ -446,8 +449,12 @@ pub const ORDERS_ID: &str = "spiffe://example.org/ns/default/sa/orders";
 impl ManagedPair {
     pub fn start(app: SocketAddr, svid_ttl: &str, policy: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        // The policy is in place before the control plane starts, so the sidecars' first
+        // snapshot already holds it.
+        let policies = dir.path().join(POLICY_DIR);
+        std::fs::create_dir_all(&policies).expect("policy dir");
+        std::fs::write(policies.join("policy.yaml"), policy).expect("write policy");
         let cp = ControlPlane::start(dir.path(), svid_ttl);
-        cp.set_policy(policy);
         // The bootstrap bundle is what an operator hands the proxies out of band.
         std::fs::copy(cp.bundle_path(), dir.path().join("bundle.pem")).expect("bundle");
         for (name, id, labels) in [

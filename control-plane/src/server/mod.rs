@@ -69,6 +69,8 @@ struct State {
     /// Registrations already read from the token store (they never change once made; new
     /// ones are added by this server when it redeems a token).
     registrations: Mutex<HashMap<String, tokens::Registration>>,
+    /// Serializes writes of status.json.
+    status_lock: Mutex<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +198,7 @@ pub async fn run(
         proxies: Mutex::new(known_proxies(dir)),
         rate: Mutex::new(HashMap::new()),
         registrations: Mutex::new(HashMap::new()),
+        status_lock: Mutex::new(()),
         ca: arc_swap::ArcSwap::from_pointee(ca),
         settings: settings.clone(),
     });
@@ -354,51 +357,8 @@ async fn watch_data_dir(state: Arc<State>, identity: MeshIdentity) {
 async fn report_status(state: Arc<State>) {
     let mut last_warning: Option<Instant> = None;
     loop {
+        state.write_status();
         let trust = state.bundle.borrow().clone();
-        let proxies = state
-            .proxies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(id, p)| {
-                let last = if p.connected {
-                    SystemTime::now()
-                } else {
-                    p.last_seen
-                };
-                let seen = last
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                (
-                    id.clone(),
-                    rotation::ProxyStatus {
-                        bundle_version: p.bundle_version,
-                        leaf_not_after_unix: p.leaf_not_after_unix,
-                        leaf_issuer: p.leaf_issuer.clone(),
-                        last_seen_unix: seen,
-                    },
-                )
-            })
-            .collect();
-        let status = rotation::Status {
-            written_unix: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-            bundle_version: trust.version,
-            roots: trust
-                .bundle
-                .roots()
-                .filter_map(|r| ward_certs::CertInfo::parse(r).ok())
-                .map(|i| i.subject)
-                .collect(),
-            active_root: trust.active_root.clone(),
-            proxies,
-        };
-        if let Err(e) = rotation::write_status(&state.settings.data_dir, &status) {
-            tracing::warn!(error = %e, "cannot write status.json");
-        }
         let connected = state
             .proxies
             .lock()
@@ -574,6 +534,57 @@ fn caller_svid<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
 }
 
 impl State {
+    /// Writes what every known proxy has applied to `status.json` (for `ward ca rotate`
+    /// and `ward ca status`, and for the next start to remember who holds leaves).
+    fn write_status(&self) {
+        let trust = self.bundle.borrow().clone();
+        let proxies = self
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, p)| {
+                let last = if p.connected {
+                    SystemTime::now()
+                } else {
+                    p.last_seen
+                };
+                let seen = last
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                (
+                    id.clone(),
+                    rotation::ProxyStatus {
+                        bundle_version: p.bundle_version,
+                        leaf_not_after_unix: p.leaf_not_after_unix,
+                        leaf_issuer: p.leaf_issuer.clone(),
+                        last_seen_unix: seen,
+                    },
+                )
+            })
+            .collect();
+        let status = rotation::Status {
+            written_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            bundle_version: trust.version,
+            roots: trust
+                .bundle
+                .roots()
+                .filter_map(|r| ward_certs::CertInfo::parse(r).ok())
+                .map(|i| i.subject)
+                .collect(),
+            active_root: trust.active_root.clone(),
+            proxies,
+        };
+        let _serialized = self.status_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = rotation::write_status(&self.settings.data_dir, &status) {
+            tracing::warn!(error = %e, "cannot write status.json");
+        }
+    }
+
     fn rate_limited(&self, addr: Option<SocketAddr>) -> bool {
         let Some(addr) = addr else { return false };
         let mut rate = self.rate.lock().unwrap_or_else(|p| p.into_inner());
@@ -708,9 +719,10 @@ impl Api {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
-        {
+        let first_leaf = {
             // Whoever holds a valid leaf is a proxy a rotation must wait for.
             let mut proxies = state.proxies.lock().unwrap_or_else(|p| p.into_inner());
+            let known = proxies.contains_key(&id.to_string());
             let entry = proxies.entry(id.to_string()).or_insert(ProxyState {
                 bundle_version: 0,
                 leaf_not_after_unix: 0,
@@ -721,6 +733,12 @@ impl Api {
             entry.leaf_not_after_unix = not_after_unix;
             entry.leaf_issuer = info.issuer.clone();
             entry.last_seen = now;
+            !known
+        };
+        if first_leaf {
+            // Record a new leaf holder durably before handing it the leaf: a restart must
+            // not forget it (renewals of known proxies are recorded with the next report).
+            state.write_status();
         }
         let bundle = state.bundle.borrow().clone();
         tracing::debug!(spiffe_id = %id, serial = %info.serial, renewal = msg.token.is_empty(), "issued SVID");
