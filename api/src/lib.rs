@@ -1,5 +1,47 @@
 //! ward-api: the control-plane gRPC API (`proto/ward/v1`) and its generated tonic code.
 
+/// The protobuf codec of the API: tonic's prost codec with a 1 KiB initial buffer instead
+/// of 8 KiB. Control-plane messages are small and a control plane holds one long-lived
+/// stream per proxy, so the default buffer was most of a stream's memory; larger messages
+/// still grow the buffer as needed.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstDecoder, ProstEncoder};
+
+    const BUFFER: usize = 1024;
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    #[derive(Debug, Clone, Copy)]
+    pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for SmallBufferCodec<T, U> {
+        fn default() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for SmallBufferCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstEncoder::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstDecoder::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+        }
+    }
+}
+
 /// Version 1 of the API, package `ward.v1`.
 pub mod v1 {
     tonic::include_proto!("ward.v1");
