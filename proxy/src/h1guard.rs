@@ -106,7 +106,6 @@ pub struct H1Guard<S> {
     judged: usize,
     max_head: usize,
     eof: bool,
-    refused: Option<Refusal>,
     header_timeout: Duration,
     /// Armed while a head is incomplete.
     head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -121,7 +120,6 @@ impl<S> H1Guard<S> {
             judged: 0,
             max_head,
             eof: false,
-            refused: None,
             header_timeout,
             head_deadline: None,
         }
@@ -142,11 +140,6 @@ impl<S> H1Guard<S> {
             (false, true) => self.head_deadline = None,
             _ => {}
         }
-    }
-
-    /// Set once a request was refused on this connection.
-    pub fn refusal(&self) -> Option<Refusal> {
-        self.refused
     }
 
     /// Judges as many unjudged bytes as the framing allows.
@@ -179,11 +172,11 @@ impl<S> H1Guard<S> {
                         return;
                     }
                     Err(refusal) => {
+                        tracing::debug!(?refusal, "HTTP/1 request refused before parsing");
                         self.buf.truncate(self.judged);
                         self.buf.extend_from_slice(POISON);
                         self.judged = self.buf.len();
                         self.state = State::Refused;
-                        self.refused = Some(refusal);
                         return;
                     }
                 },

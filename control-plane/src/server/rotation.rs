@@ -9,7 +9,7 @@
 //! which the command reads before it lets a step proceed.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -333,9 +333,4 @@ pub fn describe(dir: &Path) -> anyhow::Result<Report> {
         Err(e) => out.push(format!("proxies: unknown ({e})")),
     }
     Ok(out)
-}
-
-/// Where a rotation keeps the new CA until it is activated.
-pub fn next_dir(dir: &Path) -> PathBuf {
-    dir.join(NEXT_DIR)
 }
