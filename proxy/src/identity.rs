@@ -97,6 +97,8 @@ impl Health {
 pub struct ControlPlane {
     /// Stream state for `/ready`.
     pub health: Arc<Health>,
+    /// The mTLS channel, made on first use.
+    mtls: Arc<std::sync::OnceLock<Channel>>,
     /// Asks the renewer to renew now (a rotation activated a new root).
     renew_now: Arc<tokio::sync::Notify>,
     /// Tells the bundle stream a new leaf is in use, so it reports it.
@@ -130,6 +132,7 @@ impl ControlPlane {
             .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
         Ok(Self {
             health: Arc::new(Health::default()),
+            mtls: Arc::new(std::sync::OnceLock::new()),
             renew_now: Arc::new(tokio::sync::Notify::new()),
             renewed: Arc::new(tokio::sync::Notify::new()),
             addr,
@@ -163,8 +166,20 @@ impl ControlPlane {
         )
     }
 
-    /// A channel that presents our current SVID (follows renewals by itself).
+    /// The long-lived channel for the policy and bundle streams: one per proxy (HTTP/2
+    /// multiplexes both), so the control plane holds one watch connection per proxy. It
+    /// reconnects by itself, presenting whatever SVID is current.
     pub fn mtls_channel(&self, identity: &MeshIdentity) -> Result<Channel, IdentityError> {
+        if let Some(channel) = self.mtls.get() {
+            return Ok(channel.clone());
+        }
+        let channel = self.fresh_mtls_channel(identity)?;
+        Ok(self.mtls.get_or_init(|| channel).clone())
+    }
+
+    /// A new connection presenting the SVID current now: what a renewal authenticates
+    /// with (a long-lived connection would still carry the certificate it started with).
+    fn fresh_mtls_channel(&self, identity: &MeshIdentity) -> Result<Channel, IdentityError> {
         let tls = identity
             .client_config(ExpectedPeer::Exact(self.expected.clone()), &[b"h2"])
             .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
@@ -299,7 +314,8 @@ impl ControlPlane {
         identity: &MeshIdentity,
         id: &SpiffeId,
     ) -> Result<String, IdentityError> {
-        let mut client = v1::identity_client::IdentityClient::new(self.mtls_channel(identity)?);
+        let mut client =
+            v1::identity_client::IdentityClient::new(self.fresh_mtls_channel(identity)?);
         let (key, csr) = ward_certs::svid::new_key_and_csr(Some(id))
             .map_err(|e| IdentityError::ControlPlane(e.to_string()))?;
         let resp = client
