@@ -22,7 +22,7 @@ use std::time::Duration;
 use std::future::Future;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// What replaces a refused head: an invalid method token, which hyper answers with 400.
 const POISON: &[u8] = b"\x00 / HTTP/1.1\r\n\r\n";
@@ -293,23 +293,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+crate::io::write_through!(H1Guard);
 
 #[cfg(test)]
 mod tests {

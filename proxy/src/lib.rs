@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod idle;
 pub mod inbound;
+mod io;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;
