@@ -29,6 +29,43 @@ fn channel(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> tonic::transport
         }))
 }
 
+/// A proxy's first Certify with a join token for `id`: its new key and SVID chain.
+async fn bootstrap(
+    cp: &ControlPlane,
+    bundle: &TrustBundle,
+    cp_id: &ward_certs::SpiffeId,
+    id: &str,
+    labels: &str,
+) -> (
+    rustls_pki_types::PrivateKeyDer<'static>,
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+) {
+    let token = cp.token(id, labels, &["--uses", "1"]);
+    let tls = ward_certs::tls::bootstrap_client_config(
+        bundle.clone(),
+        ExpectedPeer::Exact(cp_id.clone()),
+        &[b"h2"],
+    )
+    .expect("bootstrap TLS config");
+    let mut client = v1::identity_client::IdentityClient::new(channel(cp.listen, tls));
+    let (key, csr) = ward_certs::svid::new_key_and_csr(None).expect("key and CSR");
+    let resp = client
+        .certify(v1::CertifyRequest {
+            csr,
+            token,
+            spiffe_id: String::new(),
+        })
+        .await
+        .expect("bootstrap")
+        .into_inner();
+    let chain = resp
+        .chain
+        .into_iter()
+        .map(rustls_pki_types::CertificateDer::from)
+        .collect();
+    (key, chain)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -71,33 +108,14 @@ async fn main() {
 
     // Certify throughput: renewals over mTLS (the steady-state load), 64 in flight.
     let ca = ward_certs::CertificateAuthority::load(&cp.data_dir).expect("CA");
-    let token = cp.token(
+    let (key, chain) = bootstrap(
+        &cp,
+        &bundle,
+        &cp_id,
         "spiffe://example.org/ns/bench/sa/svc",
         "app=bench",
-        &["--uses", "1"],
-    );
-    let boot_tls = ward_certs::tls::bootstrap_client_config(
-        bundle.clone(),
-        ExpectedPeer::Exact(cp_id.clone()),
-        &[b"h2"],
     )
-    .unwrap();
-    let mut boot = v1::identity_client::IdentityClient::new(channel(cp.listen, boot_tls));
-    let (key, csr) = ward_certs::svid::new_key_and_csr(None).unwrap();
-    let resp = boot
-        .certify(v1::CertifyRequest {
-            csr,
-            token,
-            spiffe_id: String::new(),
-        })
-        .await
-        .expect("bootstrap")
-        .into_inner();
-    let chain = resp
-        .chain
-        .into_iter()
-        .map(rustls_pki_types::CertificateDer::from)
-        .collect();
+    .await;
     let svid = ward_certs::Svid::new(chain, key).unwrap();
     let identity = MeshIdentity::new(&svid, bundle.clone()).unwrap();
     let tls = identity
@@ -142,28 +160,15 @@ async fn main() {
     let mut receivers = Vec::with_capacity(watchers);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let connect_started = Instant::now();
-    let labels = "app=watch";
     // One registration for all simulated proxies of one workload.
-    let reg_token = cp.token(
+    bootstrap(
+        &cp,
+        &bundle,
+        &cp_id,
         "spiffe://example.org/ns/bench/sa/watch",
-        labels,
-        &["--uses", "1"],
-    );
-    let boot_tls = ward_certs::tls::bootstrap_client_config(
-        bundle.clone(),
-        ExpectedPeer::Exact(cp_id.clone()),
-        &[b"h2"],
+        "app=watch",
     )
-    .unwrap();
-    let mut boot = v1::identity_client::IdentityClient::new(channel(cp.listen, boot_tls));
-    let (_, csr) = ward_certs::svid::new_key_and_csr(None).unwrap();
-    boot.certify(v1::CertifyRequest {
-        csr,
-        token: reg_token,
-        spiffe_id: String::new(),
-    })
-    .await
-    .expect("register watch workload");
+    .await;
     let watch_id = ward_certs::parse_spiffe_id("spiffe://example.org/ns/bench/sa/watch").unwrap();
     let watch_svid = ca
         .issue(&watch_id, Duration::from_secs(3600), SystemTime::now())

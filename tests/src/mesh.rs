@@ -10,10 +10,39 @@ use std::time::{Duration, Instant};
 
 use crate::pki::TestPki;
 
-/// A loopback address with a port the kernel just handed out and that is free again.
+/// A loopback address for a listener a test's process will bind.
+///
+/// Tests run in parallel processes, and "bind port 0, read it, close it" lets two of them
+/// get the same port before either binds it. Ports are therefore taken from 20000-32767,
+/// below the kernel's ephemeral range (so no `bind(0)` elsewhere lands on them), and each
+/// is claimed with an exclusive lock on `/tmp/ward-test-ports/<port>.lock` that this
+/// process holds until it exits.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    use std::sync::Mutex;
+    static CLAIMED: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("ward-test-ports");
+    std::fs::create_dir_all(&dir).expect("port lock dir");
+    let mut seed = [0u8; 2];
+    loop {
+        let _ = aws_lc_rs::rand::fill(&mut seed);
+        let port = 20_000 + u16::from_le_bytes(seed) % 12_768;
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))
+        else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_ok() {
+            CLAIMED.lock().unwrap_or_else(|p| p.into_inner()).push(lock);
+            return addr;
+        }
+    }
 }
 
 /// A blocking `GET path` over HTTP/1.1; `None` if nothing answers.
@@ -205,6 +234,14 @@ impl Default for PairOptions {
 }
 
 impl Pair {
+    /// [`Pair::start`] from async tests: the blocking start runs off the runtime, so the
+    /// test's own apps keep serving meanwhile.
+    pub async fn launch(app: SocketAddr, options: PairOptions) -> Self {
+        tokio::task::spawn_blocking(move || Self::start(app, options))
+            .await
+            .expect("start pair")
+    }
+
     pub fn start(app: SocketAddr, options: PairOptions) -> Self {
         let pki = TestPki::new("example.org");
         let dir = pki.dir().to_owned();
@@ -447,6 +484,13 @@ pub const WEB_ID: &str = "spiffe://example.org/ns/default/sa/web";
 pub const ORDERS_ID: &str = "spiffe://example.org/ns/default/sa/orders";
 
 impl ManagedPair {
+    /// [`ManagedPair::start`] from async tests.
+    pub async fn launch(app: SocketAddr, svid_ttl: &'static str, policy: String) -> Self {
+        tokio::task::spawn_blocking(move || Self::start(app, svid_ttl, &policy))
+            .await
+            .expect("start managed pair")
+    }
+
     pub fn start(app: SocketAddr, svid_ttl: &str, policy: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // The policy is in place before the control plane starts, so the sidecars' first

@@ -17,9 +17,7 @@ fn allow_all() -> String {
 }
 
 async fn managed(app: SocketAddr, ttl: &'static str, policy: String) -> ManagedPair {
-    tokio::task::spawn_blocking(move || ManagedPair::start(app, ttl, &policy))
-        .await
-        .expect("start")
+    ManagedPair::launch(app, ttl, policy).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> u16 {

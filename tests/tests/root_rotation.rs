@@ -66,11 +66,7 @@ fn issuer_of_leaf(proxy: &Proxy) -> String {
 async fn full_root_rotation_under_load_survives_control_plane_crashes() {
     let app = apps::http_echo().await;
     let addr: SocketAddr = app.addr;
-    let mut pair = tokio::task::spawn_blocking(move || {
-        ManagedPair::start(addr, "1h", &mesh_default("allow-authenticated"))
-    })
-    .await
-    .unwrap();
+    let mut pair = ManagedPair::launch(addr, "1h", mesh_default("allow-authenticated")).await;
     // A third proxy off the request path, to be the one that lags.
     let batch_id = "spiffe://example.org/ns/batch/sa/report";
     let token = pair.cp.token(batch_id, "app=report", &[]);

@@ -40,9 +40,7 @@ async fn pair(app: &App, policy: String, inbound_protocol: &'static str) -> Pair
         outbound_protocol: inbound_protocol,
         ..Default::default()
     };
-    tokio::task::spawn_blocking(move || Pair::start(addr, options))
-        .await
-        .expect("start pair")
+    Pair::launch(addr, options).await
 }
 
 /// Status and body of a GET with a raw (un-normalized) path through the client sidecar.
@@ -303,8 +301,16 @@ async fn a_policy_edit_under_load_flips_within_a_second_without_failing_allowed_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let flipped = edited.elapsed();
-    // Keep the load running a moment after the flip, then stop it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Allowed calls must keep succeeding under the new policy, not just before it.
+    let at_flip = ok.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ok.load(Ordering::SeqCst) < at_flip + 10 {
+        assert!(
+            Instant::now() < deadline,
+            "allowed calls stopped after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
     assert!(

@@ -10,10 +10,7 @@ use ward_tests::apps::{self, App, pb};
 use ward_tests::mesh::{Pair, PairOptions};
 
 async fn pair(app: &App, options: PairOptions) -> Pair {
-    let addr = app.addr;
-    tokio::task::spawn_blocking(move || Pair::start(addr, options))
-        .await
-        .expect("start pair")
+    Pair::launch(app.addr, options).await
 }
 
 async fn client(mesh: &Pair) -> pb::echo_client::EchoClient<tonic::transport::Channel> {

@@ -23,10 +23,7 @@ fn s(v: &[&str]) -> Vec<String> {
 }
 
 async fn pair(app: &App, options: PairOptions) -> Pair {
-    let addr = app.addr;
-    tokio::task::spawn_blocking(move || Pair::start(addr, options))
-        .await
-        .expect("start pair")
+    Pair::launch(app.addr, options).await
 }
 
 fn json(body: &str) -> Value {

@@ -91,9 +91,7 @@ fn settings_come_from_the_environment_too() {
 async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     let app = apps::http_echo().await;
     let addr = app.addr;
-    let mut mesh = tokio::task::spawn_blocking(move || Pair::start(addr, PairOptions::default()))
-        .await
-        .unwrap();
+    let mut mesh = Pair::launch(addr, PairOptions::default()).await;
     let url = format!("http://{}/slow?ms=1500", mesh.outbound);
     let slow = tokio::task::spawn_blocking(move || {
         run(
@@ -182,9 +180,7 @@ async fn idle_connections_are_closed() {
         limits: vec!["idle_timeout: 1s".into()],
         ..Default::default()
     };
-    let mesh = tokio::task::spawn_blocking(move || Pair::start(addr, options))
-        .await
-        .unwrap();
+    let mesh = Pair::launch(addr, options).await;
     let outbound = mesh.outbound;
     let closed = tokio::task::spawn_blocking(move || {
         let mut tcp = TcpStream::connect(outbound).unwrap();
@@ -213,9 +209,7 @@ async fn connections_past_the_limit_are_closed_at_once() {
         limits: vec!["max_connections: 2".into()],
         ..Default::default()
     };
-    let mesh = tokio::task::spawn_blocking(move || Pair::start(addr, options))
-        .await
-        .unwrap();
+    let mesh = Pair::launch(addr, options).await;
     let outbound = mesh.outbound;
     let (held_open, third_closed) = tokio::task::spawn_blocking(move || {
         let mut first = TcpStream::connect(outbound).unwrap();
