@@ -3,10 +3,12 @@ CARGO ?= cargo
 
 .PHONY: run test lint build bench
 
-## run: build and show ward at work on this machine
+## run: build, then run a whole mesh on this machine (`ward demo`; Ctrl-C stops it).
+## DEMO_ARGS passes options, e.g. make run DEMO_ARGS="--duration 30s".
+DEMO_ARGS ?=
 run:
 	$(CARGO) build --bins
-	./scripts/run-local.sh
+	./target/debug/ward demo $(DEMO_ARGS)
 
 ## test: lint, then the whole suite (unit, integration, end-to-end)
 test: lint

@@ -39,6 +39,11 @@ enum Command {
     /// Join tokens that let a proxy get its first SVID.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run a whole mesh on this machine: control plane, three workloads, live traffic.
+    Demo(crate::demo::DemoArgs),
+    /// One of the demo's apps (started by `ward demo`).
+    #[command(hide = true)]
+    DemoApp(crate::demo::DemoAppArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +78,8 @@ where
         Command::Policy(cmd) => policy::run(cmd),
         Command::ControlPlane(args) => serve::control_plane(args),
         Command::Token(TokenCommand::Create(args)) => serve::token_create(args),
+        Command::Demo(args) => crate::demo::run(args),
+        Command::DemoApp(args) => crate::demo::demo_app(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -1,0 +1,796 @@
+//! `ward demo`: a whole mesh on one machine. It starts the control plane (on a temporary
+//! data directory unless told otherwise), three workloads of a small bank — `web`,
+//! `accounts` (HTTP) and `ledger` (gRPC `ledger.v1.Ledger`) — each an app with its own
+//! sidecar bootstrapped by a join token, writes the demo policies as files the user can edit
+//! while it runs, drives light traffic (some of it forbidden), and shows what happens in a
+//! refreshing table. Every process is the real binary with the flags a user would give it.
+
+pub mod apps;
+mod procs;
+mod traffic;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use http_body_util::BodyExt;
+use hyper::Method;
+use tokio::time::{Instant, MissedTickBehavior};
+use ward_certs::pem::{FileMode, write_atomic};
+
+use crate::cli::{Outcome, human, parse_duration};
+use apps::AppKind;
+use procs::Procs;
+use traffic::{Expect, HttpClient, LedgerCall, Scenario};
+
+const TRUST_DOMAIN: &str = "bank.local";
+const NAMESPACE: &str = "bank";
+/// How often the traffic generator makes one round of calls.
+const ROUND: Duration = Duration::from_millis(250);
+/// How often the table is redrawn on a terminal (and printed, when not a terminal).
+const REDRAW: Duration = Duration::from_secs(1);
+const PRINT_EVERY: Duration = Duration::from_secs(10);
+/// How long every child gets to drain and exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run this long, then stop and exit 0 only if every allowed call succeeded and every
+    /// forbidden call was denied (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Keep the mesh's files (CA, tokens, configs, policies, logs) here instead of in a
+    /// temporary directory removed at exit. Existing policy files are kept.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Lifetime of the SVIDs the control plane issues: short, so rotation shows.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    svid_ttl: Duration,
+    /// The `ward-proxy` binary (default: the one next to this `ward`).
+    #[arg(long, value_name = "PATH")]
+    proxy_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoAppArgs {
+    #[arg(value_enum)]
+    app: AppKind,
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+/// `ward demo-app`: one of the demo's apps (started by `ward demo`).
+pub fn demo_app(args: DemoAppArgs) -> anyhow::Result<Outcome> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(apps::serve(args.app, args.listen))?;
+    Ok(Outcome::Success)
+}
+
+/// `ward demo`.
+pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
+    // One thread: the children's parent-death signal is tied to the thread that spawned
+    // them, and this one lives as long as the demo.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let temp;
+    let dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("ward-demo-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            temp.path().to_owned()
+        }
+    };
+    let dir = std::path::absolute(&dir).context("resolving the data directory")?;
+    let mut procs = Procs::new(&dir);
+    runtime.block_on(async {
+        let outcome = demo(&args, &dir, &mut procs).await;
+        procs.stop(STOP_GRACE).await;
+        outcome
+    })
+}
+
+/// Where one demo workload listens.
+struct Workload {
+    kind: AppKind,
+    app: SocketAddr,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Workload {
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn spiffe_id(&self) -> String {
+        spiffe_id(self.kind)
+    }
+
+    fn label(&self) -> String {
+        format!("app={}", self.name())
+    }
+}
+
+fn spiffe_id(kind: AppKind) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{}", kind.name())
+}
+
+/// The sidecar outbound listeners: (source, destination) → local address.
+struct Outbounds {
+    web_accounts: SocketAddr,
+    web_ledger: SocketAddr,
+    accounts_ledger: SocketAddr,
+}
+
+struct Layout {
+    dir: PathBuf,
+    logs: PathBuf,
+    policies: PathBuf,
+    cp_data: PathBuf,
+    cp_listen: SocketAddr,
+    cp_admin: SocketAddr,
+    workloads: Vec<Workload>,
+    outbounds: Outbounds,
+}
+
+impl Layout {
+    fn new(dir: &Path) -> anyhow::Result<Self> {
+        let mut ports = free_ports(15)?.into_iter();
+        let mut next = || ports.next().context("ran out of free ports");
+        let workloads = AppKind::ALL
+            .into_iter()
+            .map(|kind| {
+                Ok(Workload {
+                    kind,
+                    app: next()?,
+                    inbound: next()?,
+                    admin: next()?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            logs: dir.join("logs"),
+            policies: dir.join("policies"),
+            cp_data: dir.join("control-plane"),
+            cp_listen: next()?,
+            cp_admin: next()?,
+            outbounds: Outbounds {
+                web_accounts: next()?,
+                web_ledger: next()?,
+                accounts_ledger: next()?,
+            },
+            workloads,
+        })
+    }
+
+    fn workload(&self, kind: AppKind) -> &Workload {
+        // ALL holds every kind, so the search cannot fail; index 0 keeps it total.
+        self.workloads
+            .iter()
+            .find(|w| w.kind == kind)
+            .unwrap_or(&self.workloads[0])
+    }
+
+    fn sidecar_config(&self, w: &Workload) -> String {
+        let outbound = |listen: SocketAddr, to: AppKind| {
+            format!(
+                "  - {{ listen: {listen}, upstream: {}, server_identity: \"{}\" }}\n",
+                self.workload(to).inbound,
+                spiffe_id(to)
+            )
+        };
+        let outbounds = match w.kind {
+            AppKind::Web => {
+                outbound(self.outbounds.web_accounts, AppKind::Accounts)
+                    + &outbound(self.outbounds.web_ledger, AppKind::Ledger)
+            }
+            AppKind::Accounts => outbound(self.outbounds.accounts_ledger, AppKind::Ledger),
+            AppKind::Ledger => String::new(),
+        };
+        let outbounds = if outbounds.is_empty() {
+            String::new()
+        } else {
+            format!("outbound:\n{outbounds}")
+        };
+        format!(
+            "# Written by `ward demo`: the sidecar of the `{name}` workload.\n\
+             trust_domain: {TRUST_DOMAIN}\n\
+             identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n\
+             inbound:\n  - {{ listen: {inbound}, app: {app} }}\n\
+             {outbounds}\
+             audit: {{ decisions: denied, log: \"{audit}\" }}\n\
+             admin: {admin}\n",
+            name = w.name(),
+            cp = self.cp_listen,
+            token = self.dir.join(format!("{}.token", w.name())).display(),
+            bundle = self.cp_data.join("bundle.pem").display(),
+            inbound = w.inbound,
+            app = w.app,
+            audit = self.logs.join(format!("{}-audit.log", w.name())).display(),
+            admin = w.admin,
+        )
+    }
+}
+
+/// `n` distinct free loopback ports (all held at once while choosing, so they differ).
+fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free ports")?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().context("reading a port"))
+        .collect()
+}
+
+const MESH_POLICY: &str = "\
+# The mesh default: a call no policy allows is denied.
+apiVersion: ward.dev/v1alpha1
+kind: MeshPolicy
+metadata: { name: mesh, namespace: ward-system }
+spec: { default: deny }
+";
+
+fn accounts_policy() -> String {
+    format!(
+        "# web may read accounts; nothing else may call accounts.\n\
+         apiVersion: ward.dev/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{ name: web-reads-accounts, namespace: {NAMESPACE} }}\n\
+         spec:\n  selector: {{ matchLabels: {{ app: accounts }} }}\n  action: ALLOW\n  rules:\n\
+         \x20 - from: [ {{ principals: [\"{web}\"] }} ]\n\
+         \x20   to: [ {{ methods: [GET], paths: [\"/accounts/*\"] }} ]\n",
+        web = spiffe_id(AppKind::Web)
+    )
+}
+
+fn ledger_policy() -> String {
+    format!(
+        "# accounts may read the ledger (Get* methods); nobody may Post.\n\
+         apiVersion: ward.dev/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{ name: accounts-reads-ledger, namespace: {NAMESPACE} }}\n\
+         spec:\n  selector: {{ matchLabels: {{ app: ledger }} }}\n  action: ALLOW\n  rules:\n\
+         \x20 - from: [ {{ principals: [\"{accounts}\"] }} ]\n\
+         \x20   to: [ {{ grpc: {{ service: ledger.v1.Ledger, methods: [\"Get*\"] }} }} ]\n",
+        accounts = spiffe_id(AppKind::Accounts)
+    )
+}
+
+/// Writes the demo policies, keeping any file the user already has (and may have edited).
+fn write_policies(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in [
+        ("mesh.yaml", MESH_POLICY.to_owned()),
+        ("accounts.yaml", accounts_policy()),
+        ("ledger.yaml", ledger_policy()),
+    ] {
+        let path = dir.join(name);
+        if !path.exists() {
+            write_atomic(&path, text.as_bytes(), FileMode::Public)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the ward binary")?;
+    let path = exe.with_file_name(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found next to {} (build it with `cargo build --bins`, or pass --proxy-bin)",
+            name,
+            exe.display()
+        );
+    }
+    Ok(path)
+}
+
+async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<Outcome> {
+    let ward = std::env::current_exe().context("locating the ward binary")?;
+    let proxy = match &args.proxy_bin {
+        Some(path) => path.clone(),
+        None => sibling_binary("ward-proxy")?,
+    };
+    let layout = Layout::new(dir)?;
+    std::fs::create_dir_all(&layout.logs)
+        .with_context(|| format!("creating {}", layout.logs.display()))?;
+    write_policies(&layout.policies)?;
+    let terminal = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    say(
+        terminal,
+        &format!("ward demo: starting in {}", dir.display()),
+    );
+
+    // The control plane, as an operator would run it.
+    let svid_ttl = format!("{}s", args.svid_ttl.as_secs());
+    procs.spawn(
+        "control-plane",
+        &ward,
+        [
+            "control-plane".as_ref(),
+            "--trust-domain".as_ref(),
+            TRUST_DOMAIN.as_ref(),
+            "--data-dir".as_ref(),
+            layout.cp_data.as_os_str(),
+            "--policy-dir".as_ref(),
+            layout.policies.as_os_str(),
+            "--listen".as_ref(),
+            layout.cp_listen.to_string().as_ref(),
+            "--admin".as_ref(),
+            layout.cp_admin.to_string().as_ref(),
+            "--svid-ttl".as_ref(),
+            std::ffi::OsStr::new(&svid_ttl),
+        ],
+        &layout.logs,
+    )?;
+    let bundle = layout.cp_data.join("bundle.pem");
+    wait_for(procs, "the control plane", || {
+        bundle.is_file() && TcpStream::connect(layout.cp_listen).is_ok()
+    })
+    .await?;
+
+    // A join token per workload, bound to its identity and labels.
+    for w in &layout.workloads {
+        let token = create_token(&ward, &layout.cp_data, w).await?;
+        let path = layout.dir.join(format!("{}.token", w.name()));
+        write_atomic(&path, token.as_bytes(), FileMode::Secret)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    // The apps, then their sidecars.
+    for w in &layout.workloads {
+        procs.spawn(
+            w.name(),
+            &ward,
+            ["demo-app", w.name(), "--listen", &w.app.to_string()],
+            &layout.logs,
+        )?;
+    }
+    for w in &layout.workloads {
+        let config = layout.dir.join(format!("{}-sidecar.yaml", w.name()));
+        write_atomic(
+            &config,
+            layout.sidecar_config(w).as_bytes(),
+            FileMode::Public,
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        procs.spawn(
+            &format!("{}-sidecar", w.name()),
+            &proxy,
+            ["sidecar".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &layout.logs,
+        )?;
+    }
+    let http = traffic::http_client();
+    for w in &layout.workloads {
+        let what = format!("the {} app", w.name());
+        wait_for(procs, &what, || TcpStream::connect(w.app).is_ok()).await?;
+    }
+    for w in &layout.workloads {
+        let what = format!("the {} sidecar to be ready", w.name());
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            procs.check()?;
+            if matches!(get(&http, w.admin, "/ready").await, Some((200, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; see {}",
+                    layout.logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    say(
+        terminal,
+        &format!(
+            "ward demo: mesh up in {:.1}s; driving traffic",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+
+    let o = &layout.outbounds;
+    let mut scenarios = vec![
+        Scenario::http(
+            "web",
+            "accounts",
+            Method::GET,
+            o.web_accounts,
+            Expect::Allow,
+        ),
+        Scenario::http(
+            "web",
+            "accounts",
+            Method::DELETE,
+            o.web_accounts,
+            Expect::Deny,
+        ),
+        Scenario::grpc(
+            "accounts",
+            "ledger",
+            LedgerCall::GetBalance,
+            o.accounts_ledger,
+            Expect::Allow,
+        ),
+        Scenario::grpc(
+            "accounts",
+            "ledger",
+            LedgerCall::Post,
+            o.accounts_ledger,
+            Expect::Deny,
+        ),
+        Scenario::grpc(
+            "web",
+            "ledger",
+            LedgerCall::GetBalance,
+            o.web_ledger,
+            Expect::Deny,
+        ),
+    ];
+    let mut certs = CertWatch::default();
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let mut round = tokio::time::interval(ROUND);
+    round.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut redraw = tokio::time::interval(REDRAW);
+    redraw.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_print = Instant::now();
+    let mut account = 0u32;
+    let interrupted = loop {
+        tokio::select! {
+            _ = round.tick() => {
+                procs.check()?;
+                account = account % 9_999 + 1;
+                for scenario in &mut scenarios {
+                    scenario.run(&http, account).await;
+                }
+            }
+            _ = redraw.tick() => {
+                certs.refresh(&http, &layout).await;
+                if terminal {
+                    let table = render(&layout, &scenarios, &certs, &ward, started, deadline);
+                    print!("\x1b[H\x1b[2J{table}");
+                    let _ = std::io::stdout().flush();
+                } else if last_print.elapsed() >= PRINT_EVERY {
+                    last_print = Instant::now();
+                    println!("{}", render(&layout, &scenarios, &certs, &ward, started, deadline));
+                }
+            }
+            () = sleep_until(deadline) => break false,
+            () = &mut stop => break true,
+        }
+    };
+
+    certs.refresh(&http, &layout).await;
+    println!(
+        "{}",
+        render(&layout, &scenarios, &certs, &ward, started, deadline)
+    );
+    let calls: u64 = scenarios.iter().map(Scenario::total).sum();
+    let unexpected: u64 = scenarios.iter().map(|s| s.unexpected).sum();
+    let untried: Vec<String> = scenarios
+        .iter()
+        .filter(|s| s.total() == 0)
+        .map(|s| format!("{} -> {} {}", s.source, s.destination, s.call))
+        .collect();
+    if interrupted {
+        println!("ward demo: stopped; {calls} calls, {unexpected} not as the demo policy says");
+        return Ok(Outcome::Success);
+    }
+    if unexpected == 0 && untried.is_empty() {
+        println!(
+            "ward demo: PASS: {calls} calls; every allowed call succeeded and every forbidden call was denied"
+        );
+        Ok(Outcome::Success)
+    } else {
+        println!(
+            "ward demo: FAIL: {unexpected} of {calls} calls not as the demo policy says{}; logs in {}",
+            if untried.is_empty() {
+                String::new()
+            } else {
+                format!("; never tried: {}", untried.join(", "))
+            },
+            layout.logs.display()
+        );
+        Ok(Outcome::Negative)
+    }
+}
+
+fn say(terminal: bool, line: &str) {
+    if terminal {
+        println!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Polls `ready` until it holds, failing if a child exits or it takes too long.
+async fn wait_for(
+    procs: &mut Procs,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !ready() {
+        procs.check()?;
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// `ward token create` for one workload, as an operator would run it.
+async fn create_token(ward: &Path, data_dir: &Path, w: &Workload) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(ward)
+        .args(["token", "create", "--data-dir"])
+        .arg(data_dir)
+        .args(["--spiffe-id", &w.spiffe_id(), "--labels", &w.label()])
+        .args(["--ttl", "10m"])
+        .output()
+        .await
+        .context("running ward token create")?;
+    if !output.status.success() {
+        bail!(
+            "ward token create for {} failed: {}",
+            w.name(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let token = String::from_utf8(output.stdout)
+        .context("token is not UTF-8")?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        bail!("ward token create printed no token");
+    }
+    Ok(token)
+}
+
+/// GET `path` on an admin server: (status, body), or None if it did not answer.
+async fn get(http: &HttpClient, addr: SocketAddr, path: &str) -> Option<(u16, bytes::Bytes)> {
+    let uri: hyper::Uri = format!("http://{addr}{path}").parse().ok()?;
+    let call = async {
+        let response = http.get(uri).await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(2), call)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What each sidecar's `/certs` says, and how many times its serial changed.
+#[derive(Default)]
+struct CertWatch {
+    by_workload: BTreeMap<&'static str, CertState>,
+}
+
+#[derive(Default, Clone)]
+struct CertState {
+    serial: String,
+    seconds_left: u64,
+    rotations: u32,
+}
+
+impl CertWatch {
+    async fn refresh(&mut self, http: &HttpClient, layout: &Layout) {
+        for w in &layout.workloads {
+            let Some((200, body)) = get(http, w.admin, "/certs").await else {
+                continue;
+            };
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let serial = json["serial"].as_str().unwrap_or_default().to_owned();
+            let seconds_left = json["seconds_left"].as_u64().unwrap_or(0);
+            let state = self.by_workload.entry(w.name()).or_default();
+            if !state.serial.is_empty() && state.serial != serial {
+                state.rotations += 1;
+            }
+            state.serial = serial;
+            state.seconds_left = seconds_left;
+        }
+    }
+}
+
+fn short_serial(serial: &str) -> String {
+    let hex: String = serial.chars().filter(|c| *c != ':').collect();
+    if hex.len() > 16 {
+        format!("{}…", &hex[..16])
+    } else {
+        hex
+    }
+}
+
+fn render(
+    layout: &Layout,
+    scenarios: &[Scenario],
+    certs: &CertWatch,
+    ward: &Path,
+    started: Instant,
+    deadline: Option<Instant>,
+) -> String {
+    let mut out = String::new();
+    let elapsed = human(started.elapsed());
+    let left = deadline
+        .map(|d| {
+            format!(
+                ", {} left",
+                human(d.saturating_duration_since(Instant::now()))
+            )
+        })
+        .unwrap_or_else(|| ", Ctrl-C to stop".into());
+    let _ = writeln!(
+        out,
+        "ward demo — trust domain {TRUST_DOMAIN}, running {elapsed}{left}\n"
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:<30} {:<6} {:>8} {:>8} {:>7}  LAST",
+        "EDGE", "CALL", "POLICY", "ALLOWED", "DENIED", "ERRORS"
+    );
+    for s in scenarios {
+        let last = s.last.as_ref().map_or("-", traffic::Outcome::status);
+        let mark = if s.unexpected > 0 {
+            "  <- unexpected"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<30} {:<6} {:>8} {:>8} {:>7}  {last}{mark}",
+            format!("{} → {}", s.source, s.destination),
+            s.call,
+            s.expect.label(),
+            s.allowed,
+            s.denied,
+            s.failed,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<10} {:<40} {:<18} {:>10} {:>9}",
+        "WORKLOAD", "SPIFFE ID", "SERIAL", "EXPIRES IN", "ROTATED"
+    );
+    for w in &layout.workloads {
+        let state = certs.by_workload.get(w.name()).cloned().unwrap_or_default();
+        let expires = if state.serial.is_empty() {
+            "-".to_owned()
+        } else {
+            human(Duration::from_secs(state.seconds_left))
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<40} {:<18} {:>10} {:>9}",
+            w.name(),
+            w.spiffe_id(),
+            short_serial(&state.serial),
+            expires,
+            state.rotations
+        );
+    }
+    let _ = writeln!(out, "\nadmin:");
+    let _ = writeln!(
+        out,
+        "  control plane     http://{}/metrics",
+        layout.cp_admin
+    );
+    for w in &layout.workloads {
+        let _ = writeln!(
+            out,
+            "  {:<17} http://{}/certs   http://{}/metrics",
+            format!("{} sidecar", w.name()),
+            w.admin,
+            w.admin
+        );
+    }
+    let accounts = layout.workload(AppKind::Accounts);
+    let via = layout.outbounds.web_accounts;
+    let _ = writeln!(out, "\ntry (as web, through its sidecar):");
+    let _ = writeln!(
+        out,
+        "  curl -s http://{via}/accounts/42              # allowed"
+    );
+    let _ = writeln!(
+        out,
+        "  curl -s -X DELETE http://{via}/accounts/42    # denied: 403 forbidden"
+    );
+    let _ = writeln!(out, "why is it denied:");
+    let _ = writeln!(
+        out,
+        "  {} policy check --dir {} --to-namespace {NAMESPACE} --to-labels app=accounts --from {} --port {} --method DELETE --path /accounts/42",
+        ward.display(),
+        layout.policies.display(),
+        spiffe_id(AppKind::Web),
+        accounts.app.port()
+    );
+    let _ = writeln!(
+        out,
+        "\npolicies: {} (edit them while the demo runs)\nlogs:     {}",
+        layout.policies.display(),
+        layout.logs.display()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_policies_load() {
+        let sources: Vec<(PathBuf, String)> = [
+            ("mesh.yaml", MESH_POLICY.to_owned()),
+            ("accounts.yaml", accounts_policy()),
+            ("ledger.yaml", ledger_policy()),
+        ]
+        .into_iter()
+        .map(|(name, text)| (PathBuf::from(name), text))
+        .collect();
+        let set = ward_policy::load::load_sources(&sources);
+        assert!(set.is_ok(), "{:?}", set.err());
+    }
+
+    #[test]
+    fn serials_are_shortened_for_the_table() {
+        assert_eq!(short_serial("0a:1b"), "0a1b");
+        assert_eq!(
+            short_serial("00112233445566778899aabbccddeeff"),
+            "0011223344556677…"
+        );
+    }
+}

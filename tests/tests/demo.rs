@@ -1,0 +1,131 @@
+//! `ward demo`: the local mesh `make run` starts. With `--duration` it is a self-checking
+//! end-to-end run (control plane, three apps, three token-bootstrapped sidecars, allowed and
+//! forbidden traffic), and it must leave no process behind.
+
+use std::path::Path;
+use std::process::Command;
+
+use ward_tests::bin;
+
+/// PIDs of live processes whose environment carries the demo's marker for `dir`.
+fn demo_processes(dir: &Path) -> Vec<u32> {
+    let marker = format!("DEMO_MESH_DIR={}", dir.display());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let is_demo = environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes());
+        if is_demo {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn run_demo(dir: &Path, duration: &str) -> bin::Run {
+    let output = Command::new(bin::path("ward"))
+        .args(["demo", "--duration", duration, "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("run ward demo");
+    bin::Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn demo_runs_a_mesh_that_obeys_its_policy_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = run_demo(dir.path(), "30s");
+    let logs = || {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(dir.path().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            all += &format!("---- {} ----\n{tail}\n", entry.path().display());
+        }
+        all
+    };
+    assert_eq!(run.code, 0, "{run:#?}\n{}", logs());
+    assert!(run.stdout.contains("ward demo: PASS"), "{}", run.stdout);
+    // The final table: every edge with its last status, and each workload's SVID.
+    for row in [
+        "web → accounts       GET /accounts/{id}",
+        "web → accounts       DELETE /accounts/{id}",
+        "accounts → ledger    ledger.v1.Ledger/GetBalance",
+        "accounts → ledger    ledger.v1.Ledger/Post",
+        "web → ledger         ledger.v1.Ledger/GetBalance",
+        "spiffe://bank.local/ns/bank/sa/web",
+        "spiffe://bank.local/ns/bank/sa/accounts",
+        "spiffe://bank.local/ns/bank/sa/ledger",
+        "403 Forbidden",
+        "grpc PERMISSION_DENIED",
+        "policy check --dir",
+    ] {
+        assert!(
+            run.stdout.contains(row),
+            "missing {row:?} in:\n{}",
+            run.stdout
+        );
+    }
+    // No sidecar ever got a certificate file: every SVID came from a join token.
+    for name in ["web", "accounts", "ledger"] {
+        let config = std::fs::read_to_string(dir.path().join(format!("{name}-sidecar.yaml")))
+            .expect("sidecar config");
+        assert!(config.contains("token_file"), "{config}");
+        assert!(!config.contains("cert:"), "{config}");
+    }
+    // Denials reached the audit log of the called sidecar, naming the caller.
+    let audit = std::fs::read_to_string(dir.path().join("logs/accounts-audit.log"))
+        .expect("accounts audit log");
+    assert!(
+        audit.contains("\"method\":\"DELETE\"")
+            && audit.contains("spiffe://bank.local/ns/bank/sa/web"),
+        "{audit}"
+    );
+    let left = demo_processes(dir.path());
+    assert!(left.is_empty(), "processes outlived ward demo: {left:?}");
+}
+
+#[test]
+fn demo_fails_when_a_forbidden_call_gets_through() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The demo keeps policy files it finds; this one lets web delete accounts, which the
+    // demo's expectations forbid.
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    std::fs::write(
+        policies.join("accounts.yaml"),
+        "apiVersion: ward.dev/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: { name: web-owns-accounts, namespace: bank }\n\
+         spec:\n  selector: { matchLabels: { app: accounts } }\n  action: ALLOW\n  rules:\n\
+         \x20 - from: [ { principals: [\"spiffe://bank.local/ns/bank/sa/web\"] } ]\n",
+    )
+    .expect("write policy");
+    let run = run_demo(dir.path(), "4s");
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stdout.contains("ward demo: FAIL"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("DELETE /accounts/{id}") && l.ends_with("<- unexpected")),
+        "{}",
+        run.stdout
+    );
+    let left = demo_processes(dir.path());
+    assert!(left.is_empty(), "processes outlived ward demo: {left:?}");
+}
