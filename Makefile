@@ -1,7 +1,7 @@
 # The two fresh-machine commands are `make run` and `make test`; see README.md.
 CARGO ?= cargo
 
-.PHONY: run test lint build bench
+.PHONY: run test lint build bench bench-micro
 
 ## run: build, then run a whole mesh on this machine (`ward demo`; Ctrl-C stops it).
 ## DEMO_ARGS passes options, e.g. make run DEMO_ARGS="--duration 30s".
@@ -25,12 +25,19 @@ lint:
 build:
 	$(CARGO) build --release --workspace --bins
 
-## bench: micro-benchmarks (criterion) of each crate
+## bench: ward beside a direct connection and Envoy (bench/run.py, ~6 minutes), writing
+## bench/results/latest.{md,json}; then lists the micro-benchmarks (make bench-micro runs them)
 bench:
-	@echo "micro-benchmarks:"
-	@echo "  certs/benches/certs.rs    CSR signing, SVID chain verification"
-	@echo "  policy/benches/policy.rs  policy decisions and compilation at 1,000 policies"
-	@echo "  tests/benches/control_plane.rs  Certify rate, 10,000 Policy.Watch streams, control-plane RSS"
+	./bench/setup.sh
+	$(CARGO) build --release --bins
+	python3 bench/run.py
+	@echo "micro-benchmarks (make bench-micro):"
+	@echo "  certs/benches/certs.rs           CSR signing, SVID chain verification"
+	@echo "  policy/benches/policy.rs         policy decisions and compilation at 1,000 policies"
+	@echo "  tests/benches/control_plane.rs   Certify rate, 10,000 Policy.Watch streams, control-plane RSS"
+
+## bench-micro: the criterion micro-benchmarks of each crate
+bench-micro:
 	$(CARGO) bench -p ward-certs --bench certs
 	$(CARGO) bench -p ward-policy --bench policy
 	$(CARGO) build --release --bins

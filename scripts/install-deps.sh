@@ -24,3 +24,6 @@ done
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+
+# The benchmark harness runs in smoke mode in the test suite, so its tools are needed too.
+"$(dirname "$0")/../bench/setup.sh"

@@ -1,0 +1,72 @@
+//! The comparative benchmark harness (`bench/run.py`) in smoke mode: a second or so per
+//! case against nginx directly, two ward sidecars and two Envoy sidecars. No figure is
+//! asserted — only that every case ran against every target and produced its numbers, so
+//! the harness cannot rot between `make bench` runs.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use ward_tests::bin;
+
+#[test]
+fn bench_harness_smoke_run_measures_every_case_on_every_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bins = bin::path("ward-proxy")
+        .parent()
+        .expect("binary directory")
+        .to_owned();
+    let out = tempfile::tempdir().expect("temp dir");
+    let run = Command::new("python3")
+        .arg(root.join("bench/run.py"))
+        .arg("--smoke")
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("run python3 bench/run.py (bench/setup.sh installs its tools)");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "bench/run.py --smoke failed ({}):\n{stderr}",
+        run.status
+    );
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("latest.json")).expect("latest.json"),
+    )
+    .expect("latest.json is JSON");
+    for case in ["http1", "http2", "grpc"] {
+        for target in ["direct", "ward", "envoy"] {
+            let r = &json["cases"][case][target];
+            for key in ["rps", "p50_ms", "p99_ms", "p999_ms"] {
+                assert!(
+                    r[key].as_f64().is_some_and(|v| v > 0.0),
+                    "{case}/{target}/{key} missing in {r}"
+                );
+            }
+            assert_eq!(r["failed"], 0, "{case}/{target}: failed requests\n{stderr}");
+            if target != "direct" {
+                assert!(r["cpu_s_per_1k"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+            }
+        }
+    }
+    for target in ["direct", "ward", "envoy"] {
+        let mbs = &json["cases"]["tcp"][target]["mb_per_s"];
+        assert!(mbs.as_f64().is_some_and(|v| v > 0.0), "tcp/{target}: {mbs}");
+    }
+    for sidecar in ["ward", "envoy"] {
+        let s = &json["sidecars"][sidecar];
+        for key in ["idle_rss_mib", "peak_rss_mib"] {
+            assert!(s[key].as_f64().is_some_and(|v| v > 0.0), "{sidecar}: {s}");
+        }
+        assert!(
+            s["rss_idle_conns"]["client_rss_mib"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{sidecar}: {s}"
+        );
+    }
+    let table = std::fs::read_to_string(out.path().join("latest.md")).expect("latest.md");
+    assert!(table.contains("| ward/envoy | ward/direct |"), "{table}");
+}
