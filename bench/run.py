@@ -607,15 +607,21 @@ def main() -> int:
         results["cases"]["tcp"] = {t: {"mb_per_s": max(v)} for t, v in tcp.items()}
         log("tcp bulk: " + ", ".join(f"{t} {max(v)} MB/s" for t, v in tcp.items()))
         for name in ("ward", "envoy"):
-            s = stacks[name]
-            conns = idle_connections(s, idle_n)
-            results["sidecars"][name].update(
-                {"peak_rss_mib": round(max(p.peak_mib() for p in s.sidecars), 1),
-                 "rss_idle_conns": conns})
+            for p in stacks[name].sidecars:
+                p.check()
+            results["sidecars"][name]["peak_rss_mib"] = round(
+                max(p.peak_mib() for p in stacks[name].sidecars), 1)
+            stacks[name].stop()
+        # Memory per open connection is measured on fresh sidecars, so that what the
+        # load runs above left in the allocator is not counted as connection cost.
+        fresh = {"ward": lambda: ward_stack(proxy, pki, app, workdir / "fresh", args.workers),
+                 "envoy": lambda: envoy_stack(args.envoy, pki, app, workdir / "fresh", args.workers)}
+        (workdir / "fresh").mkdir()
+        for name in ("ward", "envoy"):
+            stacks[name] = fresh[name]()
+            conns = idle_connections(stacks[name], idle_n)
+            results["sidecars"][name]["rss_idle_conns"] = conns
             log(f"{name}: {idle_n} idle connections -> client sidecar {conns['client_rss_mib']} MiB")
-        for p in (stacks["ward"].client, stacks["ward"].server, stacks["envoy"].client,
-                  stacks["envoy"].server):
-            p.check()
     except (BenchError, subprocess.TimeoutExpired, AttributeError, KeyError, ValueError) as e:
         print(f"bench: {e}", file=sys.stderr)
         print(f"bench: logs kept in {workdir}", file=sys.stderr)

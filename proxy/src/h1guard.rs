@@ -95,6 +95,9 @@ fn judge(head: &[u8]) -> Result<Option<(usize, State)>, Refusal> {
     Ok(Some((len, next)))
 }
 
+/// How much one read from the connection takes.
+const READ_CHUNK: usize = 4096;
+
 /// Wraps the app- or peer-facing stream of an HTTP/1 server connection.
 pub struct H1Guard<S> {
     inner: S,
@@ -263,8 +266,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
             if this.eof || this.state == State::Refused {
                 return Poll::Ready(Ok(()));
             }
-            this.buf.reserve(4096);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
+            // Read into the stack and copy what arrived: a read that waits (an idle
+            // keep-alive connection, almost always) then holds no heap buffer.
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut chunk = ReadBuf::new(&mut chunk);
+            let read = Pin::new(&mut this.inner).poll_read(cx, &mut chunk);
+            if let Poll::Ready(Ok(())) = read {
+                this.buf.extend_from_slice(chunk.filled());
+            }
+            match read.map_ok(|()| chunk.filled().len()) {
                 Poll::Ready(Ok(0)) => {
                     this.eof = true;
                     // Whatever is left unjudged goes to hyper, which sees it truncated.

@@ -95,8 +95,11 @@ pub async fn serve_http<I, S, Fut>(
     S: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    // hyper keeps room for one in-flight service future per connection for the
+    // connection's whole life; boxing it keeps that room a pointer, so an idle keep-alive
+    // connection does not hold the (several KiB) state of a request it is not serving.
     let service = hyper::service::service_fn(move |req| {
-        let fut = service(req);
+        let fut = Box::pin(service(req));
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

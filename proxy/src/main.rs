@@ -62,10 +62,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(validated.config.runtime.worker_threads)
-                .enable_all()
-                .build();
+            // One worker thread is a current-thread runtime: the same single thread doing
+            // the work, without the work-stealing scheduler's cross-thread bookkeeping.
+            let workers = validated.config.runtime.worker_threads;
+            let runtime = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+            };
             let runtime = match runtime {
                 Ok(rt) => rt,
                 Err(e) => {
