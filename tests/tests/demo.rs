@@ -129,3 +129,53 @@ fn demo_fails_when_a_forbidden_call_gets_through() {
     let left = demo_processes(dir.path());
     assert!(left.is_empty(), "processes outlived ward demo: {left:?}");
 }
+
+#[test]
+fn ctrl_c_stops_the_demo_and_every_child() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut demo = Command::new(bin::path("ward"))
+        .args(["demo", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ward demo");
+    // Progress lines go to stderr when stdout is not a terminal; wait for the mesh.
+    let stderr = demo.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let up = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("mesh up"));
+    assert!(up, "ward demo never brought the mesh up");
+    assert!(
+        demo_processes(dir.path()).len() >= 7,
+        "control plane, three apps and three sidecars: {:?}",
+        demo_processes(dir.path())
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(demo.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = demo.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ward demo did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut demo.stdout.take().expect("stdout"), &mut out)
+        .expect("stdout");
+    assert!(out.contains("ward demo: stopped"), "{out}");
+    let left = demo_processes(dir.path());
+    assert!(left.is_empty(), "processes outlived ward demo: {left:?}");
+}
