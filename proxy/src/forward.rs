@@ -11,7 +11,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
 use crate::http::Failure;
+use crate::metrics;
 use crate::pool::{Dialer, H2Pool};
+use crate::replay::{self, ReplayBody};
 
 /// Where requests go next.
 #[derive(Clone)]
@@ -52,27 +54,38 @@ pub async fn send(
     sent.unwrap_or(Err(Failure::Timeout))
 }
 
+/// How many times one request may be put on a connection.
+const MAX_ATTEMPTS: usize = 3;
+
 async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incoming>, Failure> {
-    let mut req = req;
-    // One retry, only for a request the old connection never took (it had just closed).
-    for attempt in 0..2 {
+    let (mut req, replay) = ReplayBody::wrap(req);
+    // A request goes out again only when the upstream certainly never processed it: the
+    // old connection never took it (it had just closed), or the upstream refused the
+    // stream (GOAWAY below it, REFUSED_STREAM) and its whole body was recorded.
+    for attempt in 1..=MAX_ATTEMPTS {
         let mut sender = pool.sender().await.map_err(|e| {
             tracing::warn!(error = %e, "upstream connection failed");
             Failure::Unavailable
         })?;
-        match sender.try_send_request(req).await {
+        let again = match sender.try_send_request(req).await {
             Ok(resp) => return Ok(resp),
             Err(mut e) => match e.take_message() {
-                Some(unsent) if attempt == 0 => {
-                    pool.reset();
-                    req = unsent;
+                Some(unsent) => Some((unsent, "unsent")),
+                None if replay::refused_unprocessed(e.error()) => {
+                    replay.request().map(|r| (r, "refused"))
                 }
-                _ => {
-                    tracing::debug!(error = %e.error(), "upstream request failed");
-                    return Err(Failure::Unavailable);
-                }
-            },
-        }
+                None => None,
+            }
+            .filter(|_| attempt < MAX_ATTEMPTS)
+            .ok_or_else(|| {
+                tracing::debug!(error = ?e.error(), "upstream request failed");
+                Failure::Unavailable
+            })?,
+        };
+        let (next, reason) = again;
+        metrics::retried(reason);
+        pool.reset();
+        req = next;
     }
     Err(Failure::Unavailable)
 }

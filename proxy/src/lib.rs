@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod readiness;
+pub mod replay;
 pub mod sidecar;
 pub mod tcp;

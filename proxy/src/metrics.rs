@@ -15,6 +15,7 @@ pub const TCP_BYTES_TOTAL: &str = "ward_tcp_bytes_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "ward_tls_handshakes_total";
 pub const CERT_EXPIRY: &str = "ward_cert_expiry_timestamp_seconds";
 pub const PROTOCOL_DETECT_TOTAL: &str = "ward_protocol_detect_total";
+pub const REQUEST_RETRIES_TOTAL: &str = "ward_request_retries_total";
 
 /// Latency buckets, seconds: sub-millisecond to a minute.
 const BUCKETS: &[f64] = &[
@@ -58,6 +59,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         PROTOCOL_DETECT_TOTAL,
         "Protocol detection outcomes on outbound connections"
     );
+    describe_counter!(
+        REQUEST_RETRIES_TOTAL,
+        "Requests sent again because the upstream certainly never processed them"
+    );
     Ok(handle)
 }
 
@@ -95,6 +100,12 @@ pub fn request(
 pub fn handshake(direction: Direction, result: &'static str) {
     counter!(TLS_HANDSHAKES_TOTAL, "direction" => direction.label(), "result" => result)
         .increment(1);
+}
+
+/// A request sent again; `reason` is `unsent` (its connection had closed) or `refused`
+/// (GOAWAY below it, or REFUSED_STREAM).
+pub fn retried(reason: &'static str) {
+    counter!(REQUEST_RETRIES_TOTAL, "reason" => reason).increment(1);
 }
 
 pub fn detected(result: &'static str) {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
@@ -25,6 +24,7 @@ use ward_certs::SvidError;
 use ward_certs::tls::{BrokenRule, mesh_server_name};
 
 use crate::metrics::{self, Direction};
+use crate::replay::ReplayBody;
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +147,7 @@ fn classify_tls_error(addr: SocketAddr, e: io::Error) -> ConnectError {
 /// One shared HTTP/2 connection to a destination, reopened on demand.
 pub struct H2Pool {
     dialer: Dialer,
-    current: ArcSwapOption<http2::SendRequest<Incoming>>,
+    current: ArcSwapOption<http2::SendRequest<ReplayBody>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -161,7 +161,7 @@ impl H2Pool {
     }
 
     /// A sender on a live connection, connecting if there is none.
-    pub async fn sender(&self) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+    pub async fn sender(&self) -> Result<http2::SendRequest<ReplayBody>, ConnectError> {
         if let Some(s) = self.live() {
             return Ok(s);
         }
@@ -191,7 +191,7 @@ impl H2Pool {
         Ok(sender)
     }
 
-    fn live(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn live(&self) -> Option<http2::SendRequest<ReplayBody>> {
         self.current
             .load()
             .as_ref()

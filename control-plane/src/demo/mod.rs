@@ -319,93 +319,21 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
     write_policies(&layout.policies)?;
     let terminal = std::io::stdout().is_terminal();
     let started = Instant::now();
+    let mut stop = Stop::new()?;
     say(
         terminal,
         &format!("ward demo: starting in {}", dir.display()),
     );
-
-    // The control plane, as an operator would run it.
-    let svid_ttl = format!("{}s", args.svid_ttl.as_secs());
-    procs.spawn(
-        "control-plane",
-        &ward,
-        [
-            "control-plane".as_ref(),
-            "--trust-domain".as_ref(),
-            TRUST_DOMAIN.as_ref(),
-            "--data-dir".as_ref(),
-            layout.cp_data.as_os_str(),
-            "--policy-dir".as_ref(),
-            layout.policies.as_os_str(),
-            "--listen".as_ref(),
-            layout.cp_listen.to_string().as_ref(),
-            "--admin".as_ref(),
-            layout.cp_admin.to_string().as_ref(),
-            "--svid-ttl".as_ref(),
-            std::ffi::OsStr::new(&svid_ttl),
-        ],
-        &layout.logs,
-    )?;
-    let bundle = layout.cp_data.join("bundle.pem");
-    wait_for(procs, "the control plane", || {
-        bundle.is_file() && TcpStream::connect(layout.cp_listen).is_ok()
-    })
-    .await?;
-
-    // A join token per workload, bound to its identity and labels.
-    for w in &layout.workloads {
-        let token = create_token(&ward, &layout.cp_data, w).await?;
-        let path = layout.dir.join(format!("{}.token", w.name()));
-        write_atomic(&path, token.as_bytes(), FileMode::Secret)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-
-    // The apps, then their sidecars.
-    for w in &layout.workloads {
-        procs.spawn(
-            w.name(),
-            &ward,
-            ["demo-app", w.name(), "--listen", &w.app.to_string()],
-            &layout.logs,
-        )?;
-    }
-    for w in &layout.workloads {
-        let config = layout.dir.join(format!("{}-sidecar.yaml", w.name()));
-        write_atomic(
-            &config,
-            layout.sidecar_config(w).as_bytes(),
-            FileMode::Public,
-        )
-        .with_context(|| format!("writing {}", config.display()))?;
-        procs.spawn(
-            &format!("{}-sidecar", w.name()),
-            &proxy,
-            ["sidecar".as_ref(), "--config".as_ref(), config.as_os_str()],
-            &layout.logs,
-        )?;
-    }
     let http = traffic::http_client();
-    for w in &layout.workloads {
-        let what = format!("the {} app", w.name());
-        wait_for(procs, &what, || TcpStream::connect(w.app).is_ok()).await?;
-    }
-    for w in &layout.workloads {
-        let what = format!("the {} sidecar to be ready", w.name());
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            procs.check()?;
-            if matches!(get(&http, w.admin, "/ready").await, Some((200, _))) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out waiting for {what}; see {}",
-                    layout.logs.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = start_mesh(args, &layout, &ward, &proxy, procs, &http);
+    tokio::select! {
+        started = start => started?,
+        () = stop.recv() => {
+            println!("ward demo: stopped while starting");
+            return Ok(Outcome::Success);
         }
     }
+
     say(
         terminal,
         &format!(
@@ -453,8 +381,6 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
         ),
     ];
     let mut certs = CertWatch::default();
-    let stop = stop_signal();
-    tokio::pin!(stop);
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut round = tokio::time::interval(ROUND);
     round.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -483,7 +409,7 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
                 }
             }
             () = sleep_until(deadline) => break false,
-            () = &mut stop => break true,
+            () = stop.recv() => break true,
         }
     };
 
@@ -522,6 +448,100 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
     }
 }
 
+/// Starts the control plane, the join tokens, the apps and their sidecars, and waits
+/// until every sidecar is ready.
+async fn start_mesh(
+    args: &DemoArgs,
+    layout: &Layout,
+    ward: &Path,
+    proxy: &Path,
+    procs: &mut Procs,
+    http: &HttpClient,
+) -> anyhow::Result<()> {
+    // The control plane, as an operator would run it.
+    let svid_ttl = format!("{}s", args.svid_ttl.as_secs());
+    procs.spawn(
+        "control-plane",
+        ward,
+        [
+            "control-plane".as_ref(),
+            "--trust-domain".as_ref(),
+            TRUST_DOMAIN.as_ref(),
+            "--data-dir".as_ref(),
+            layout.cp_data.as_os_str(),
+            "--policy-dir".as_ref(),
+            layout.policies.as_os_str(),
+            "--listen".as_ref(),
+            layout.cp_listen.to_string().as_ref(),
+            "--admin".as_ref(),
+            layout.cp_admin.to_string().as_ref(),
+            "--svid-ttl".as_ref(),
+            std::ffi::OsStr::new(&svid_ttl),
+        ],
+        &layout.logs,
+    )?;
+    let bundle = layout.cp_data.join("bundle.pem");
+    wait_for(procs, "the control plane", || {
+        bundle.is_file() && TcpStream::connect(layout.cp_listen).is_ok()
+    })
+    .await?;
+
+    // A join token per workload, bound to its identity and labels.
+    for w in &layout.workloads {
+        let token = create_token(ward, &layout.cp_data, w).await?;
+        let path = layout.dir.join(format!("{}.token", w.name()));
+        write_atomic(&path, token.as_bytes(), FileMode::Secret)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    // The apps, then their sidecars.
+    for w in &layout.workloads {
+        procs.spawn(
+            w.name(),
+            ward,
+            ["demo-app", w.name(), "--listen", &w.app.to_string()],
+            &layout.logs,
+        )?;
+    }
+    for w in &layout.workloads {
+        let config = layout.dir.join(format!("{}-sidecar.yaml", w.name()));
+        write_atomic(
+            &config,
+            layout.sidecar_config(w).as_bytes(),
+            FileMode::Public,
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        procs.spawn(
+            &format!("{}-sidecar", w.name()),
+            proxy,
+            ["sidecar".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &layout.logs,
+        )?;
+    }
+    for w in &layout.workloads {
+        let what = format!("the {} app", w.name());
+        wait_for(procs, &what, || TcpStream::connect(w.app).is_ok()).await?;
+    }
+    for w in &layout.workloads {
+        let what = format!("the {} sidecar to be ready", w.name());
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            procs.check()?;
+            if matches!(get(http, w.admin, "/ready").await, Some((200, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; see {}",
+                    layout.logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
 fn say(terminal: bool, line: &str) {
     if terminal {
         println!("{line}");
@@ -537,20 +557,27 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment the demo starts: before any
+/// child exists, so that a Ctrl-C at any point still stops every child.
+struct Stop {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-        _ => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,262 @@
+//! Request bodies that can be sent a second time, for the one case where that is always
+//! safe: the upstream refused the stream without processing it. An HTTP/2 server that
+//! sends GOAWAY names the last stream it will process; every stream above it gets an error
+//! and was never seen by the application (RFC 9113 §6.8), as does a stream reset with
+//! REFUSED_STREAM (§8.7). nginx, for one, sends GOAWAY after `keepalive_requests`
+//! requests on a connection, refusing whatever was in flight behind the last one.
+//!
+//! The body records the frames it passes on, up to [`REPLAY_LIMIT`] bytes; a body that
+//! ended within the limit can be rebuilt from the record. Data frames are `Bytes`, so the
+//! record holds references, not copies.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+/// The most body bytes kept for a replay; larger bodies are streamed without a record.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Record {
+    data: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    bytes: usize,
+    /// Past the limit: no replay.
+    overflow: bool,
+    ended: bool,
+}
+
+impl Record {
+    /// Keeps what one poll of the live body produced.
+    fn note(&mut self, frame: &Option<Result<Frame<Bytes>, hyper::Error>>, at_end: bool) {
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if self.overflow || self.bytes + data.len() > REPLAY_LIMIT {
+                        self.overflow = true;
+                        self.data = Vec::new();
+                    } else {
+                        self.bytes += data.len();
+                        self.data.push(data.clone());
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    self.trailers = Some(trailers.clone());
+                }
+            }
+            None => self.ended = true,
+            Some(Err(_)) => self.overflow = true,
+        }
+        if at_end {
+            self.ended = true;
+        }
+    }
+}
+
+/// A request body that keeps what it sent (see the module docs).
+pub struct ReplayBody {
+    inner: Inner,
+}
+
+enum Inner {
+    Live {
+        body: Incoming,
+        record: Arc<Mutex<Record>>,
+    },
+    Replay {
+        data: VecDeque<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+}
+
+/// What is needed to send a request again: its head and the record of its body.
+pub struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: HeaderMap,
+    record: Arc<Mutex<Record>>,
+}
+
+impl ReplayBody {
+    /// Wraps `req`'s body; the returned [`Replay`] can rebuild the request later.
+    pub fn wrap(req: Request<Incoming>) -> (Request<ReplayBody>, Replay) {
+        let (parts, body) = req.into_parts();
+        // hyper stops polling a body once it says it has ended, so "ended" is learnt from
+        // `is_end_stream` as well as from the final `None`.
+        let record = Arc::new(Mutex::new(Record {
+            ended: body.is_end_stream(),
+            ..Record::default()
+        }));
+        let replay = Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            record: record.clone(),
+        };
+        let body = ReplayBody {
+            inner: Inner::Live { body, record },
+        };
+        (Request::from_parts(parts, body), replay)
+    }
+}
+
+impl Replay {
+    /// The request again, if its whole body was recorded.
+    pub fn request(&self) -> Option<Request<ReplayBody>> {
+        let record = self.record.lock().ok()?;
+        if record.overflow || !record.ended {
+            return None;
+        }
+        let body = ReplayBody {
+            inner: Inner::Replay {
+                data: record.data.iter().cloned().collect(),
+                trailers: record.trailers.clone(),
+            },
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        Some(req)
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().inner {
+            Inner::Live { body, record } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Poll::Ready(frame) = &polled
+                    && let Ok(mut record) = record.lock()
+                {
+                    record.note(frame, body.is_end_stream());
+                }
+                polled
+            }
+            Inner::Replay { data, trailers } => Poll::Ready(match data.pop_front() {
+                Some(chunk) => Some(Ok(Frame::data(chunk))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Live { body, .. } => body.is_end_stream(),
+            Inner::Replay { data, trailers } => data.is_empty() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Live { body, .. } => body.size_hint(),
+            Inner::Replay { data, trailers: _ } => {
+                SizeHint::with_exact(data.iter().map(|d| d.len() as u64).sum())
+            }
+        }
+    }
+}
+
+/// Whether `err` says the upstream never processed the request: a stream above a
+/// graceful (NO_ERROR) GOAWAY's last-stream-id, or one reset with REFUSED_STREAM.
+///
+/// h2 gives a remote NO_ERROR GOAWAY error only to the streams above the last-stream-id;
+/// streams at or below it that the connection then loses end with a broken pipe, and a
+/// GOAWAY carrying an error code fails every stream with that code — neither is retried.
+pub fn refused_unprocessed(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            let above_goaway =
+                h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+            return refused || above_goaway;
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn replay_of(record: Record) -> Replay {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/grpc".parse().unwrap());
+        Replay {
+            method: http::Method::POST,
+            uri: "http://app/ledger.v1.Ledger/Post".parse().unwrap(),
+            version: http::Version::HTTP_2,
+            headers,
+            record: Arc::new(Mutex::new(record)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recorded_body_is_sent_again_whole() {
+        let mut record = Record::default();
+        record.note(&Some(Ok(Frame::data(Bytes::from_static(b"abc")))), false);
+        record.note(&Some(Ok(Frame::data(Bytes::from_static(b"def")))), true);
+        let replay = replay_of(record);
+        let req = replay.request().expect("replayable");
+        assert_eq!(req.method(), http::Method::POST);
+        assert_eq!(req.uri().path(), "/ledger.v1.Ledger/Post");
+        assert_eq!(req.headers()["content-type"], "application/grpc");
+        assert_eq!(req.body().size_hint().exact(), Some(6));
+        let body = req.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"abcdef");
+        // A second replay is possible too (a refused retry can be refused again).
+        assert!(replay.request().is_some());
+    }
+
+    #[tokio::test]
+    async fn trailers_are_replayed_after_the_data() {
+        let mut record = Record::default();
+        record.note(&Some(Ok(Frame::data(Bytes::from_static(b"x")))), false);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        record.note(&Some(Ok(Frame::trailers(trailers))), false);
+        record.note(&None, false);
+        let collected = replay_of(record)
+            .request()
+            .expect("replayable")
+            .into_body()
+            .collect()
+            .await
+            .expect("body");
+        assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"x");
+    }
+
+    #[test]
+    fn unfinished_or_oversized_bodies_are_not_replayed() {
+        let mut unfinished = Record::default();
+        unfinished.note(&Some(Ok(Frame::data(Bytes::from_static(b"part")))), false);
+        assert!(replay_of(unfinished).request().is_none());
+
+        let mut big = Record::default();
+        let chunk = Bytes::from(vec![0u8; REPLAY_LIMIT / 2 + 1]);
+        big.note(&Some(Ok(Frame::data(chunk.clone()))), false);
+        big.note(&Some(Ok(Frame::data(chunk))), true);
+        assert!(
+            big.overflow && big.data.is_empty(),
+            "nothing kept past the limit"
+        );
+        assert!(replay_of(big).request().is_none());
+    }
+}
