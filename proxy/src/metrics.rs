@@ -39,6 +39,21 @@ impl Direction {
     }
 }
 
+/// How often recorded histogram samples are folded into their buckets. The exporter keeps
+/// raw samples until a scrape or an upkeep pass, so without this a sidecar that nobody
+/// scrapes would keep every request's latency sample (8 bytes each) for ever.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the exporter's upkeep every `every`, for the life of the process.
+pub async fn upkeep(handle: PrometheusHandle, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 /// Installs the process-wide recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()

@@ -38,6 +38,12 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
     // Admin first, so /ready can say what is still pending while the identity is fetched.
     let drain = Drain::new();
     let admin_listener = bind("admin", config.admin).await?;
+    if let Some(handle) = &metrics {
+        tokio::spawn(crate::metrics::upkeep(
+            handle.clone(),
+            crate::metrics::UPKEEP_EVERY,
+        ));
+    }
     let admin = Arc::new(Admin {
         readiness: readiness.clone(),
         metrics,

@@ -218,6 +218,18 @@ pub async fn run(
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", settings.listen))?;
+    if let Some(handle) = &metrics {
+        // Histogram samples (push fan-out latency) stay raw until a scrape or an upkeep
+        // pass; fold them in regularly so an unscraped control plane does not keep them all.
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     admin::serve(settings.admin, metrics).await?;
     tracing::info!(listen = %settings.listen, admin = %settings.admin, spiffe_id = %own_id, "control plane ready");
     let incoming = tls_incoming(listener, TlsAcceptor::from(tls));
