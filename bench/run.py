@@ -68,6 +68,19 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+# Every process started, registered at once so that no failure path leaks one.
+ALL_PROCS: list["Proc"] = []
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the harness dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Proc:
     """A child process with its output in a log file, stopped on exit."""
 
@@ -78,8 +91,9 @@ class Proc:
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=workdir, start_new_session=True,
+                cwd=workdir, start_new_session=True, preexec_fn=_die_with_parent,
             )
+        ALL_PROCS.append(self)
 
     @property
     def pid(self) -> int:
@@ -205,8 +219,9 @@ http {{
   access_log off;
   sendfile on;
   tcp_nodelay on;
-  # Far above a run's requests per connection: a GOAWAY from nginx would fail the streams
-  # a sidecar had in flight beyond its last-stream-id (ward does not retry those yet).
+  # Far above a run's requests per connection, so that no GOAWAY from nginx lands
+  # mid-run: ward retries what a GOAWAY refuses only for idempotent requests, and the gRPC
+  # case is POST.
   keepalive_requests 100000000;
   keepalive_timeout 300s;
   http2_max_concurrent_streams 256;
@@ -224,6 +239,9 @@ http {{
     # sendfile'd DATA frame separately and, not setting TCP_NODELAY on cleartext h2, holds
     # the second write for the peer's delayed ACK — a 40 ms p99 even without any proxy.
     location = /1k {{ sendfile off; }}
+    # Requests that reached nginx: a response the client counted as a success that never
+    # got here was made up by a sidecar (a gRPC error is HTTP 200 + grpc-status).
+    location = /nginx_status {{ stub_status; }}
     location = {GRPC_PATH} {{
       default_type application/grpc;
       add_trailer grpc-status 0 always;
@@ -236,6 +254,19 @@ http {{
         self.proc = Proc("nginx", ["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
                                    "-e", str(self.dir / "error.log")], workdir)
         wait_until("nginx", lambda: port_open(self.h1) and port_open(self.h2), [self.proc])
+
+
+def app_requests(app: "Nginx") -> int:
+    """nginx's count of requests handled (this status request included)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.h1}/nginx_status", timeout=5) as r:
+        text = r.read().decode()
+    return int(text.splitlines()[2].split()[2])
+
+
+def not_from_app(app: "Nginx", before: int, ok: int) -> int:
+    """Successes the client saw that nginx never served (sidecar-made responses)."""
+    reached = app_requests(app) - before - 1
+    return max(0, ok - reached)
 
 
 class Stack:
@@ -401,8 +432,9 @@ def envoy_stack(envoy: Path, pki: Pki, app: Nginx, workdir: Path, workers: int) 
 # ---------------------------------------------------------------- load
 
 
-def saturate(case: str, stack: Stack, seconds: float, grpc_body: Path) -> dict:
+def saturate(case: str, stack: Stack, seconds: float, grpc_body: Path, app: Nginx) -> dict:
     """Requests/s at saturation, with sidecar CPU over the run."""
+    served0 = app_requests(app)
     cpu0 = [p.cpu_seconds() for p in stack.sidecars]
     if case == "http1":
         out = run(["wrk", "-t1", "-c50", f"-d{seconds}s", f"http://127.0.0.1:{stack.h1}/1k"],
@@ -411,7 +443,9 @@ def saturate(case: str, stack: Stack, seconds: float, grpc_body: Path) -> dict:
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-        failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
+        non_2xx = int(bad.group(1)) if bad else 0
+        failed = non_2xx + (sum(map(int, errors.groups())) if errors else 0)
+        ok = total - non_2xx
     else:
         argv = ["h2load", "-t1", "-c10", "-m10", "-D", str(seconds)]
         if case == "grpc":
@@ -424,11 +458,11 @@ def saturate(case: str, stack: Stack, seconds: float, grpc_body: Path) -> dict:
         m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                       r"(\d+) errored", out)
         total = int(m.group(3))
-        failed = int(m.group(4))  # h2load counts errored requests among the failed
-        status = re.search(r"status codes: (\d+) 2xx", out)
-        if status and int(status.group(1)) < total:
-            failed += total - int(status.group(1))
+        ok = total
+        # h2load counts non-2xx/3xx responses and errored streams among the failed.
+        failed = int(m.group(4))
     cpu = sum(p.cpu_seconds() for p in stack.sidecars) - sum(cpu0)
+    failed += not_from_app(app, served0, ok)
     return {
         "rps": rps,
         "requests": total,
@@ -437,8 +471,10 @@ def saturate(case: str, stack: Stack, seconds: float, grpc_body: Path) -> dict:
     }
 
 
-def latency(case: str, stack: Stack, seconds: float, rate: int, grpc_body: Path) -> dict:
+def latency(case: str, stack: Stack, seconds: float, rate: int, grpc_body: Path,
+            app: Nginx) -> dict:
     """Latency percentiles at a fixed rate, corrected for coordinated omission (oha)."""
+    served0 = app_requests(app)
     argv = ["oha", "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", str(rate),
             "--latency-correction"]
     if case == "http1":
@@ -459,6 +495,7 @@ def latency(case: str, stack: Stack, seconds: float, rate: int, grpc_body: Path)
     errors = {k: int(n) for k, n in report.get("errorDistribution", {}).items()
               if "deadline" not in k.lower()}
     failed += sum(errors.values())
+    failed += not_from_app(app, served0, ok)
     ms = lambda v: None if v is None else round(v * 1000, 3)  # noqa: E731
     return {"p50_ms": ms(pct.get("p50")), "p99_ms": ms(pct.get("p99")),
             "p999_ms": ms(pct.get("p99.9")), "ok": ok, "failed": failed, "errors": errors}
@@ -549,6 +586,8 @@ def main() -> int:
     idle_n = 50 if args.smoke else 1000
     big_mib = 16 if args.smoke else 512
 
+    # Processes run in the work directory: resolve paths given relative to here.
+    args.bin_dir, args.envoy = args.bin_dir.resolve(), args.envoy.resolve()
     ward, proxy = args.bin_dir / "ward", args.bin_dir / "ward-proxy"
     missing = [str(p) for p in (ward, proxy, args.envoy) if not p.exists()]
     missing += [t for t in ("wrk", "h2load", "oha", "nginx", "curl") if shutil.which(t) is None]
@@ -557,16 +596,19 @@ def main() -> int:
               file=sys.stderr)
         return 2
 
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ward-bench-"))
     workdir.chmod(0o755)  # nginx workers run as an unprivileged user and read www/ in it
-    procs: list[Proc] = []
     stacks: dict[str, Stack] = {}
     results: dict = {"cases": {}, "sidecars": {}}
     try:
         pki = Pki(ward, workdir)
         app = Nginx(workdir, big_mib)
-        procs.append(app.proc)
         grpc_body = workdir / "grpc-request.bin"
         payload = b"\x0a\x05hello"  # field 1, "hello"
         grpc_body.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
@@ -585,13 +627,13 @@ def main() -> int:
             runs = {t: [] for t in TARGETS}
             for r in range(rounds):
                 for t in TARGETS:
-                    res = saturate(case, stacks[t], seconds, grpc_body)
+                    res = saturate(case, stacks[t], seconds, grpc_body, app)
                     log(f"{case} saturation round {r + 1} {t}: {res['rps']:.0f} req/s, "
                         f"{res['failed']} failed")
                     runs[t].append(res)
             lat = {}
             for t in TARGETS:
-                lat[t] = latency(case, stacks[t], seconds, args.rate, grpc_body)
+                lat[t] = latency(case, stacks[t], seconds, args.rate, grpc_body, app)
                 log(f"{case} latency at {args.rate}/s {t}: p50 {lat[t]['p50_ms']} ms, "
                     f"p99 {lat[t]['p99_ms']} ms, p99.9 {lat[t]['p999_ms']} ms"
                     + (f", errors {lat[t]['errors']}" if lat[t]["errors"] else ""))
@@ -633,9 +675,7 @@ def main() -> int:
         print(f"bench: logs kept in {workdir}", file=sys.stderr)
         return 1
     finally:
-        for s in stacks.values():
-            s.stop()
-        for p in procs:
+        for p in reversed(ALL_PROCS):
             p.stop()
 
     results["meta"] = {
@@ -686,7 +726,7 @@ def render(r: dict) -> str:
         row(case, f"p99 ms at {m['rate']}/s", "p99_ms", "{:.2f}")
         row(case, f"p99.9 ms at {m['rate']}/s", "p999_ms", "{:.2f}")
         row(case, "sidecar CPU s per 1k req", "cpu_s_per_1k", "{:.3f}")
-    row("tcp", "MB/s, one stream", "mb_per_s", "{:,.0f}")
+    row("tcp", "MB/s, one stream (best round)", "mb_per_s", "{:,.0f}")
     failed = {case: {t: c[case][t].get("failed", 0) for t in TARGETS} for case in ("http1", "http2", "grpc")}
     lines += [
         "",

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use crate::http::Failure;
 use crate::metrics;
 use crate::pool::{Dialer, H2Pool};
-use crate::replay::{self, ReplayBody};
+use crate::replay::{self, Refusal, ReplayBody};
 
 /// Where requests go next.
 #[derive(Clone)]
@@ -61,31 +61,43 @@ async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incom
     let (mut req, replay) = ReplayBody::wrap(req);
     // A request goes out again only when the upstream certainly never processed it: the
     // old connection never took it (it had just closed), or the upstream refused the
-    // stream (GOAWAY below it, REFUSED_STREAM) and its whole body was recorded.
+    // stream (see `replay::Refusal`) and its whole body was recorded.
     for attempt in 1..=MAX_ATTEMPTS {
-        let mut sender = pool.sender().await.map_err(|e| {
+        let used = pool.sender().await.map_err(|e| {
             tracing::warn!(error = %e, "upstream connection failed");
             Failure::Unavailable
         })?;
-        let again = match sender.try_send_request(req).await {
+        let mut sender = (*used).clone();
+        let err = match sender.try_send_request(req).await {
             Ok(resp) => return Ok(resp),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => Some((unsent, "unsent")),
-                None if replay::refused_unprocessed(e.error()) => {
-                    replay.request().map(|r| (r, "refused"))
+            Err(err) => err,
+        };
+        let mut err = err;
+        let again = match err.take_message() {
+            Some(unsent) => {
+                pool.reset_if(&used);
+                Some((unsent, "unsent"))
+            }
+            None => match replay::refusal(err.error()) {
+                // One stream refused: the connection itself is fine.
+                Some(why @ Refusal::RefusedStream) => replay.again(why).map(|r| (r, "refused")),
+                Some(why @ Refusal::GoingAway) => {
+                    pool.reset_if(&used);
+                    replay.again(why).map(|r| (r, "goaway"))
                 }
                 None => None,
-            }
-            .filter(|_| attempt < MAX_ATTEMPTS)
-            .ok_or_else(|| {
-                tracing::debug!(error = ?e.error(), "upstream request failed");
-                Failure::Unavailable
-            })?,
+            },
         };
-        let (next, reason) = again;
-        metrics::retried(reason);
-        pool.reset();
-        req = next;
+        match again {
+            Some((next, reason)) if attempt < MAX_ATTEMPTS => {
+                metrics::retried(reason);
+                req = next;
+            }
+            _ => {
+                tracing::debug!(error = ?err.error(), "upstream request failed");
+                return Err(Failure::Unavailable);
+            }
+        }
     }
     Err(Failure::Unavailable)
 }

@@ -117,8 +117,9 @@ pub fn handshake(direction: Direction, result: &'static str) {
         .increment(1);
 }
 
-/// A request sent again; `reason` is `unsent` (its connection had closed) or `refused`
-/// (GOAWAY below it, or REFUSED_STREAM).
+/// A request sent again; `reason` is `unsent` (its connection had closed), `goaway` (the
+/// upstream's GOAWAY left it unprocessed; idempotent requests only) or `refused`
+/// (REFUSED_STREAM).
 pub fn retried(reason: &'static str) {
     counter!(REQUEST_RETRIES_TOTAL, "reason" => reason).increment(1);
 }

@@ -160,8 +160,9 @@ impl H2Pool {
         }
     }
 
-    /// A sender on a live connection, connecting if there is none.
-    pub async fn sender(&self) -> Result<http2::SendRequest<ReplayBody>, ConnectError> {
+    /// A sender on a live connection, connecting if there is none. The `Arc` names the
+    /// connection for [`H2Pool::reset_if`].
+    pub async fn sender(&self) -> Result<Arc<http2::SendRequest<ReplayBody>>, ConnectError> {
         if let Some(s) = self.live() {
             return Ok(s);
         }
@@ -187,20 +188,18 @@ impl H2Pool {
                 tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection ended");
             }
         });
-        self.current.store(Some(Arc::new(sender.clone())));
+        let sender = Arc::new(sender);
+        self.current.store(Some(sender.clone()));
         Ok(sender)
     }
 
-    fn live(&self) -> Option<http2::SendRequest<ReplayBody>> {
-        self.current
-            .load()
-            .as_ref()
-            .filter(|s| !s.is_closed())
-            .map(|s| (**s).clone())
+    fn live(&self) -> Option<Arc<http2::SendRequest<ReplayBody>>> {
+        self.current.load_full().filter(|s| !s.is_closed())
     }
 
-    /// Forgets the current connection (after it failed), so the next request reconnects.
-    pub fn reset(&self) {
-        self.current.store(None);
+    /// Forgets `failed` (a connection that is closing) if it is still the current one, so
+    /// the next request reconnects; a connection another request already opened stays.
+    pub fn reset_if(&self, failed: &Arc<http2::SendRequest<ReplayBody>>) {
+        self.current.compare_and_swap(failed, None);
     }
 }

@@ -5,16 +5,17 @@
 //! REFUSED_STREAM (§8.7). nginx, for one, sends GOAWAY after `keepalive_requests`
 //! requests on a connection, refusing whatever was in flight behind the last one.
 //!
-//! The body records the frames it passes on, up to [`REPLAY_LIMIT`] bytes; a body that
-//! ended within the limit can be rebuilt from the record. Data frames are `Bytes`, so the
-//! record holds references, not copies.
+//! The body copies what it passes on, up to [`REPLAY_LIMIT`] bytes, into a record that
+//! lives only while the sender waits for the response head; a body that ended within the
+//! limit can be rebuilt from it. A connection going away (GOAWAY) is retried only for
+//! idempotent methods, REFUSED_STREAM for any (see [`Refusal`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
@@ -23,9 +24,10 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Record {
-    data: Vec<Bytes>,
+    /// A copy of the body so far: copied, not referenced, so that a recorded frame never
+    /// keeps the (much larger) connection read buffer it was cut from alive.
+    data: BytesMut,
     trailers: Option<HeaderMap>,
-    bytes: usize,
     /// Past the limit: no replay.
     overflow: bool,
     ended: bool,
@@ -37,15 +39,16 @@ impl Record {
         match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    if self.overflow || self.bytes + data.len() > REPLAY_LIMIT {
+                    if self.overflow || self.data.len() + data.len() > REPLAY_LIMIT {
                         self.overflow = true;
-                        self.data = Vec::new();
+                        self.data = BytesMut::new();
                     } else {
-                        self.bytes += data.len();
-                        self.data.push(data.clone());
+                        self.data.extend_from_slice(data);
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
+                    // Trailers end a body; hyper polls no further after them.
                     self.trailers = Some(trailers.clone());
+                    self.ended = true;
                 }
             }
             None => self.ended = true,
@@ -65,7 +68,9 @@ pub struct ReplayBody {
 enum Inner {
     Live {
         body: Incoming,
-        record: Arc<Mutex<Record>>,
+        /// Weak: once the sender has its response (or gave up) the record is dropped and
+        /// a long upload or stream stops recording.
+        record: Weak<Mutex<Record>>,
     },
     Replay {
         data: VecDeque<Bytes>,
@@ -90,6 +95,8 @@ impl ReplayBody {
         // `is_end_stream` as well as from the final `None`.
         let record = Arc::new(Mutex::new(Record {
             ended: body.is_end_stream(),
+            // A body announced as larger than the limit is never recorded.
+            overflow: body.size_hint().lower() > REPLAY_LIMIT as u64,
             ..Record::default()
         }));
         let replay = Replay {
@@ -100,7 +107,10 @@ impl ReplayBody {
             record: record.clone(),
         };
         let body = ReplayBody {
-            inner: Inner::Live { body, record },
+            inner: Inner::Live {
+                body,
+                record: Arc::downgrade(&record),
+            },
         };
         (Request::from_parts(parts, body), replay)
     }
@@ -113,9 +123,14 @@ impl Replay {
         if record.overflow || !record.ended {
             return None;
         }
+        let data = if record.data.is_empty() {
+            VecDeque::new()
+        } else {
+            VecDeque::from([Bytes::copy_from_slice(&record.data)])
+        };
         let body = ReplayBody {
             inner: Inner::Replay {
-                data: record.data.iter().cloned().collect(),
+                data,
                 trailers: record.trailers.clone(),
             },
         };
@@ -140,6 +155,7 @@ impl Body for ReplayBody {
             Inner::Live { body, record } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 if let Poll::Ready(frame) = &polled
+                    && let Some(record) = record.upgrade()
                     && let Ok(mut record) = record.lock()
                 {
                     record.note(frame, body.is_end_stream());
@@ -155,7 +171,17 @@ impl Body for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Live { body, .. } => body.is_end_stream(),
+            Inner::Live { body, record } => {
+                let ended = body.is_end_stream();
+                // hyper may learn that the body ended from here and never poll it again.
+                if ended
+                    && let Some(record) = record.upgrade()
+                    && let Ok(mut record) = record.lock()
+                {
+                    record.ended = true;
+                }
+                ended
+            }
             Inner::Replay { data, trailers } => data.is_empty() && trailers.is_none(),
         }
     }
@@ -170,24 +196,49 @@ impl Body for ReplayBody {
     }
 }
 
-/// Whether `err` says the upstream never processed the request: a stream above a
-/// graceful (NO_ERROR) GOAWAY's last-stream-id, or one reset with REFUSED_STREAM.
-///
-/// h2 gives a remote NO_ERROR GOAWAY error only to the streams above the last-stream-id;
-/// streams at or below it that the connection then loses end with a broken pipe, and a
-/// GOAWAY carrying an error code fails every stream with that code — neither is retried.
-pub fn refused_unprocessed(err: &hyper::Error) -> bool {
+/// Why an upstream error allows sending the request again, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The stream was reset with REFUSED_STREAM: that stream was not processed (RFC 9113
+    /// §8.7), whatever the method.
+    RefusedStream,
+    /// The connection is going away (a remote NO_ERROR GOAWAY). h2 reports it both to the
+    /// streams above the GOAWAY's last-stream-id, which were not processed, and — in a
+    /// narrow race with a graceful two-step GOAWAY — to a stream the peer may still
+    /// process; so only idempotent requests (RFC 9110 §9.2.2) are sent again for it.
+    GoingAway,
+}
+
+/// Whether `err` lets a request be sent again, and why.
+pub fn refusal(err: &hyper::Error) -> Option<Refusal> {
     let mut source = std::error::Error::source(err);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-            let above_goaway =
-                h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
-            return refused || above_goaway;
+            if !h2.is_remote() {
+                return None;
+            }
+            if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Some(Refusal::RefusedStream);
+            }
+            if h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR) {
+                return Some(Refusal::GoingAway);
+            }
+            return None;
         }
         source = e.source();
     }
-    false
+    None
+}
+
+impl Replay {
+    /// The request again, if `why` allows it for this request and its whole body was
+    /// recorded.
+    pub fn again(&self, why: Refusal) -> Option<Request<ReplayBody>> {
+        if why == Refusal::GoingAway && !self.method.is_idempotent() {
+            return None;
+        }
+        self.request()
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +273,9 @@ mod tests {
         assert_eq!(&body[..], b"abcdef");
         // A second replay is possible too (a refused retry can be refused again).
         assert!(replay.request().is_some());
+        // A POST is sent again for REFUSED_STREAM only, never for a connection going away.
+        assert!(replay.again(Refusal::RefusedStream).is_some());
+        assert!(replay.again(Refusal::GoingAway).is_none());
     }
 
     #[tokio::test]

@@ -130,14 +130,17 @@ fn demo_fails_when_a_forbidden_call_gets_through() {
     assert!(left.is_empty(), "processes outlived ward demo: {left:?}");
 }
 
-#[test]
-fn ctrl_c_stops_the_demo_and_every_child() {
+/// Starts `ward demo` with `extra` arguments, sends `signal` once the mesh is up, and
+/// returns how it exited and what it printed; asserts no child outlived it.
+fn interrupt(extra: &[&str], signal: i32) -> (std::process::ExitStatus, String) {
     use std::io::{BufRead, BufReader};
     use std::time::{Duration, Instant};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let mut demo = Command::new(bin::path("ward"))
-        .args(["demo", "--data-dir"])
+        .arg("demo")
+        .args(extra)
+        .arg("--data-dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -158,7 +161,7 @@ fn ctrl_c_stops_the_demo_and_every_child() {
     );
     // SAFETY: kill(2) on our own child.
     unsafe {
-        libc::kill(demo.id() as i32, libc::SIGINT);
+        libc::kill(demo.id() as i32, signal);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
@@ -167,15 +170,29 @@ fn ctrl_c_stops_the_demo_and_every_child() {
         }
         assert!(
             Instant::now() < deadline,
-            "ward demo did not stop on SIGINT"
+            "ward demo did not stop on signal {signal}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(status.success(), "{status}");
     let mut out = String::new();
     std::io::Read::read_to_string(&mut demo.stdout.take().expect("stdout"), &mut out)
         .expect("stdout");
-    assert!(out.contains("ward demo: stopped"), "{out}");
     let left = demo_processes(dir.path());
     assert!(left.is_empty(), "processes outlived ward demo: {left:?}");
+    (status, out)
+}
+
+#[test]
+fn ctrl_c_stops_the_demo_and_every_child() {
+    let (status, out) = interrupt(&[], libc::SIGINT);
+    assert!(status.success(), "{status}");
+    assert!(out.contains("ward demo: stopped"), "{out}");
+}
+
+#[test]
+fn an_interrupted_timed_run_is_not_a_pass() {
+    // `--duration` promises a verdict; stopped early (here by SIGTERM) it has none.
+    let (status, out) = interrupt(&["--duration", "5m"], libc::SIGTERM);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("ward demo: stopped"), "{out}");
 }

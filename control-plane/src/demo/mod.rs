@@ -330,7 +330,7 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
         started = start => started?,
         () = stop.recv() => {
             println!("ward demo: stopped while starting");
-            return Ok(Outcome::Success);
+            return Ok(interrupted_outcome(args));
         }
     }
 
@@ -393,8 +393,17 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
             _ = round.tick() => {
                 procs.check()?;
                 account = account % 9_999 + 1;
-                for scenario in &mut scenarios {
-                    scenario.run(&http, account).await;
+                // Stop and the deadline are heard during a round too (a call may wait
+                // up to its timeout).
+                let calls = async {
+                    for scenario in &mut scenarios {
+                        scenario.run(&http, account).await;
+                    }
+                };
+                tokio::select! {
+                    () = calls => {}
+                    () = sleep_until(deadline) => break false,
+                    () = stop.recv() => break true,
                 }
             }
             _ = redraw.tick() => {
@@ -427,7 +436,7 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
         .collect();
     if interrupted {
         println!("ward demo: stopped; {calls} calls, {unexpected} not as the demo policy says");
-        return Ok(Outcome::Success);
+        return Ok(interrupted_outcome(args));
     }
     if unexpected == 0 && untried.is_empty() {
         println!(
@@ -488,7 +497,7 @@ async fn start_mesh(
 
     // A join token per workload, bound to its identity and labels.
     for w in &layout.workloads {
-        let token = create_token(ward, &layout.cp_data, w).await?;
+        let token = create_token(ward, &layout.dir, &layout.cp_data, w).await?;
         let path = layout.dir.join(format!("{}.token", w.name()));
         write_atomic(&path, token.as_bytes(), FileMode::Secret)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -542,6 +551,16 @@ async fn start_mesh(
     Ok(())
 }
 
+/// Stopped by a signal: fine for an interactive demo, a failure for a timed self-check
+/// (`--duration`), which did not get to check what it promised.
+fn interrupted_outcome(args: &DemoArgs) -> Outcome {
+    if args.duration.is_some() {
+        Outcome::Negative
+    } else {
+        Outcome::Success
+    }
+}
+
 fn say(terminal: bool, line: &str) {
     if terminal {
         println!("{line}");
@@ -557,11 +576,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment the demo starts: before any
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP, caught from the moment the demo starts: before any
 /// child exists, so that a Ctrl-C at any point still stops every child.
 struct Stop {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    /// The terminal closing.
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Stop {
@@ -570,6 +591,7 @@ impl Stop {
         Ok(Self {
             int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
             term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("catching SIGHUP")?,
         })
     }
 
@@ -577,6 +599,7 @@ impl Stop {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
         }
     }
 }
@@ -599,14 +622,23 @@ async fn wait_for(
 }
 
 /// `ward token create` for one workload, as an operator would run it.
-async fn create_token(ward: &Path, data_dir: &Path, w: &Workload) -> anyhow::Result<String> {
+async fn create_token(
+    ward: &Path,
+    demo_dir: &Path,
+    data_dir: &Path,
+    w: &Workload,
+) -> anyhow::Result<String> {
     let output = tokio::process::Command::new(ward)
         .args(["token", "create", "--data-dir"])
         .arg(data_dir)
         .args(["--spiffe-id", &w.spiffe_id(), "--labels", &w.label()])
         .args(["--ttl", "10m"])
-        .output()
+        .env(procs::MARKER_ENV, demo_dir)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(START_TIMEOUT, output)
         .await
+        .context("ward token create did not finish")?
         .context("running ward token create")?;
     if !output.status.success() {
         bail!(

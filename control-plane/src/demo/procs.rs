@@ -66,12 +66,18 @@ impl Procs {
             .stderr(err)
             .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the forked child before exec and only makes an
-        // async-signal-safe system call.
+        let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The demo may have died between fork and prctl: then nobody would
+                // signal this child, so it must not start.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("ward demo exited while starting it"));
                 }
                 Ok(())
             });
