@@ -44,6 +44,7 @@ impl AppKind {
 
 /// Serves `kind` on `listen` until the process is stopped.
 pub async fn serve(kind: AppKind, listen: SocketAddr) -> anyhow::Result<()> {
+    let mut stop = super::Stop::new()?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -53,42 +54,22 @@ pub async fn serve(kind: AppKind, listen: SocketAddr) -> anyhow::Result<()> {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             tonic::transport::Server::builder()
                 .add_service(LedgerServer::new(Books::default()))
-                .serve_with_incoming_shutdown(incoming, stop_signal())
+                .serve_with_incoming_shutdown(incoming, stop.recv())
                 .await
                 .context("serving ledger.v1.Ledger")
         }
-        AppKind::Web | AppKind::Accounts => {
-            let stop = stop_signal();
-            tokio::pin!(stop);
-            loop {
-                let (tcp, _) = tokio::select! {
-                    accepted = listener.accept() => accepted.context("accepting")?,
-                    () = &mut stop => return Ok(()),
-                };
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| http_app(kind, req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        }
-    }
-}
-
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
+        AppKind::Web | AppKind::Accounts => loop {
+            let (tcp, _) = tokio::select! {
+                accepted = listener.accept() => accepted.context("accepting")?,
+                () = stop.recv() => return Ok(()),
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| http_app(kind, req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        },
     }
 }
 
