@@ -68,11 +68,10 @@ async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incom
             Failure::Unavailable
         })?;
         let mut sender = (*used).clone();
-        let err = match sender.try_send_request(req).await {
+        let mut err = match sender.try_send_request(req).await {
             Ok(resp) => return Ok(resp),
             Err(err) => err,
         };
-        let mut err = err;
         let again = match err.take_message() {
             Some(unsent) => {
                 pool.reset_if(&used);

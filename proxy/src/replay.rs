@@ -106,11 +106,15 @@ impl ReplayBody {
             headers: parts.headers.clone(),
             record: record.clone(),
         };
+        // A body that has already ended has nothing left to record: the body holds no
+        // link then, and neither polls nor `is_end_stream` touch the record.
+        let link = if body.is_end_stream() {
+            Weak::new()
+        } else {
+            Arc::downgrade(&record)
+        };
         let body = ReplayBody {
-            inner: Inner::Live {
-                body,
-                record: Arc::downgrade(&record),
-            },
+            inner: Inner::Live { body, record: link },
         };
         (Request::from_parts(parts, body), replay)
     }
@@ -118,7 +122,7 @@ impl ReplayBody {
 
 impl Replay {
     /// The request again, if its whole body was recorded.
-    pub fn request(&self) -> Option<Request<ReplayBody>> {
+    fn request(&self) -> Option<Request<ReplayBody>> {
         let record = self.record.lock().ok()?;
         if record.overflow || !record.ended {
             return None;

@@ -29,16 +29,8 @@ fn demo_processes(dir: &Path) -> Vec<u32> {
 }
 
 fn run_demo(dir: &Path, duration: &str) -> bin::Run {
-    let output = Command::new(bin::path("ward"))
-        .args(["demo", "--duration", duration, "--data-dir"])
-        .arg(dir)
-        .output()
-        .expect("run ward demo");
-    bin::Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let dir = dir.to_str().expect("UTF-8 temp dir");
+    bin::ward(["demo", "--duration", duration, "--data-dir", dir])
 }
 
 #[test]

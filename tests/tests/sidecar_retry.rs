@@ -132,10 +132,14 @@ async fn serve(
                 goaway.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
                 tcp.write_all(&frame(GOAWAY, 0, 0, &goaway)).await?;
                 tcp.write_all(&ok_response(complete[0])).await?;
-                tcp.flush().await?;
-                // Whatever is at or below `last` and unanswered is lost with the
-                // connection, as when an app crashes after processing it.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Close our side: whatever is at or below `last` and unanswered is lost
+                // with the connection, as when an app crashes after processing it. Then
+                // read until the sidecar closes too, so that nothing it still sends turns
+                // our close into a reset that could eat the response above.
+                tcp.shutdown().await?;
+                let mut rest = Vec::new();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
                 return Ok(());
             }
         }
@@ -174,6 +178,12 @@ async fn two_calls(pair: &Pair, app: &GoawayApp, method: &str) -> (StatusCode, S
     app.first_arrived.notified().await;
     let second = call(&mut client, method, "/second", b"replay me, byte for byte").await;
     (first.await.expect("first"), second)
+}
+
+/// Streams the app got on any connection after the first (i.e. requests sent again).
+fn resent(app: &GoawayApp) -> usize {
+    let seen = app.seen.lock().unwrap();
+    seen.connections.iter().skip(1).map(Vec::len).sum()
 }
 
 async fn launch(app: &GoawayApp) -> Pair {
@@ -224,10 +234,11 @@ async fn a_request_the_app_may_have_processed_is_not_sent_twice() {
     let (first, second) = two_calls(&pair, &app, "PUT").await;
     assert_eq!(first, StatusCode::OK);
     assert_eq!(second, StatusCode::BAD_GATEWAY);
-    let seen = app.seen.lock().unwrap();
-    let later: usize = seen.connections.iter().skip(1).map(Vec::len).sum();
-    assert_eq!(later, 0, "a possibly processed request was sent again");
-    drop(seen);
+    assert_eq!(
+        resent(&app),
+        0,
+        "a possibly processed request was sent again"
+    );
     let metrics = pair.orders.admin_get("/metrics").1;
     assert!(!metrics.contains("ward_request_retries_total"), "{metrics}");
 }
@@ -241,7 +252,5 @@ async fn a_post_refused_by_a_goaway_is_not_sent_again() {
     let (first, second) = two_calls(&pair, &app, "POST").await;
     assert_eq!(first, StatusCode::OK);
     assert_eq!(second, StatusCode::BAD_GATEWAY);
-    let seen = app.seen.lock().unwrap();
-    let later: usize = seen.connections.iter().skip(1).map(Vec::len).sum();
-    assert_eq!(later, 0, "a POST was sent again after a GOAWAY");
+    assert_eq!(resent(&app), 0, "a POST was sent again after a GOAWAY");
 }

@@ -33,18 +33,12 @@ pub enum PolicyCommand {
         dir: PathBuf,
     },
     /// Access review: who may reach which ports, methods and paths of a workload.
-    WhoCan {
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        #[arg(long, value_name = "NS")]
-        to_namespace: String,
-        #[arg(long, value_name = "k=v[,k=v]", value_parser = parse_labels, default_value = "")]
-        to_labels: BTreeMap<String, String>,
-    },
+    WhoCan(Callee),
 }
 
+/// The policy directory and the called workload, as `check` and `who-can` take them.
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub struct Callee {
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// The called workload's namespace.
@@ -53,6 +47,12 @@ pub struct CheckArgs {
     /// The called workload's labels.
     #[arg(long, value_name = "k=v[,k=v]", value_parser = parse_labels, default_value = "")]
     to_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    target: Callee,
     /// The caller's SPIFFE ID.
     #[arg(long, value_name = "SPIFFE_ID", value_parser = super::parse_spiffe_id)]
     from: ward_certs::SpiffeId,
@@ -81,11 +81,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<Outcome> {
         PolicyCommand::Lint { dir } => lint(&dir),
         PolicyCommand::Check(args) => check(args),
         PolicyCommand::Test { cases, dir } => test(&cases, &dir),
-        PolicyCommand::WhoCan {
-            dir,
-            to_namespace,
-            to_labels,
-        } => who_can(&dir, &to_namespace, &to_labels),
+        PolicyCommand::WhoCan(t) => who_can(&t.dir, &t.to_namespace, &t.to_labels),
     }
 }
 
@@ -239,7 +235,7 @@ fn decide(
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
-    let set = load(&args.dir)?;
+    let set = load(&args.target.dir)?;
     let req = Request {
         method: args.method,
         path: args.path,
@@ -251,8 +247,8 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     let from = args.from.to_string();
     let verdict = decide(
         &set,
-        &args.to_namespace,
-        &args.to_labels,
+        &args.target.to_namespace,
+        &args.target.to_labels,
         &from,
         args.port,
         &req,

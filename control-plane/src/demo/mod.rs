@@ -364,21 +364,21 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
             LedgerCall::GetBalance,
             o.accounts_ledger,
             Expect::Allow,
-        ),
+        )?,
         Scenario::grpc(
             "accounts",
             "ledger",
             LedgerCall::Post,
             o.accounts_ledger,
             Expect::Deny,
-        ),
+        )?,
         Scenario::grpc(
             "web",
             "ledger",
             LedgerCall::GetBalance,
             o.web_ledger,
             Expect::Deny,
-        ),
+        )?,
     ];
     let mut certs = CertWatch::default();
     let deadline = args.duration.map(|d| Instant::now() + d);

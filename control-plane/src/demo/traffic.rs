@@ -119,25 +119,23 @@ impl Scenario {
         call: LedgerCall,
         via: SocketAddr,
         expect: Expect,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(format!("http://{via}"))
-            .map(|e| e.connect_timeout(CALL_TIMEOUT).connect_lazy());
-        let client = match channel {
-            Ok(channel) => LedgerClient::new(channel),
-            // A SocketAddr always makes a valid URI; this arm only keeps the type total.
-            Err(_) => LedgerClient::new(Endpoint::from_static("http://127.0.0.1:1").connect_lazy()),
-        };
+            .map_err(|e| anyhow::anyhow!("gRPC endpoint for {via}: {e}"))?
+            .connect_timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        let client = LedgerClient::new(channel);
         let name = match call {
             LedgerCall::GetBalance => "GetBalance",
             LedgerCall::Post => "Post",
         };
-        Self::new(
+        Ok(Self::new(
             source,
             destination,
             format!("ledger.v1.Ledger/{name}"),
             expect,
             Kind::Grpc { client, call },
-        )
+        ))
     }
 
     fn new(
