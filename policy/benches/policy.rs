@@ -52,6 +52,7 @@ fn bench(c: &mut Criterion) {
     let workload = set.for_workload("bank", &labels);
     assert_eq!(workload.len(), N + 2);
     let headers: Vec<(String, String)> = Vec::new();
+    let authority = ward_policy::Authority::parse("accounts.bank", 80).expect("valid");
     let mut group = c.benchmark_group("decide_1000_policies");
     for (name, principal, allowed) in [
         (
@@ -77,8 +78,7 @@ fn bench(c: &mut Criterion) {
             http: Some(HttpCall {
                 method: "GET",
                 path: "/accounts/42",
-                host: Some("accounts.bank"),
-                grpc: None,
+                authority: Some(&authority),
                 headers: &headers,
             }),
         };

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use crate::model::{
     Action, AuthorizationPolicyDoc, Condition, MeshDefault, Operation, ROOT_NAMESPACE, Rule, Source,
 };
+use crate::pattern::Pattern;
+use crate::request::{Authority, list_elements};
 
 /// One loaded policy.
 #[derive(Debug, Clone)]
@@ -252,27 +254,39 @@ pub struct Call<'a> {
     pub http: Option<HttpCall<'a>>,
 }
 
-/// Request headers, looked up by lower-case name.
+/// Request headers as the engine reads them: every value of a name, in the order received,
+/// as raw bytes (a value need not be UTF-8, and is never dropped for it).
 pub trait Headers {
-    fn get(&self, name: &str) -> Option<&str>;
+    /// Calls `f` on each value of header `name` (given in lower case) until it returns
+    /// `true`; whether it did.
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
+}
+
+impl Headers for Vec<(String, Vec<u8>)> {
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .any(|(_, v)| f(v))
+    }
 }
 
 impl Headers for Vec<(String, String)> {
-    fn get(&self, name: &str) -> Option<&str> {
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
         self.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .any(|(_, v)| f(v.as_bytes()))
     }
 }
 
 #[derive(Clone, Copy)]
 pub struct HttpCall<'a> {
+    /// Upper case (see [`crate::request::check_method`]).
     pub method: &'a str,
-    /// The normalized path, without the query string.
+    /// The normalized path, without the query string. A path of the shape
+    /// `/service/method` is also judged by gRPC rules, whatever the content-type.
     pub path: &'a str,
-    pub host: Option<&'a str>,
-    /// `(service, method)` for a gRPC call.
-    pub grpc: Option<(&'a str, &'a str)>,
+    /// The canonical authority, if the request named one.
+    pub authority: Option<&'a Authority>,
     pub headers: &'a dyn Headers,
 }
 
@@ -281,8 +295,7 @@ impl fmt::Debug for HttpCall<'_> {
         f.debug_struct("HttpCall")
             .field("method", &self.method)
             .field("path", &self.path)
-            .field("host", &self.host)
-            .field("grpc", &self.grpc)
+            .field("authority", &self.authority)
             .finish()
     }
 }
@@ -368,13 +381,17 @@ pub struct WorkloadPolicy {
     mesh_default: MeshDefault,
 }
 
-/// How a rule treats HTTP fields a TCP connection does not have.
+/// Which action's rules are being matched; it decides how missing and repeated facts count.
+///
+/// - A TCP connection has no HTTP facts: an ALLOW or AUDIT rule that needs them does not
+///   match it; a DENY rule ignores them (fail closed).
+/// - A header condition on a header sent more than once (or as a comma-separated list):
+///   DENY and AUDIT match if any value matches; ALLOW needs every value to match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// ALLOW and AUDIT: a rule that needs HTTP facts does not match a TCP connection.
-    Strict,
-    /// DENY: HTTP fields are ignored for a TCP connection (fail closed).
-    FailClosed,
+    Allow,
+    Deny,
+    Audit,
 }
 
 impl WorkloadPolicy {
@@ -391,8 +408,8 @@ impl WorkloadPolicy {
     }
 
     pub fn decide(&self, call: &Call<'_>) -> Decision {
-        let audit = self.audit.first_match(call, Mode::Strict);
-        if let Some(decider) = self.deny.first_match(call, Mode::FailClosed) {
+        let audit = self.audit.first_match(call, Mode::Audit);
+        if let Some(decider) = self.deny.first_match(call, Mode::Deny) {
             return Decision {
                 allowed: false,
                 decider,
@@ -400,7 +417,7 @@ impl WorkloadPolicy {
             };
         }
         if self.has_allow {
-            return match self.allow.first_match(call, Mode::Strict) {
+            return match self.allow.first_match(call, Mode::Allow) {
                 Some(decider) => Decision {
                     allowed: true,
                     decider,
@@ -465,7 +482,7 @@ fn operation_matches(o: &Operation, call: &Call<'_>, mode: Mode) -> bool {
         return false;
     }
     let Some(http) = &call.http else {
-        return mode == Mode::FailClosed || !needs_http(o);
+        return mode == Mode::Deny || !needs_http(o);
     };
     any_or_empty(&o.methods, |m| m.0 == http.method)
         && !o.not_methods.iter().any(|m| m.0 == http.method)
@@ -473,9 +490,9 @@ fn operation_matches(o: &Operation, call: &Call<'_>, mode: Mode) -> bool {
         && !o.not_paths.iter().any(|p| p.0.matches(http.path))
         && (o.hosts.is_empty()
             || http
-                .host
-                .is_some_and(|h| o.hosts.iter().any(|p| p.matches_ignore_case(h))))
-        && o.grpc.as_ref().is_none_or(|g| match http.grpc {
+                .authority
+                .is_some_and(|a| o.hosts.iter().any(|p| p.matches(a))))
+        && o.grpc.as_ref().is_none_or(|g| match grpc_route(http.path) {
             Some((service, method)) => {
                 g.service.as_ref().is_none_or(|s| s.matches(service))
                     && any_or_empty(&g.methods, |m| m.matches(method))
@@ -486,13 +503,40 @@ fn operation_matches(o: &Operation, call: &Call<'_>, mode: Mode) -> bool {
 
 fn condition_matches(c: &Condition, call: &Call<'_>, mode: Mode) -> bool {
     let Some(http) = &call.http else {
-        return mode == Mode::FailClosed;
+        return mode == Mode::Deny;
     };
-    let value = http.headers.get(&c.key.0);
-    if c.present.is_some_and(|present| value.is_some() != present) {
+    let name = c.key.0.as_str();
+    if let Some(present) = c.present
+        && http.headers.any_value(name, &mut |_| true) != present
+    {
         return false;
     }
-    c.values.is_empty() || value.is_some_and(|v| c.values.iter().any(|p| p.matches(v)))
+    if c.values.is_empty() {
+        return true;
+    }
+    match mode {
+        Mode::Deny | Mode::Audit => http
+            .headers
+            .any_value(name, &mut |v| value_matches_some(&c.values, v)),
+        Mode::Allow => {
+            http.headers.any_value(name, &mut |_| true)
+                && !http
+                    .headers
+                    .any_value(name, &mut |v| !value_matches_all(&c.values, v))
+        }
+    }
+}
+
+/// For DENY: the value, or any element of it read as a list, matches a pattern.
+fn value_matches_some(patterns: &[Pattern], value: &[u8]) -> bool {
+    let matches = |v: &[u8]| patterns.iter().any(|p| p.matches_bytes(v));
+    matches(value) || (value.contains(&b',') && list_elements(value).any(matches))
+}
+
+/// For ALLOW: the value matches a pattern, and so does each element of it read as a list.
+fn value_matches_all(patterns: &[Pattern], value: &[u8]) -> bool {
+    let matches = |v: &[u8]| patterns.iter().any(|p| p.matches_bytes(v));
+    matches(value) && (!value.contains(&b',') || list_elements(value).all(matches))
 }
 
 /// Splits a gRPC `:path` (`/package.Service/Method`) into service and method.

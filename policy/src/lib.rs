@@ -10,8 +10,10 @@ pub mod load;
 pub mod model;
 pub mod path;
 pub mod pattern;
+pub mod request;
 
 pub use compile::{Call, Decider, Decision, Headers, HttpCall, PolicySet, WorkloadPolicy};
 pub use load::{PolicyError, PolicyErrors, load_dir, load_sources};
 pub use model::{Action, MeshDefault, ROOT_NAMESPACE};
 pub use path::{PathError, normalize_path};
+pub use request::{Authority, RequestError};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::pattern::{PathPattern, Pattern, PrincipalPattern};
+use crate::pattern::{HostPattern, PathPattern, Pattern, PrincipalPattern};
 
 pub const API_VERSION: &str = "ward.dev/v1alpha1";
 /// The root namespace: policies here apply to every workload of the mesh.
@@ -138,7 +138,7 @@ pub struct Operation {
     #[serde(default)]
     pub not_paths: Vec<PathPattern>,
     #[serde(default)]
-    pub hosts: Vec<Pattern>,
+    pub hosts: Vec<HostPattern>,
     #[serde(default)]
     pub grpc: Option<Grpc>,
 }

@@ -47,7 +47,18 @@ impl Pattern {
         }
     }
 
-    /// Case-insensitive match (header values, host names).
+    /// Matches raw bytes (header values, which need not be UTF-8): the same rules,
+    /// byte for byte.
+    pub fn matches_bytes(&self, value: &[u8]) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(e) => value == e.as_bytes(),
+            Pattern::Prefix(p) => value.starts_with(p.as_bytes()),
+            Pattern::Suffix(s) => value.ends_with(s.as_bytes()),
+        }
+    }
+
+    /// Case-insensitive match.
     pub fn matches_ignore_case(&self, value: &str) -> bool {
         let fold = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
         match self {
@@ -135,6 +146,63 @@ impl<'de> Deserialize<'de> for PathPattern {
     }
 }
 
+/// A host pattern: a [`Pattern`] on the canonical host (lower case, no trailing dot; see
+/// [`crate::request::Authority`]) and, if written as `host:port`, the port. Without a port
+/// it matches the host on any port, so `:80`, `:443` or no port at all are judged alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    pub host: Pattern,
+    pub port: Option<u16>,
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        let (host, port) = match lower.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                let port: u16 = p
+                    .parse()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("host {s:?}: port {p:?} is not 1-65535"))?;
+                (h, Some(port))
+            }
+            _ => (lower.as_str(), None),
+        };
+        if host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || matches!(b, b'@' | b'/' | b'%' | b',' | b';'))
+        {
+            return Err(format!("host {s:?} is not a host name pattern"));
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        Ok(Self {
+            host: Pattern::parse(host).map_err(|e| format!("host {s:?}: {e}"))?,
+            port,
+        })
+    }
+
+    pub fn matches(&self, authority: &crate::request::Authority) -> bool {
+        self.host.matches(&authority.host) && self.port.is_none_or(|p| p == authority.port)
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => write!(f, "{}", self.host),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HostPattern::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +225,45 @@ mod tests {
         assert!(Pattern::parse("/a/*/b").is_err());
         assert!(Pattern::parse("**").is_err());
         assert_eq!(Pattern::parse("/a*").unwrap().to_string(), "/a*");
+    }
+
+    #[test]
+    fn host_patterns_match_the_canonical_host_on_any_or_one_port() {
+        use crate::request::Authority;
+        let a = |raw: &str| Authority::parse(raw, 80).unwrap();
+        let p = HostPattern::parse("Internal.Example.org.").unwrap();
+        for raw in [
+            "internal.example.org",
+            "INTERNAL.example.org.:80",
+            "internal.example.org:443",
+        ] {
+            assert!(p.matches(&a(raw)), "{raw}");
+        }
+        assert!(!p.matches(&a("internal.example.org.evil")));
+        let p = HostPattern::parse("*.example.org:8080").unwrap();
+        assert!(p.matches(&a("api.EXAMPLE.org:8080")));
+        assert!(!p.matches(&a("api.example.org")));
+        let p = HostPattern::parse("api.example.org:80").unwrap();
+        assert!(
+            p.matches(&a("api.example.org")),
+            "no port is the default port"
+        );
+        assert!(HostPattern::parse("a@b").is_err());
+        assert!(HostPattern::parse("a:0").is_err());
+        assert!(HostPattern::parse("a:70000").is_err());
+        assert_eq!(HostPattern::parse("[::1]").unwrap().port, None);
+        assert_eq!(
+            HostPattern::parse("[::1]:9").unwrap().to_string(),
+            "[::1]:9"
+        );
+    }
+
+    #[test]
+    fn byte_matching_never_drops_non_utf8_values() {
+        let p = Pattern::parse("adm*").unwrap();
+        assert!(p.matches_bytes(b"adm\xe9n"));
+        assert!(!p.matches_bytes(b"\xe9adm"));
+        assert!(Pattern::Any.matches_bytes(b"\xff"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ward_policy::compile::{grpc_route, namespace_of};
-use ward_policy::{Call, Decider, HttpCall, MeshDefault, PolicySet, load_sources};
+use ward_policy::{Authority, Call, Decider, HttpCall, MeshDefault, PolicySet, load_sources};
 
 fn load(yaml: &str) -> PolicySet {
     load_sources(&[(PathBuf::from("p.yaml"), yaml.to_owned())])
@@ -26,7 +26,6 @@ struct Req {
     http: Option<(&'static str, &'static str)>,
     headers: Vec<(String, String)>,
     host: Option<&'static str>,
-    grpc: bool,
 }
 
 fn http(from: &'static str, method: &'static str, path: &'static str) -> Req {
@@ -36,7 +35,6 @@ fn http(from: &'static str, method: &'static str, path: &'static str) -> Req {
         http: Some((method, path)),
         headers: vec![],
         host: None,
-        grpc: false,
     }
 }
 
@@ -47,17 +45,18 @@ fn tcp(from: &'static str, port: u16) -> Req {
         http: None,
         headers: vec![],
         host: None,
-        grpc: false,
     }
 }
 
 fn decide(set: &PolicySet, ns: &str, lbls: &[(&str, &str)], r: &Req) -> ward_policy::Decision {
     let wl = set.for_workload(ns, &labels(lbls));
+    let authority = r
+        .host
+        .map(|h| Authority::parse(h, 80).expect("test hosts are valid"));
     let http = r.http.map(|(method, path)| HttpCall {
         method,
         path,
-        host: r.host,
-        grpc: if r.grpc { grpc_route(path) } else { None },
+        authority: authority.as_ref(),
         headers: &r.headers,
     });
     wl.decide(&Call {
@@ -185,28 +184,19 @@ spec:
             "hosts",
         ),
         (
-            Req {
-                grpc: true,
-                ..http(EVIL, "POST", "/bank.v1.Ledger/GetBalance")
-            },
+            http(EVIL, "POST", "/bank.v1.Ledger/GetBalance"),
             true,
             "grpc",
         ),
         (
-            Req {
-                grpc: true,
-                ..http(EVIL, "POST", "/bank.v1.Ledger/Transfer")
-            },
+            http(EVIL, "POST", "/bank.v1.Ledger/Transfer"),
             false,
             "grpc method",
         ),
         (
-            Req {
-                grpc: false,
-                ..http(EVIL, "POST", "/bank.v1.Ledger/GetBalance")
-            },
+            http(EVIL, "POST", "/bank.v1.Ledger/GetBalance/x"),
             false,
-            "grpc needs a gRPC call",
+            "grpc needs /service/method",
         ),
         (
             Req {
@@ -507,4 +497,159 @@ fn the_first_match_in_policy_order_wins_across_the_principal_index() {
         decide(&set, "bank", &[], &http(BATCH, "GET", "/x")).decider,
         Decider::NoAllowMatched
     );
+}
+
+/// Header conditions see every value, as bytes: a DENY matches if any value (or any element
+/// of a comma-separated value) matches; an ALLOW needs every value and element to match;
+/// `present` sees any value; bytes 0x80-0xFF are compared, never dropped.
+#[test]
+fn header_conditions_judge_every_value() {
+    let set = load(
+        "\
+apiVersion: ward.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: no-admin, namespace: bank }
+spec:
+  action: DENY
+  rules:
+  - when: [ { key: \"request.headers[x-role]\", values: [admin] } ]
+  - when: [ { key: \"request.headers[x-debug]\", present: true } ]
+---
+apiVersion: ward.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: eu-only, namespace: bank }
+spec:
+  action: ALLOW
+  rules:
+  - when: [ { key: \"request.headers[x-tenant]\", values: [\"eu-*\"] } ]
+",
+    );
+    let bytes = |pairs: &[(&str, &[u8])]| -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
+    };
+    type Headers = Vec<(String, Vec<u8>)>;
+    let cases: Vec<(Headers, bool, &str)> = vec![
+        (bytes(&[("x-tenant", b"eu-1")]), true, "one good value"),
+        (
+            bytes(&[("x-tenant", b"eu-1"), ("x-tenant", b"eu-2")]),
+            true,
+            "every value good",
+        ),
+        (
+            bytes(&[("x-tenant", b"eu-1"), ("x-tenant", b"us-1")]),
+            false,
+            "ALLOW needs every value",
+        ),
+        (
+            bytes(&[("x-tenant", b"eu-1, us-1")]),
+            false,
+            "ALLOW needs every list element",
+        ),
+        (
+            bytes(&[("x-tenant", b"eu-1,eu-2")]),
+            true,
+            "a list of good elements",
+        ),
+        (
+            bytes(&[
+                ("x-tenant", b"eu-1"),
+                ("x-role", b"user"),
+                ("x-role", b"admin"),
+            ]),
+            false,
+            "DENY on the second value",
+        ),
+        (
+            bytes(&[("x-tenant", b"eu-1"), ("x-role", b"user, admin")]),
+            false,
+            "DENY on a list element",
+        ),
+        (
+            bytes(&[("x-tenant", b"eu-1"), ("x-role", b"administrator")]),
+            true,
+            "exact pattern is exact",
+        ),
+        (
+            bytes(&[("x-tenant", b"eu-1"), ("x-debug", b"\xe9t\xe9")]),
+            false,
+            "a latin-1 value is present",
+        ),
+        (
+            bytes(&[("x-tenant", b"eu-1"), ("x-debug", b"")]),
+            false,
+            "an empty value is present",
+        ),
+        (
+            bytes(&[("x-tenant", b"eu-\xff")]),
+            true,
+            "a latin-1 value is matched as bytes",
+        ),
+        (
+            bytes(&[("x-tenant", b"\xffeu-1")]),
+            false,
+            "and not as absent",
+        ),
+        (
+            bytes(&[("X-Tenant", b"eu-1"), ("x-tenant", b"us-1")]),
+            false,
+            "names are case-insensitive",
+        ),
+    ];
+    let wl = set.for_workload("bank", &BTreeMap::new());
+    for (headers, allowed, why) in cases {
+        let call = Call {
+            principal: WEB,
+            namespace: namespace_of(WEB),
+            port: 8080,
+            http: Some(HttpCall {
+                method: "GET",
+                path: "/",
+                authority: None,
+                headers: &headers,
+            }),
+        };
+        assert_eq!(wl.decide(&call).allowed, allowed, "{why}");
+    }
+}
+
+/// A DENY on a host holds for every spelling of it; a host with a port only for that port.
+#[test]
+fn host_rules_hold_for_every_spelling() {
+    let set = load(
+        "\
+apiVersion: ward.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: no-internal, namespace: bank }
+spec:
+  action: DENY
+  rules:
+  - to: [ { hosts: [\"internal.example.org\", \"*.corp.example:8443\"] } ]
+---
+apiVersion: ward.dev/v1alpha1
+kind: MeshPolicy
+metadata: { name: mesh, namespace: ward-system }
+spec: { default: allow }
+",
+    );
+    for (host, allowed) in [
+        ("internal.example.org", false),
+        ("internal.example.org:80", false),
+        ("internal.example.org:443", false),
+        ("internal.example.org.", false),
+        ("INTERNAL.EXAMPLE.ORG", false),
+        ("Internal.Example.Org.:8080", false),
+        ("public.example.org", true),
+        ("a.corp.example:8443", false),
+        ("A.CORP.EXAMPLE.:8443", false),
+        ("a.corp.example", true),
+    ] {
+        let r = Req {
+            host: Some(host),
+            ..http(WEB, "GET", "/")
+        };
+        assert_eq!(decide(&set, "bank", &[], &r).allowed, allowed, "{host}");
+    }
 }

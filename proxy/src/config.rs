@@ -156,6 +156,9 @@ pub struct Inbound {
     pub app: SocketAddr,
     #[serde(default)]
     pub protocol: Protocol,
+    /// The `Upgrade` protocols carried after a `101` (see [`UpgradeToken`]).
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<UpgradeToken>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -169,6 +172,42 @@ pub struct Outbound {
     pub server_identity: String,
     #[serde(default)]
     pub protocol: Protocol,
+    /// The `Upgrade` protocols carried after a `101` (see [`UpgradeToken`]).
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<UpgradeToken>,
+}
+
+/// A protocol an HTTP/1.1 `Upgrade` may switch to. After the `101` the connection is a
+/// spliced byte stream that no policy judges, so only protocols named here are carried
+/// (`websocket` by default); a request asking for any other is sent on without its
+/// `Upgrade`. `h2c` is never accepted: it would open an HTTP/2 connection to the app whose
+/// requests bypass authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UpgradeToken(pub String);
+
+impl<'de> Deserialize<'de> for UpgradeToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?.to_ascii_lowercase();
+        let token = !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+        if !token {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not an Upgrade protocol token"
+            )));
+        }
+        if s == "h2c" || s.starts_with("h2c/") {
+            return Err(serde::de::Error::custom(
+                "h2c is never carried: its HTTP/2 requests would bypass authorization",
+            ));
+        }
+        Ok(UpgradeToken(s))
+    }
+}
+
+fn default_upgrades() -> Vec<UpgradeToken> {
+    vec![UpgradeToken("websocket".to_owned())]
 }
 
 /// Resource limits; every default is what a production sidecar should run with.
@@ -627,6 +666,14 @@ limits: { max_header_bytes: 65536, header_read_timeout: 10s, detect_timeout: 300
                 GOOD.replace("app: 127.0.0.1:9080", "app: localhost"),
                 vec![],
                 "inbound[0].app: invalid socket address",
+            ),
+            (
+                GOOD.replace(
+                    "protocol: auto }",
+                    "protocol: auto, upgrades: [websocket, h2c] }",
+                ),
+                vec![],
+                "inbound[0].upgrades[1]: h2c is never carried",
             ),
             (
                 GOOD.replace("127.0.0.1:17001", "127.0.0.1:16006"),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -21,11 +22,11 @@ pub enum NextHop {
     /// HTTP/2, multiplexed over one pooled connection.
     H2(Arc<H2Pool>),
     /// HTTP/1.1 with keep-alive connection reuse (the app side).
-    H1(Box<Client<HttpConnector, Incoming>>),
+    H1(Box<Client<HttpConnector, ReplayBody>>),
 }
 
 /// A keep-alive HTTP/1.1 client for the local app.
-pub fn app_h1_client(connect_timeout: Duration) -> Client<HttpConnector, Incoming> {
+pub fn app_h1_client(connect_timeout: Duration) -> Client<HttpConnector, ReplayBody> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
@@ -35,7 +36,7 @@ pub fn app_h1_client(connect_timeout: Duration) -> Client<HttpConnector, Incomin
         .build(connector)
 }
 
-/// Sends `req` and waits at most `timeout` for the response head.
+/// Sends `req` (not an upgrade) and waits at most `timeout` for the response head.
 pub async fn send(
     hop: &NextHop,
     req: Request<Incoming>,
@@ -44,14 +45,25 @@ pub async fn send(
     let sent = tokio::time::timeout(timeout, async {
         match hop {
             NextHop::H2(pool) => send_h2(pool, req).await,
-            NextHop::H1(client) => client.request(req).await.map_err(|e| {
-                tracing::debug!(error = %e, "app request failed");
-                Failure::Unavailable
-            }),
+            NextHop::H1(client) => client
+                .request(req.map(ReplayBody::pass))
+                .await
+                .map_err(|e| {
+                    tracing::debug!(error = %e, "app request failed");
+                    Failure::Unavailable
+                }),
         }
     })
     .await;
-    sent.unwrap_or(Err(Failure::Timeout))
+    match sent {
+        // Switching protocols was not asked for: the stream after it would be unjudged.
+        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tracing::debug!("upstream switched protocols unasked; refused");
+            Err(Failure::Unavailable)
+        }
+        Ok(result) => result,
+        Err(_) => Err(Failure::Timeout),
+    }
 }
 
 /// How many times one request may be put on a connection.
@@ -67,7 +79,10 @@ async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incom
             tracing::warn!(error = %e, "upstream connection failed");
             Failure::Unavailable
         })?;
-        let mut sender = (*used).clone();
+        let mut sender = used.sender.clone();
+        if !used.ward_peer {
+            req.headers_mut().remove(crate::http::ORIGINAL_PROTOCOL);
+        }
         let mut err = match sender.try_send_request(req).await {
             Ok(resp) => return Ok(resp),
             Err(err) => err,
@@ -101,17 +116,25 @@ async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incom
     Err(Failure::Unavailable)
 }
 
-/// Carries an HTTP/1.1 upgrade request over a connection of its own: the request goes to
-/// the next hop as HTTP/1.1; on `101 Switching Protocols` both sides become one spliced
-/// byte stream, which lives on after this returns.
+/// Carries an HTTP/1.1 upgrade request (to the protocol `asked`, already allowed) over a
+/// connection of its own: the request goes to the next hop as HTTP/1.1 with only
+/// `Connection: upgrade` and `Upgrade: asked` as hop-by-hop headers; on a `101` naming the
+/// same protocol both sides become one spliced byte stream, which lives on after this
+/// returns. A `101` to another protocol is refused (502).
 pub async fn upgrade(
     dialer: &Dialer,
     mut req: Request<Incoming>,
+    asked: HeaderValue,
     timeout: Duration,
     idle: Duration,
 ) -> Result<Response<Incoming>, Failure> {
     let caller = hyper::upgrade::on(&mut req);
-    let stream = dialer.dial().await.map_err(|e| {
+    let headers = req.headers_mut();
+    crate::http::strip_hop_by_hop(headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, asked.clone());
+    let req = req.map(ReplayBody::pass);
+    let crate::pool::Connected { stream, .. } = dialer.dial().await.map_err(|e| {
         tracing::warn!(error = %e, "upgrade connection failed");
         Failure::Unavailable
     })?;
@@ -126,6 +149,10 @@ pub async fn upgrade(
         .map_err(|_| Failure::Timeout)?
         .map_err(|_| Failure::Unavailable)?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if !crate::http::upgrade_accepted(&resp, &asked) {
+            tracing::debug!("upstream switched to another protocol than asked; refused");
+            return Err(Failure::Unavailable);
+        }
         let callee = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             let (Ok(a), Ok(b)) = (caller.await, callee.await) else {

@@ -7,8 +7,12 @@
 //! follows each request's framing (head, fixed body, chunked body, trailers) and holds every
 //! head back until it is complete and checked. A head that breaks the rule is replaced by
 //! one hyper cannot parse, so hyper answers 400 and closes — there is one place that writes
-//! error responses. Anything the guard cannot follow (malformed chunking, an upgrade) is
-//! passed through as is; hyper rejects what is malformed.
+//! error responses. What the guard cannot follow (a malformed head or chunk) is handed to
+//! hyper, which refuses it, and nothing after it is read: a guard never stops judging and
+//! lets later bytes through unjudged. The one exception is a real protocol switch: after a
+//! request that may switch (an `Upgrade` header, or CONNECT) the guard holds everything
+//! until the service says how it answered ([`SwitchSignal`]); only a `101` (or a 2xx to
+//! CONNECT) makes the rest of the connection a byte stream.
 //!
 //! Because heads are held back, hyper's own header-read timer would never see a slow head;
 //! the guard therefore enforces the header read timeout itself: a head not complete within
@@ -16,7 +20,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use std::future::Future;
@@ -27,6 +32,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// What replaces a refused head: an invalid method token, which hyper answers with 400.
 const POISON: &[u8] = b"\x00 / HTTP/1.1\r\n\r\n";
 const MAX_HEADERS: usize = 128;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -40,31 +46,42 @@ enum State {
     ChunkData(u64),
     /// Reading trailer lines after the last chunk.
     Trailers,
-    /// No longer following the framing.
+    /// The protocol switched (a `101`): no longer following any framing.
     Passthrough,
-    /// A refused head was handed over; nothing more is read.
-    Refused,
+    /// What was judged is handed over (a refused or malformed head, a broken chunk);
+    /// nothing more is read.
+    Closed,
 }
 
-/// Why a head was refused.
+/// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     ContentLengthWithTransferEncoding,
+    /// A chunk-size line that is not hex, overflows 64 bits, or is too long.
+    BadChunkSize,
 }
 
-/// The framing decision for one complete head.
-fn judge(head: &[u8]) -> Result<Option<(usize, State)>, Refusal> {
+/// The framing decision for one complete head: its length, the state after it, and
+/// whether the request may switch protocols.
+fn judge(head: &[u8]) -> Result<Option<(usize, State, bool)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(head) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        // Malformed: hyper will refuse it itself.
-        Err(_) => return Ok(Some((head.len(), State::Passthrough))),
+        // Malformed: hyper refuses it itself; nothing after its end is handed over.
+        Err(_) => {
+            let end = head
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(head.len(), |at| at + 4);
+            return Ok(Some((end, State::Closed, false)));
+        }
     };
     let mut content_length = false;
     let mut chunked = None;
     let mut length: Option<u64> = None;
+    // hyper treats a request as wanting to switch on CONNECT or any HTTP/1.1 `Upgrade`.
     let mut upgrade = req.method == Some("CONNECT");
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -75,24 +92,70 @@ fn judge(head: &[u8]) -> Result<Option<(usize, State)>, Refusal> {
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
+        } else if h.name.eq_ignore_ascii_case("upgrade") && req.version == Some(1) {
             upgrade = true;
         }
     }
     if content_length && chunked.is_some() {
         return Err(Refusal::ContentLengthWithTransferEncoding);
     }
-    let next = match (upgrade, chunked, content_length, length) {
-        (true, ..) => State::Passthrough,
-        (false, Some(true), ..) => State::ChunkSize,
+    let next = match (chunked, content_length, length) {
+        (Some(true), ..) => State::ChunkSize,
         // A final encoding other than chunked: hyper refuses the request.
-        (false, Some(false), ..) => State::Passthrough,
-        (false, None, false, _) | (false, None, true, Some(0)) => State::Head,
-        (false, None, true, Some(n)) => State::Fixed(n),
+        (Some(false), ..) => State::Closed,
+        (None, false, _) | (None, true, Some(0)) => State::Head,
+        (None, true, Some(n)) => State::Fixed(n),
         // Unparseable length: hyper refuses the request.
-        (false, None, true, None) => State::Passthrough,
+        (None, true, None) => State::Closed,
     };
-    Ok(Some((len, next)))
+    Ok(Some((len, next, upgrade)))
+}
+
+/// Whether hyper may switch protocols after this request (see [`judge`]); the service
+/// must then tell the guard how it answered.
+pub fn may_switch<B>(req: &http::Request<B>) -> bool {
+    req.method() == http::Method::CONNECT
+        || (req.version() == http::Version::HTTP_11
+            && req.headers().contains_key(http::header::UPGRADE))
+}
+
+/// Whether `response` switched protocols: a `101`, or a 2xx to CONNECT.
+pub fn switched<B>(response: &http::Response<B>, connect: bool) -> bool {
+    let status = response.status();
+    status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success())
+}
+
+/// How a request that may switch protocols was answered, from the service to the guard of
+/// its connection.
+#[derive(Clone, Default)]
+pub struct SwitchSignal(Arc<Mutex<Switch>>);
+
+#[derive(Default)]
+struct Switch {
+    answered: Option<bool>,
+    waker: Option<Waker>,
+}
+
+impl SwitchSignal {
+    /// `switched`: the response was a `101` (or a 2xx to CONNECT).
+    pub fn answered(&self, switched: bool) {
+        if let Ok(mut s) = self.0.lock() {
+            s.answered = Some(switched);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// The answer, if given (taken); else registers `waker` for it.
+    fn take(&self, waker: &Waker) -> Option<bool> {
+        let mut s = self.0.lock().ok()?;
+        let answer = s.answered.take();
+        if answer.is_none() {
+            s.waker = Some(waker.clone());
+        }
+        answer
+    }
 }
 
 /// How much one read from the connection takes.
@@ -112,10 +175,19 @@ pub struct H1Guard<S> {
     header_timeout: Duration,
     /// Armed while a head is incomplete.
     head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Where in `buf` the current request's head starts, while it is still there (not yet
+    /// handed over): a broken chunk right behind it can still turn the request into a 400.
+    head_at: Option<usize>,
+    /// A request that may switch protocols was handed over; nothing after it is judged
+    /// until the service answers through `switch`.
+    switch_pending: bool,
+    switch: SwitchSignal,
+    /// No request judged yet (an HTTP/2 preface is only possible now).
+    fresh: bool,
 }
 
 impl<S> H1Guard<S> {
-    pub fn new(inner: S, max_head: usize, header_timeout: Duration) -> Self {
+    pub fn new(inner: S, max_head: usize, header_timeout: Duration, switch: SwitchSignal) -> Self {
         Self {
             inner,
             state: State::Head,
@@ -125,7 +197,26 @@ impl<S> H1Guard<S> {
             eof: false,
             header_timeout,
             head_deadline: None,
+            head_at: None,
+            switch_pending: false,
+            switch,
+            fresh: true,
         }
+    }
+
+    /// Refuses the current request: if its head has not been handed over it becomes one
+    /// hyper answers with 400; else the connection ends after what was judged.
+    fn refuse(&mut self, refusal: Refusal) {
+        tracing::debug!(?refusal, "HTTP/1 request refused");
+        match self.head_at {
+            Some(at) => {
+                self.buf.truncate(at);
+                self.buf.extend_from_slice(POISON);
+            }
+            None => self.buf.truncate(self.judged),
+        }
+        self.judged = self.buf.len();
+        self.state = State::Closed;
     }
 
     /// The bytes not yet judged.
@@ -135,7 +226,8 @@ impl<S> H1Guard<S> {
 
     /// Arms the head timer when a head has begun but is not complete; disarms it otherwise.
     fn update_deadline(&mut self) {
-        let in_head = self.state == State::Head && !self.unjudged().is_empty();
+        let in_head =
+            self.state == State::Head && !self.switch_pending && !self.unjudged().is_empty();
         match (in_head, self.head_deadline.is_some()) {
             (true, false) => {
                 self.head_deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
@@ -157,29 +249,41 @@ impl<S> H1Guard<S> {
                     self.judged = self.buf.len();
                     return;
                 }
-                State::Refused => {
+                State::Closed => {
                     self.buf.truncate(self.judged);
                     return;
                 }
+                // What follows a request that may switch waits for the service's answer.
+                State::Head if self.switch_pending => return,
+                // HTTP/2 with prior knowledge (a server that serves both): not HTTP/1 at all.
+                State::Head
+                    if self.fresh && H2_PREFACE.starts_with(&rest[..rest.len().min(24)]) =>
+                {
+                    if rest.len() >= H2_PREFACE.len() {
+                        self.state = State::Passthrough;
+                        continue;
+                    }
+                    return;
+                }
                 State::Head => match judge(rest) {
-                    Ok(Some((len, next))) => {
+                    Ok(Some((len, next, switch))) => {
+                        self.fresh = false;
+                        self.head_at = Some(self.judged);
                         self.judged += len;
                         self.state = next;
+                        self.switch_pending = switch;
                     }
                     Ok(None) => {
                         if rest.len() > self.max_head {
                             // Too large for us to hold: hand it over, hyper answers 431.
-                            self.state = State::Passthrough;
-                            continue;
+                            self.judged = self.buf.len();
+                            self.state = State::Closed;
                         }
                         return;
                     }
                     Err(refusal) => {
-                        tracing::debug!(?refusal, "HTTP/1 request refused before parsing");
-                        self.buf.truncate(self.judged);
-                        self.buf.extend_from_slice(POISON);
-                        self.judged = self.buf.len();
-                        self.state = State::Refused;
+                        self.head_at = Some(self.judged);
+                        self.refuse(refusal);
                         return;
                     }
                 },
@@ -194,18 +298,23 @@ impl<S> H1Guard<S> {
                 State::ChunkSize => {
                     let Some(end) = rest.iter().position(|&b| b == b'\n') else {
                         if rest.len() > 1024 {
-                            self.state = State::Passthrough;
-                            continue;
+                            self.refuse(Refusal::BadChunkSize);
                         }
                         return;
                     };
-                    let size = parse_chunk_size(&rest[..=end]);
+                    let Some(size) = parse_chunk_size(&rest[..=end]) else {
+                        self.refuse(Refusal::BadChunkSize);
+                        return;
+                    };
+                    let Some(with_crlf) = size.checked_add(2) else {
+                        self.refuse(Refusal::BadChunkSize);
+                        return;
+                    };
                     self.judged += end + 1;
-                    self.state = match size {
-                        Some(0) => State::Trailers,
+                    self.state = match with_crlf {
+                        2 => State::Trailers,
                         // Data plus its CRLF.
-                        Some(n) => State::ChunkData(n + 2),
-                        None => State::Passthrough,
+                        n => State::ChunkData(n),
                     };
                 }
                 State::ChunkData(n) => {
@@ -219,8 +328,8 @@ impl<S> H1Guard<S> {
                 State::Trailers => {
                     let Some(end) = rest.iter().position(|&b| b == b'\n') else {
                         if rest.len() > self.max_head {
-                            self.state = State::Passthrough;
-                            continue;
+                            self.judged = self.buf.len();
+                            self.state = State::Closed;
                         }
                         return;
                     };
@@ -258,13 +367,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
                 out.put_slice(&this.buf[..n]);
                 this.buf.advance(n);
                 this.judged -= n;
+                this.head_at = this.head_at.and_then(|at| at.checked_sub(n));
                 if this.buf.is_empty() {
                     this.buf = BytesMut::new();
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.eof || this.state == State::Refused {
+            if this.eof || this.state == State::Closed {
                 return Poll::Ready(Ok(()));
+            }
+            if this.switch_pending && this.state == State::Head {
+                match this.switch.take(cx.waker()) {
+                    None => return Poll::Pending,
+                    Some(true) => {
+                        this.switch_pending = false;
+                        this.state = State::Passthrough;
+                    }
+                    Some(false) => this.switch_pending = false,
+                }
+                this.advance();
+                this.update_deadline();
+                continue;
             }
             // Read into the stack and copy what arrived: a read that waits (an idle
             // keep-alive connection, almost always) then holds no heap buffer.
@@ -314,7 +437,12 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         client.write_all(input).await.unwrap();
         client.shutdown().await.unwrap();
-        let mut guard = H1Guard::new(server, 64 * 1024, Duration::from_secs(10));
+        let mut guard = H1Guard::new(
+            server,
+            64 * 1024,
+            Duration::from_secs(10),
+            SwitchSignal::default(),
+        );
         let mut out = Vec::new();
         guard.read_to_end(&mut out).await.unwrap();
         out
@@ -356,10 +484,131 @@ POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n";
             .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
             .await
             .unwrap();
-        let mut guard = H1Guard::new(server, 64 * 1024, Duration::from_secs(2));
+        let mut guard = H1Guard::new(
+            server,
+            64 * 1024,
+            Duration::from_secs(2),
+            SwitchSignal::default(),
+        );
         let mut buf = [0u8; 64];
         let err = guard.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// Reads what the guard hands over until it has `want` bytes (or the stream ends).
+    async fn read_some(guard: &mut H1Guard<tokio::io::DuplexStream>, want: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while out.len() < want {
+            let n = guard.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    const SMUGGLE: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+    #[tokio::test]
+    async fn an_upgrade_header_answered_without_101_does_not_stop_judging() {
+        for upgrade in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        ] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            client.write_all(upgrade).await.unwrap();
+            client.write_all(SMUGGLE).await.unwrap();
+            client.shutdown().await.unwrap();
+            let switch = SwitchSignal::default();
+            let mut guard =
+                H1Guard::new(server, 64 * 1024, Duration::from_secs(10), switch.clone());
+            assert_eq!(read_some(&mut guard, upgrade.len()).await, upgrade);
+            // Nothing more until the service has answered.
+            let mut buf = [0u8; 64];
+            let held = tokio::time::timeout(Duration::from_millis(50), guard.read(&mut buf)).await;
+            assert!(
+                held.is_err(),
+                "bytes after a may-switch request wait for the answer"
+            );
+            switch.answered(false);
+            let mut rest = Vec::new();
+            guard.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(
+                rest, POISON,
+                "CL+TE after a refused switch is still refused"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_real_101_the_connection_is_a_byte_stream() {
+        let upgrade: &[u8] =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(upgrade).await.unwrap();
+        client.write_all(SMUGGLE).await.unwrap();
+        client.shutdown().await.unwrap();
+        let switch = SwitchSignal::default();
+        let mut guard = H1Guard::new(server, 64 * 1024, Duration::from_secs(10), switch.clone());
+        assert_eq!(read_some(&mut guard, upgrade.len()).await, upgrade);
+        switch.answered(true);
+        let mut rest = Vec::new();
+        guard.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, SMUGGLE, "frames after the 101 are not HTTP");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_size_that_overflows_or_is_not_hex_is_refused() {
+        let head: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for chunk in [
+            &b"10000000000000000\r\n"[..],
+            b"fffffffffffffffff\r\nx\r\n",
+            b"ffffffffffffffff\r\n",
+            b"zz\r\n",
+            b"\r\n",
+        ] {
+            // Head and broken chunk together: the request becomes a 400.
+            let mut input = head.to_vec();
+            input.extend_from_slice(chunk);
+            input.extend_from_slice(SMUGGLE);
+            assert_eq!(
+                through(&input).await,
+                POISON,
+                "{:?}",
+                String::from_utf8_lossy(chunk)
+            );
+
+            // The head already handed over: the connection ends; nothing after is passed.
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            client.write_all(head).await.unwrap();
+            let mut guard = H1Guard::new(
+                server,
+                64 * 1024,
+                Duration::from_secs(10),
+                SwitchSignal::default(),
+            );
+            assert_eq!(read_some(&mut guard, head.len()).await, head);
+            client.write_all(chunk).await.unwrap();
+            client.write_all(SMUGGLE).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            guard.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "nothing after a broken chunk: {rest:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_head_ends_what_is_read() {
+        let out =
+            through(&[b"GET / HTTP/1.1\r\nBad Header\r\n\r\n" as &[u8], SMUGGLE].concat()).await;
+        assert!(
+            !out.ends_with(SMUGGLE),
+            "bytes after a malformed head are not handed over"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
-use crate::config::Limits;
+use crate::config::{Limits, UpgradeToken};
 
 /// Body of a response handed back to a caller: the upstream's, or one we made.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -21,6 +21,19 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 pub const ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("x-ward-original-protocol");
 pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-ward-peer-identity");
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Headers only ward sets, from what it verified itself. Whatever a caller sends under
+/// these names — in the head or in trailers — is removed; the inbound side sets the first
+/// two after every other header rule has run, and `x-ward-original-protocol` travels only
+/// between ward sidecars (ALPN [`crate::outbound::ALPN_WARD_H2`]).
+pub const MESH_ONLY: [HeaderName; 3] = [PEER_IDENTITY, XFCC, ORIGINAL_PROTOCOL];
+
+/// Removes every [`MESH_ONLY`] header.
+pub fn strip_mesh_only(headers: &mut HeaderMap) {
+    for name in &MESH_ONLY {
+        headers.remove(name);
+    }
+}
 
 /// Headers that describe one hop's connection and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -55,23 +68,50 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether a request asks to switch protocols (WebSocket and the like) over HTTP/1.1.
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
+/// The protocol an HTTP/1.1 request may switch to: it asks (`Connection: upgrade` and one
+/// `Upgrade` header naming exactly one protocol) for one the listener carries. Any other
+/// request is forwarded as an ordinary one, its `Upgrade` stripped as hop-by-hop.
+pub fn allowed_upgrade<B>(req: &Request<B>, allowed: &[UpgradeToken]) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+    let mut upgrades = req.headers().get_all(header::UPGRADE).iter();
+    let (Some(token), None) = (upgrades.next(), upgrades.next()) else {
+        return None;
+    };
+    let wanted = token.as_bytes().trim_ascii();
+    let carried = asks
+        && !wanted.contains(&b',')
+        && allowed
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .any(|a| wanted.eq_ignore_ascii_case(a.0.as_bytes()));
+    carried.then(|| token.clone())
 }
 
+/// Whether a response agrees to the upgrade that was asked for: `101` naming the same
+/// protocol. A `101` to anything else would hand the caller an unjudged stream.
+pub fn upgrade_accepted<B>(resp: &Response<B>, asked: &HeaderValue) -> bool {
+    resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && resp.headers().get(header::UPGRADE).is_some_and(|v| {
+            v.as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(asked.as_bytes().trim_ascii())
+        })
+}
+
+/// Whether the request is gRPC-shaped enough to be answered in gRPC's terms (errors as
+/// `grpc-status`). Authorization does not depend on it: gRPC rules judge the path.
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc")
+    })
 }
 
 /// The deadline a gRPC caller set (`grpc-timeout`: up to 8 digits and a unit of H, M, S, m,

@@ -16,23 +16,23 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use ward_certs::{MeshIdentity, SpiffeId};
-use ward_policy::compile::{grpc_route, namespace_of};
-use ward_policy::{Call, HttpCall};
+use ward_policy::compile::namespace_of;
+use ward_policy::request::{check_header_name, check_method};
+use ward_policy::{Authority, Call, HttpCall, RequestError};
 
 use crate::authz::{Authorizer, Facts};
-use crate::config::{Inbound as InboundConfig, Limits, Protocol};
+use crate::config::{Inbound as InboundConfig, Limits, Protocol, UpgradeToken};
 use crate::drain::Drain;
 use crate::forward::{self, NextHop};
-use crate::h1guard::H1Guard;
+use crate::h1guard::{H1Guard, SwitchSignal, may_switch, switched};
 use crate::http::{
-    Body, Failure, ORIGINAL_PROTOCOL, PEER_IDENTITY, XFCC, failure_response, is_grpc, is_upgrade,
+    Body, Failure, ORIGINAL_PROTOCOL, PEER_IDENTITY, XFCC, allowed_upgrade, failure_response,
+    is_grpc,
 };
 use crate::idle::{Activity, Tracked};
 use crate::listener::{Servers, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
-use crate::outbound::{
-    ALPN_H2, ALPN_HTTP1, ALPN_TCP, authority_of, from_upstream, keep_upgrade_headers,
-};
+use crate::outbound::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2, authority_of, from_upstream};
 use crate::pool::{Dialer, H2Pool};
 
 const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -50,13 +50,24 @@ fn new_request_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Request headers as the policy engine reads them.
+/// Request headers as the policy engine reads them: every value, as bytes.
 struct HttpHeaders<'a>(&'a http::HeaderMap);
 
 impl ward_policy::Headers for HttpHeaders<'_> {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.0.get_all(name).iter().any(|v| f(v.as_bytes()))
     }
+}
+
+/// A request that passed admission, ready to forward.
+struct Admitted {
+    req: Request<Incoming>,
+    /// The normalized path (what was judged and is forwarded).
+    path: String,
+    /// The protocol to switch to, if the request asks for one this listener carries.
+    upgrade: Option<HeaderValue>,
+    /// Whether the original caller spoke HTTP/1.x, as a ward sidecar said.
+    original_http1: Option<bool>,
 }
 
 /// A verified peer: its SPIFFE ID, and the same as text for headers, metrics and logs.
@@ -69,6 +80,7 @@ pub struct Peer {
 pub struct Inbound {
     app: SocketAddr,
     protocol: Protocol,
+    upgrades: Vec<UpgradeToken>,
     own_id: String,
     acceptor: TlsAcceptor,
     authz: Arc<Authorizer>,
@@ -90,7 +102,7 @@ impl Inbound {
         servers: Servers,
         access_log: bool,
     ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
-        let tls = identity.server_config(&[ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
+        let tls = identity.server_config(&[ALPN_WARD_H2, ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
         let app_dialer = Dialer::Tcp {
             addr: config.app,
             timeout: limits.connect_timeout,
@@ -98,6 +110,7 @@ impl Inbound {
         Ok(Arc::new(Self {
             app: config.app,
             protocol: config.protocol,
+            upgrades: config.upgrades.clone(),
             own_id: own_id.to_string(),
             acceptor: TlsAcceptor::from(tls),
             authz,
@@ -141,32 +154,42 @@ impl Inbound {
         if self.protocol == Protocol::Tcp || alpn.as_deref() == Some(ALPN_TCP) {
             return self.tcp(tls, &peer).await;
         }
-        let this = self.clone();
-        let p = peer.clone();
-        let service = move |req| {
-            let this = this.clone();
-            let peer = p.clone();
-            async move { this.request(req, &peer).await }
+        let ward_peer = alpn.as_deref() == Some(ALPN_WARD_H2);
+        let service = |switch: Option<SwitchSignal>| {
+            let this = self.clone();
+            let peer = peer.clone();
+            move |req| {
+                let this = this.clone();
+                let peer = peer.clone();
+                let switch = switch.clone();
+                async move { this.request(req, &peer, ward_peer, switch.as_ref()).await }
+            }
         };
         let idle = self.limits.idle_timeout;
+        let limits = &self.limits;
+        let guarded = |tls, switch: &SwitchSignal| {
+            H1Guard::new(
+                tls,
+                limits.max_header_bytes,
+                limits.header_read_timeout,
+                switch.clone(),
+            )
+        };
         match alpn.as_deref() {
-            Some(ALPN_H2) => {
+            Some(ALPN_WARD_H2 | ALPN_H2) => {
+                let service = service(None);
                 serve_http(&self.servers.http2, tls, service, &drain, &activity, idle).await
             }
             Some(ALPN_HTTP1) => {
-                let io = H1Guard::new(
-                    tls,
-                    self.limits.max_header_bytes,
-                    self.limits.header_read_timeout,
-                );
+                let switch = SwitchSignal::default();
+                let io = guarded(tls, &switch);
+                let service = service(Some(switch));
                 serve_http(&self.servers.http1, io, service, &drain, &activity, idle).await
             }
             _ => {
-                let io = H1Guard::new(
-                    tls,
-                    self.limits.max_header_bytes,
-                    self.limits.header_read_timeout,
-                );
+                let switch = SwitchSignal::default();
+                let io = guarded(tls, &switch);
+                let service = service(Some(switch));
                 serve_http(&self.servers.auto, io, service, &drain, &activity, idle).await
             }
         }
@@ -222,18 +245,30 @@ impl Inbound {
         self.authz.decide(&call, facts).allowed
     }
 
-    async fn request(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+    async fn request(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+        ward_peer: bool,
+        switch: Option<&SwitchSignal>,
+    ) -> Response<Body> {
         let started = Instant::now();
+        let switching = switch.filter(|_| may_switch(&req));
+        let connect = req.method() == http::Method::CONNECT;
         let grpc = is_grpc(&req);
         let caller_http1 = req.version() != Version::HTTP_2;
         let method = req.method().clone();
-        let (response, protocol, path) = match self.admit(req, peer, grpc) {
-            Ok((req, path)) => {
-                let (response, protocol) = self.forward(req, peer, grpc, caller_http1).await;
+        let (response, protocol, path) = match self.admit(req, peer, grpc, ward_peer) {
+            Ok(admitted) => {
+                let path = admitted.path.clone();
+                let (response, protocol) = self.forward(admitted, peer, grpc, caller_http1).await;
                 (response, protocol, path)
             }
             Err((response, path)) => (response, if grpc { "grpc" } else { "http" }, path),
         };
+        if let Some(switch) = switching {
+            switch.answered(switched(&response, connect));
+        }
         let elapsed = started.elapsed();
         metrics::request(
             Direction::Inbound,
@@ -250,41 +285,49 @@ impl Inbound {
         response
     }
 
-    /// Request hygiene, path normalization, request id and the authorization decision.
-    /// Returns the request to forward (with its normalized path), or the refusal.
+    /// Request hygiene, canonical facts (method, path, authority), request id and the
+    /// authorization decision. Hop-by-hop headers and headers only ward sets are removed
+    /// before anything is judged, so nothing the caller names in `Connection` can take
+    /// away what ward adds later. Returns the request to forward, or the refusal.
     #[allow(clippy::result_large_err)]
     fn admit(
         &self,
         mut req: Request<Incoming>,
         peer: &Peer,
         grpc: bool,
-    ) -> Result<(Request<Incoming>, String), (Response<Body>, String)> {
+        ward_peer: bool,
+    ) -> Result<Admitted, (Response<Body>, String)> {
         let raw_path = req.uri().path().to_owned();
-        let bad = |path: String| (failure_response(Failure::BadRequest, grpc), path);
-        if !self.limits.allow_header_underscores
-            && req.headers().keys().any(|k| k.as_str().contains('_'))
-        {
-            return Err(bad(raw_path));
+        let bad = |path: String, why: &dyn std::fmt::Display| {
+            tracing::debug!(peer = %peer.name, path = %path, reason = %why, "request refused (400)");
+            (failure_response(Failure::BadRequest, grpc), path)
+        };
+        if let Err(e) = check_method(req.method().as_str()) {
+            return Err(bad(raw_path, &e));
+        }
+        if req.method() == http::Method::CONNECT {
+            return Err(bad(raw_path, &"CONNECT is not carried"));
+        }
+        for name in req.headers().keys() {
+            if let Err(e) = check_header_name(name.as_str(), self.limits.allow_header_underscores) {
+                return Err(bad(raw_path, &e));
+            }
         }
         let path = match ward_policy::normalize_path(&raw_path) {
             Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(peer = %peer.name, path = %raw_path, error = %e, "path refused");
-                return Err(bad(raw_path));
-            }
+            Err(e) => return Err(bad(raw_path, &e)),
         };
-        if path != raw_path {
-            let pq = match req.uri().query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.clone(),
-            };
-            let mut parts = req.uri().clone().into_parts();
-            parts.path_and_query = pq.parse().ok();
-            match Uri::from_parts(parts) {
-                Ok(uri) => *req.uri_mut() = uri,
-                Err(_) => return Err(bad(path)),
-            }
-        }
+        let upgrade = allowed_upgrade(&req, &self.upgrades);
+        let original_http1 = ward_peer
+            .then(|| req.headers().get(ORIGINAL_PROTOCOL))
+            .flatten()
+            .map(|v| v.as_bytes() == b"http/1.1");
+        crate::http::strip_hop_by_hop(req.headers_mut());
+        crate::http::strip_mesh_only(req.headers_mut());
+        let authority = match canonical_authority(&mut req, &path) {
+            Ok(a) => a,
+            Err(e) => return Err(bad(path, &e)),
+        };
         let request_id = match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => {
@@ -295,7 +338,6 @@ impl Inbound {
                 id
             }
         };
-        let host = authority_of(&req);
         let headers = HttpHeaders(req.headers());
         let call = Call {
             principal: &peer.name,
@@ -304,8 +346,7 @@ impl Inbound {
             http: Some(HttpCall {
                 method: req.method().as_str(),
                 path: &path,
-                host: host.as_deref(),
-                grpc: if grpc { grpc_route(&path) } else { None },
+                authority: authority.as_ref(),
                 headers: &headers,
             }),
         };
@@ -316,7 +357,12 @@ impl Inbound {
             request_id: Some(&request_id),
         };
         if self.authz.decide(&call, facts).allowed {
-            Ok((req, path))
+            Ok(Admitted {
+                req,
+                path,
+                upgrade,
+                original_http1,
+            })
         } else {
             Err((failure_response(Failure::Forbidden, grpc), path))
         }
@@ -324,17 +370,23 @@ impl Inbound {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        admitted: Admitted,
         peer: &Peer,
         grpc: bool,
         caller_http1: bool,
     ) -> (Response<Body>, &'static str) {
+        let Admitted {
+            mut req,
+            upgrade,
+            original_http1,
+            ..
+        } = admitted;
         set_identity_headers(req.headers_mut(), peer, &self.own_id);
-        if caller_http1 && is_upgrade(&req) {
-            let req = keep_upgrade_headers(req);
+        if let Some(asked) = upgrade {
             let result = forward::upgrade(
                 &self.app_dialer,
                 req,
+                asked,
                 self.limits.request_timeout,
                 self.limits.idle_timeout,
             )
@@ -347,13 +399,7 @@ impl Inbound {
         let app_http1 = match self.protocol {
             Protocol::Http1 => true,
             Protocol::Http2 | Protocol::Grpc => false,
-            Protocol::Auto | Protocol::Tcp => {
-                let original = req.headers().get(ORIGINAL_PROTOCOL);
-                match original {
-                    Some(v) => v.as_bytes() == b"http/1.1",
-                    None => caller_http1,
-                }
-            }
+            Protocol::Auto | Protocol::Tcp => original_http1.unwrap_or(caller_http1),
         };
         let protocol = if grpc {
             "grpc"
@@ -380,10 +426,61 @@ impl Inbound {
     }
 }
 
-/// Replaces whatever identity headers the peer sent with the verified ones.
+/// The request's canonical authority (see [`Authority`]), from the request target or
+/// `:authority`, or else `Host`; two that disagree, or more than one `Host`, are refused.
+/// The request is rewritten to carry exactly what was judged.
+fn canonical_authority(
+    req: &mut Request<Incoming>,
+    path: &str,
+) -> Result<Option<Authority>, RequestError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(RequestError::ConflictingHost);
+    }
+    let default_port = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let parse = |raw: &[u8]| {
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| RequestError::BadAuthority(String::from_utf8_lossy(raw).into()))?;
+        Authority::parse(text, default_port)
+    };
+    let from_target = req
+        .uri()
+        .authority()
+        .map(|a| parse(a.as_str().as_bytes()))
+        .transpose()?;
+    let from_host = host.map(|h| parse(h.as_bytes())).transpose()?;
+    let authority = match (from_target, from_host) {
+        (Some(a), Some(h)) if a != h => return Err(RequestError::ConflictingHost),
+        (a, h) => a.or(h),
+    };
+    req.headers_mut().remove(header::HOST);
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut uri = Uri::builder();
+    if let Some(a) = &authority {
+        uri = uri.scheme("http").authority(a.canonical());
+    }
+    *req.uri_mut() = uri
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| RequestError::BadAuthority(authority_text(&authority)))?;
+    Ok(authority)
+}
+
+fn authority_text(a: &Option<Authority>) -> String {
+    a.as_ref().map(Authority::canonical).unwrap_or_default()
+}
+
+/// Sets the identity headers from the verified peer; any the caller sent were removed at
+/// admission, after hop-by-hop headers, so nothing can name these away.
 fn set_identity_headers(headers: &mut http::HeaderMap, peer: &Peer, own_id: &str) {
-    headers.remove(PEER_IDENTITY);
-    headers.remove(XFCC);
     if let Ok(v) = HeaderValue::from_str(&peer.name) {
         headers.insert(PEER_IDENTITY, v);
     }
@@ -415,9 +512,8 @@ fn to_app_request(
         .path_and_query(path)
         .build()
         .map_err(|_| Failure::BadRequest)?;
+    // Hop-by-hop and mesh-only headers were removed at admission.
     let headers = req.headers_mut();
-    crate::http::strip_hop_by_hop(headers);
-    headers.remove(ORIGINAL_PROTOCOL);
     if app_http1 {
         let host = HeaderValue::from_str(&authority).map_err(|_| Failure::BadRequest)?;
         headers.insert(header::HOST, host);

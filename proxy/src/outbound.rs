@@ -15,12 +15,12 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use ward_certs::{ExpectedPeer, MeshIdentity, SpiffeId};
 
-use crate::config::{Limits, Outbound as OutboundConfig, Protocol};
+use crate::config::{Limits, Outbound as OutboundConfig, Protocol, UpgradeToken};
 use crate::detect::{self, Detected, Prefixed};
 use crate::drain::Drain;
 use crate::forward::{self, NextHop};
-use crate::h1guard::H1Guard;
-use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, failure_response, is_grpc, is_upgrade};
+use crate::h1guard::{H1Guard, SwitchSignal, may_switch, switched};
+use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
 use crate::idle::{Activity, Tracked};
 use crate::listener::{Servers, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
@@ -28,12 +28,17 @@ use crate::pool::{Dialer, H2Pool};
 
 /// ALPN for opaque TCP between sidecars.
 pub const ALPN_TCP: &[u8] = b"ward-tcp/1";
+/// ALPN for HTTP/2 between ward sidecars. Offered before `h2`: a ward peer picks it, and
+/// only then is `x-ward-original-protocol` sent or believed; any other SPIFFE peer (Envoy)
+/// picks `h2` and never sees it.
+pub const ALPN_WARD_H2: &[u8] = b"ward-h2/1";
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// One outbound listener's forwarding state.
 pub struct Outbound {
     protocol: Protocol,
+    upgrades: Vec<UpgradeToken>,
     server_identity: SpiffeId,
     /// `server_identity` as text, for metrics and logs.
     server_name: String,
@@ -54,19 +59,19 @@ impl Outbound {
         servers: Servers,
         access_log: bool,
     ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
-        let dialer = |alpn: &[u8]| -> Result<Dialer, ward_certs::tls::TlsConfigError> {
+        let dialer = |alpn: &[&[u8]]| -> Result<Dialer, ward_certs::tls::TlsConfigError> {
             Ok(Dialer::Mesh {
                 addr: config.upstream,
                 timeout: limits.connect_timeout,
-                tls: identity
-                    .client_config(ExpectedPeer::Exact(server_identity.clone()), &[alpn])?,
+                tls: identity.client_config(ExpectedPeer::Exact(server_identity.clone()), alpn)?,
             })
         };
         Ok(Arc::new(Self {
             protocol: config.protocol,
-            h2: NextHop::H2(Arc::new(H2Pool::new(dialer(ALPN_H2)?))),
-            upgrade: dialer(ALPN_HTTP1)?,
-            tcp: dialer(ALPN_TCP)?,
+            upgrades: config.upgrades.clone(),
+            h2: NextHop::H2(Arc::new(H2Pool::new(dialer(&[ALPN_WARD_H2, ALPN_H2])?))),
+            upgrade: dialer(&[ALPN_HTTP1])?,
+            tcp: dialer(&[ALPN_TCP])?,
             server_name: server_identity.to_string(),
             server_identity,
             limits: limits.clone(),
@@ -117,31 +122,54 @@ impl Outbound {
             Detected::Http1 => true,
             Detected::Http2 => false,
         };
-        let this = self.clone();
-        let service = move |req| {
-            let this = this.clone();
-            async move { this.request(req, app_http1).await }
+        let service = |switch: Option<SwitchSignal>| {
+            let this = self.clone();
+            move |req| {
+                let this = this.clone();
+                let switch = switch.clone();
+                async move { this.request(req, app_http1, switch.as_ref()).await }
+            }
         };
         let idle = self.limits.idle_timeout;
         if app_http1 {
             let limits = &self.limits;
-            let io = H1Guard::new(io, limits.max_header_bytes, limits.header_read_timeout);
+            let switch = SwitchSignal::default();
+            let io = H1Guard::new(
+                io,
+                limits.max_header_bytes,
+                limits.header_read_timeout,
+                switch.clone(),
+            );
+            let service = service(Some(switch));
             serve_http(&self.servers.http1, io, service, &drain, &activity, idle).await;
         } else {
+            let service = service(None);
             serve_http(&self.servers.http2, io, service, &drain, &activity, idle).await;
         }
     }
 
-    async fn request(&self, req: Request<Incoming>, app_http1: bool) -> Response<Body> {
+    async fn request(
+        &self,
+        req: Request<Incoming>,
+        app_http1: bool,
+        switch: Option<&SwitchSignal>,
+    ) -> Response<Body> {
         let started = Instant::now();
+        let switching = switch.filter(|_| may_switch(&req));
+        let connect = req.method() == http::Method::CONNECT;
         let grpc = is_grpc(&req);
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let result = if app_http1 && is_upgrade(&req) {
-            let req = keep_upgrade_headers(req);
+        let asked = if app_http1 {
+            allowed_upgrade(&req, &self.upgrades)
+        } else {
+            None
+        };
+        let result = if let Some(asked) = asked {
             forward::upgrade(
                 &self.upgrade,
                 req,
+                asked,
                 self.limits.request_timeout,
                 self.limits.idle_timeout,
             )
@@ -159,6 +187,9 @@ impl Outbound {
             Ok(resp) => from_upstream(resp, app_http1),
             Err(f) => failure_response(f, grpc),
         };
+        if let Some(switch) = switching {
+            switch.answered(switched(&response, connect));
+        }
         let protocol = if grpc {
             "grpc"
         } else if app_http1 {
@@ -224,26 +255,13 @@ pub fn authority_of<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Keeps `Connection: upgrade` and `Upgrade` for the hop that carries the upgrade; strips
-/// the other hop-by-hop headers.
-pub fn keep_upgrade_headers<B>(mut req: Request<B>) -> Request<B> {
-    let upgrade = req.headers().get(header::UPGRADE).cloned();
-    crate::http::strip_hop_by_hop(req.headers_mut());
-    if let Some(upgrade) = upgrade {
-        req.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        req.headers_mut().insert(header::UPGRADE, upgrade);
-    }
-    req
-}
-
 /// Prepares a response from the next hop for the caller.
 pub fn from_upstream(resp: Response<Incoming>, caller_http1: bool) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
         crate::http::strip_hop_by_hop(&mut parts.headers);
     }
-    parts.headers.remove(ORIGINAL_PROTOCOL);
+    crate::http::strip_mesh_only(&mut parts.headers);
     if caller_http1 {
         parts.version = Version::HTTP_11;
     }

@@ -51,7 +51,14 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 pub type BoxStream = Box<dyn Stream>;
-type ConnectFuture = Pin<Box<dyn Future<Output = Result<BoxStream, ConnectError>> + Send>>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected, ConnectError>> + Send>>;
+
+/// A connection and what its TLS handshake agreed on.
+pub struct Connected {
+    pub stream: BoxStream,
+    /// The ALPN protocol negotiated (`None` for plain TCP).
+    pub alpn: Option<Vec<u8>>,
+}
 
 /// How to reach one destination.
 #[derive(Clone)]
@@ -79,7 +86,10 @@ impl Dialer {
             match this {
                 Dialer::Tcp { addr, timeout } => {
                     let tcp = tcp_connect(addr, timeout).await?;
-                    Ok(Box::new(tcp) as BoxStream)
+                    Ok(Connected {
+                        stream: Box::new(tcp),
+                        alpn: None,
+                    })
                 }
                 Dialer::Mesh { addr, timeout, tls } => {
                     let tcp = tcp_connect(addr, timeout).await?;
@@ -100,9 +110,14 @@ impl Dialer {
                             Err(err)
                         }
                         Ok(Ok(tls)) => {
-                            let kind = crate::inbound::handshake_kind(tls.get_ref().1);
+                            let session = tls.get_ref().1;
+                            let kind = crate::inbound::handshake_kind(session);
                             metrics::handshake(Direction::Outbound, kind);
-                            Ok(Box::new(tls) as BoxStream)
+                            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+                            Ok(Connected {
+                                stream: Box::new(tls),
+                                alpn,
+                            })
                         }
                     }
                 }
@@ -144,10 +159,18 @@ fn classify_tls_error(addr: SocketAddr, e: io::Error) -> ConnectError {
     }
 }
 
+/// A pooled HTTP/2 connection's sender, and whether the peer is a ward sidecar (it
+/// agreed to ALPN [`crate::outbound::ALPN_WARD_H2`]), which alone may be told
+/// `x-ward-original-protocol`.
+pub struct Pooled {
+    pub sender: http2::SendRequest<ReplayBody>,
+    pub ward_peer: bool,
+}
+
 /// One shared HTTP/2 connection to a destination, reopened on demand.
 pub struct H2Pool {
     dialer: Dialer,
-    current: ArcSwapOption<http2::SendRequest<ReplayBody>>,
+    current: ArcSwapOption<Pooled>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -162,7 +185,7 @@ impl H2Pool {
 
     /// A sender on a live connection, connecting if there is none. The `Arc` names the
     /// connection for [`H2Pool::reset_if`].
-    pub async fn sender(&self) -> Result<Arc<http2::SendRequest<ReplayBody>>, ConnectError> {
+    pub async fn sender(&self) -> Result<Arc<Pooled>, ConnectError> {
         if let Some(s) = self.live() {
             return Ok(s);
         }
@@ -170,7 +193,8 @@ impl H2Pool {
         if let Some(s) = self.live() {
             return Ok(s);
         }
-        let stream = self.dialer.dial().await?;
+        let Connected { stream, alpn } = self.dialer.dial().await?;
+        let ward_peer = alpn.as_deref() == Some(crate::outbound::ALPN_WARD_H2);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -188,18 +212,18 @@ impl H2Pool {
                 tracing::debug!(%addr, error = %e, "pooled HTTP/2 connection ended");
             }
         });
-        let sender = Arc::new(sender);
-        self.current.store(Some(sender.clone()));
-        Ok(sender)
+        let pooled = Arc::new(Pooled { sender, ward_peer });
+        self.current.store(Some(pooled.clone()));
+        Ok(pooled)
     }
 
-    fn live(&self) -> Option<Arc<http2::SendRequest<ReplayBody>>> {
-        self.current.load_full().filter(|s| !s.is_closed())
+    fn live(&self) -> Option<Arc<Pooled>> {
+        self.current.load_full().filter(|s| !s.sender.is_closed())
     }
 
     /// Forgets `failed` (a connection that is closing) if it is still the current one, so
     /// the next request reconnects; a connection another request already opened stays.
-    pub fn reset_if(&self, failed: &Arc<http2::SendRequest<ReplayBody>>) {
+    pub fn reset_if(&self, failed: &Arc<Pooled>) {
         self.current.compare_and_swap(failed, None);
     }
 }

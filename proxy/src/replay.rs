@@ -9,6 +9,9 @@
 //! lives only while the sender waits for the response head; a body that ended within the
 //! limit can be rebuilt from it. A connection going away (GOAWAY) is retried only for
 //! idempotent methods, REFUSED_STREAM for any (see [`Refusal`]).
+//!
+//! Every request body ward forwards is one of these (without a record where no retry can
+//! happen), so it is also where trailers lose the headers only ward may set.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -120,6 +123,18 @@ impl ReplayBody {
     }
 }
 
+impl ReplayBody {
+    /// A body passed on without a record (a hop that never retries).
+    pub fn pass(body: Incoming) -> Self {
+        ReplayBody {
+            inner: Inner::Live {
+                body,
+                record: Weak::new(),
+            },
+        }
+    }
+}
+
 impl Replay {
     /// The request again, if its whole body was recorded.
     fn request(&self) -> Option<Request<ReplayBody>> {
@@ -157,7 +172,14 @@ impl Body for ReplayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.get_mut().inner {
             Inner::Live { body, record } => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let mut polled = Pin::new(&mut *body).poll_frame(cx);
+                // Every hop ward sends on goes through here: no trailer may carry a header
+                // only ward sets (HTTP/1.1 chunked and HTTP/2 trailers alike).
+                if let Poll::Ready(Some(Ok(frame))) = &mut polled
+                    && let Some(trailers) = frame.trailers_mut()
+                {
+                    crate::http::strip_mesh_only(trailers);
+                }
                 if let Poll::Ready(frame) = &polled
                     && let Some(record) = record.upgrade()
                     && let Ok(mut record) = record.lock()

@@ -51,7 +51,7 @@ pub async fn forward<S>(
 {
     let started = Instant::now();
     let other = match next.dial().await {
-        Ok(s) => s,
+        Ok(connected) => connected.stream,
         Err(e) => {
             tracing::warn!(direction = direction.label(), error = %e, "TCP: next hop unavailable");
             return;

@@ -39,7 +39,7 @@ impl App {
 }
 
 /// HTTP echo: answers every request with JSON describing it (method, path, version,
-/// headers, body length). `/slow?ms=N` waits first; `/ws` accepts an upgrade and then echoes
+/// `:authority`, headers, body length, trailers). `/slow?ms=N` waits first; `/ws` accepts an upgrade and then echoes
 /// raw bytes.
 pub async fn http_echo() -> App {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -102,15 +102,29 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let version = format!("{:?}", req.version());
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+    let host = req.uri().authority().map(|a| a.to_string());
+    let (body, trailers) = match req.into_body().collect().await {
+        Ok(collected) => {
+            let trailers: serde_json::Map<String, serde_json::Value> = collected
+                .trailers()
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.as_str().to_owned(),
+                                json!(String::from_utf8_lossy(v.as_bytes())),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (collected.to_bytes().len(), trailers)
+        }
+        Err(_) => (0, serde_json::Map::new()),
+    };
     let reply = json!({
-        "method": method, "path": path, "version": version,
-        "headers": headers, "body_len": body,
+        "method": method, "path": path, "version": version, "authority": host,
+        "headers": headers, "body_len": body, "trailers": trailers,
     });
     Ok(Response::builder()
         .header("content-type", "application/json")

@@ -184,3 +184,34 @@ impl ServerCertVerifier for AnyServer {
             .supported_schemes()
     }
 }
+
+/// What a peer holding a valid SVID (`from`) gets back for `bytes` sent raw over mTLS to
+/// `addr`, offering `alpn`: every byte the server sends until it closes, or until
+/// `quiet` passes without one (then the connection is still open).
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    from: &crate::pki::Crafted,
+    alpn: &[&[u8]],
+    bytes: &[u8],
+    quiet: std::time::Duration,
+) -> Vec<u8> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_client_auth_cert(from.chain.clone(), from.key())
+        .expect("client cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let mut tls = connect(addr, Arc::new(config)).await.expect("handshake");
+    tls.write_all(bytes).await.expect("send");
+    tls.flush().await.expect("flush");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(quiet, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}

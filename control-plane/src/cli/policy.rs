@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use ward_policy::compile::{grpc_route, namespace_of};
 use ward_policy::model::{Action, Operation, Rule, Source};
-use ward_policy::{Call, Decision, HttpCall, PolicySet, normalize_path};
+use ward_policy::request::{check_header_name, check_method};
+use ward_policy::{Authority, Call, Decision, HttpCall, PolicySet, normalize_path};
 
 use super::Outcome;
 use super::serve::parse_labels;
@@ -65,7 +66,7 @@ pub struct CheckArgs {
     path: Option<String>,
     #[arg(long, value_name = "HOST", conflicts_with = "tcp")]
     host: Option<String>,
-    /// A request header (repeatable).
+    /// A request header (repeatable; a name given again is a second value).
     #[arg(long = "header", value_name = "K=V", value_parser = parse_header, conflicts_with = "tcp")]
     headers: Vec<(String, String)>,
     /// A gRPC call: SERVICE/METHOD, e.g. bank.v1.Ledger/GetBalance.
@@ -134,12 +135,29 @@ struct Request {
     path: Option<String>,
     #[serde(default)]
     host: Option<String>,
+    /// A name maps to one value or a list (a header sent more than once).
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<String, HeaderValues>,
     #[serde(default)]
     grpc: Option<String>,
     #[serde(default)]
     tcp: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HeaderValues {
+    fn values(&self) -> &[String] {
+        match self {
+            HeaderValues::One(v) => std::slice::from_ref(v),
+            HeaderValues::Many(v) => v,
+        }
+    }
 }
 
 /// The outcome of deciding a described call.
@@ -203,22 +221,32 @@ fn decide(
             req.path.clone().unwrap_or_else(|| "/".into()),
         ),
     };
+    // What the sidecar refuses with 400 before authorization, refused here the same way.
+    if let Err(e) = check_method(&method) {
+        return Ok(Verdict::Refused(e.to_string()));
+    }
     let raw_path = raw_path.split('?').next().unwrap_or("/").to_owned();
     let path = match normalize_path(&raw_path) {
         Ok(p) => p,
         Err(e) => return Ok(Verdict::Refused(e.to_string())),
     };
-    let grpc = match &req.grpc {
-        Some(route) => Some(
-            grpc_route(&path).with_context(|| format!("--grpc {route:?} is not SERVICE/METHOD"))?,
-        ),
+    if let Some(route) = &req.grpc {
+        grpc_route(&path).with_context(|| format!("--grpc {route:?} is not SERVICE/METHOD"))?;
+    }
+    let authority = match req.host.as_deref().map(|h| Authority::parse(h, 80)) {
         None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => return Ok(Verdict::Refused(e.to_string())),
     };
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+    for (name, values) in &req.headers {
+        if let Err(e) = check_header_name(name, false) {
+            return Ok(Verdict::Refused(e.to_string()));
+        }
+        for v in values.values() {
+            headers.push((name.to_ascii_lowercase(), v.as_bytes().to_vec()));
+        }
+    }
     let call = Call {
         principal: from,
         namespace: namespace_of(from),
@@ -226,12 +254,27 @@ fn decide(
         http: Some(HttpCall {
             method: &method,
             path: &path,
-            host: req.host.as_deref(),
-            grpc,
+            authority: authority.as_ref(),
             headers: &headers,
         }),
     };
     Ok(Verdict::Decided(workload.decide(&call)))
+}
+
+/// `--header` pairs, a name given more than once keeping every value in order.
+fn repeated(pairs: Vec<(String, String)>) -> BTreeMap<String, HeaderValues> {
+    let mut out: BTreeMap<String, HeaderValues> = BTreeMap::new();
+    for (k, v) in pairs {
+        match out.remove(&k) {
+            None => out.insert(k, HeaderValues::One(v)),
+            Some(prev) => {
+                let mut all = prev.values().to_vec();
+                all.push(v);
+                out.insert(k, HeaderValues::Many(all))
+            }
+        };
+    }
+    out
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
@@ -240,7 +283,7 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
         method: args.method,
         path: args.path,
         host: args.host,
-        headers: args.headers.into_iter().collect(),
+        headers: repeated(args.headers),
         grpc: args.grpc,
         tcp: args.tcp,
     };
