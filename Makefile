@@ -1,7 +1,7 @@
 # The two fresh-machine commands are `make run` and `make test`; see README.md.
 CARGO ?= cargo
 
-.PHONY: run test lint build bench bench-micro
+.PHONY: run test deps lint build bench bench-micro
 
 ## run: build, then run a whole mesh on this machine (`ward demo`; Ctrl-C stops it).
 ## DEMO_ARGS passes options, e.g. make run DEMO_ARGS="--duration 30s".
@@ -10,8 +10,14 @@ run:
 	$(CARGO) build --bins
 	./target/debug/ward demo $(DEMO_ARGS)
 
-## test: lint, then the whole suite (unit, integration, end-to-end)
-test: lint
+## deps: install what building and testing need and a fresh machine lacks (idempotent;
+## a fraction of a second when everything is there)
+deps:
+	./scripts/install-deps.sh
+
+## test: install what is missing, lint, then the whole suite (unit, integration, end-to-end)
+test: deps
+	$(MAKE) lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast

@@ -136,7 +136,7 @@ pub fn bare_server(
 
 /// Accepts any server certificate (signatures are still checked).
 #[derive(Debug)]
-struct AnyServer;
+pub struct AnyServer;
 
 impl ServerCertVerifier for AnyServer {
     fn verify_server_cert(

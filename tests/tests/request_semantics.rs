@@ -452,3 +452,53 @@ x-ward-original-protocol: http/1.1\r\n\r\n";
     );
     assert!(headers.get("x-ward-original-protocol").is_none(), "{seen}");
 }
+
+/// `x-ward-original-protocol` is believed only from a ward sidecar (ALPN `ward-h2/1`): an
+/// HTTP/2 peer that is not ward (ALPN `h2`, as Envoy) cannot steer the app's protocol, and
+/// never sees the header from a ward sidecar either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_protocol_is_only_taken_from_ward_sidecars() {
+    use http_body_util::{BodyExt, Empty};
+    let app = apps::http_echo().await;
+    let mesh = pair(&app, ALLOW_ALL.to_owned(), "auto").await;
+    let web = mesh.pki.craft(&LeafSpec::svid(&mesh.web_id()));
+    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_client_auth_cert(web.chain.clone(), web.key())
+        .expect("client cert");
+    // The server is checked by the sidecar tests; here only what the app sees matters.
+    config
+        .dangerous()
+        .set_certificate_verifier(std::sync::Arc::new(ward_tests::tls::AnyServer));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = ward_tests::tls::connect(mesh.inbound, std::sync::Arc::new(config))
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("https://orders/orders/1"))
+        .header("x-ward-original-protocol", "http/1.1")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let seen = echo(&String::from_utf8_lossy(&body));
+    assert_eq!(
+        seen["version"], "HTTP/2.0",
+        "a non-ward peer cannot steer: {seen}"
+    );
+    assert!(
+        seen["headers"].get("x-ward-original-protocol").is_none(),
+        "{seen}"
+    );
+}
