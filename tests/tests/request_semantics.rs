@@ -485,7 +485,7 @@ async fn original_protocol_is_only_taken_from_ward_sidecars() {
     .expect("h2 handshake");
     tokio::spawn(conn);
     let req = http::Request::builder()
-        .uri(format!("https://orders/orders/1"))
+        .uri("https://orders/orders/1")
         .header("x-ward-original-protocol", "http/1.1")
         .body(Empty::<bytes::Bytes>::new())
         .expect("request");
