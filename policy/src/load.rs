@@ -46,7 +46,18 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
-/// The policy files of `dir`: `*.yaml` and `*.yml`, sorted by name, not recursive.
+/// The largest policy file (or pushed document set) read: policies are small, and a
+/// parser fed megabytes on a proxy's worker would delay its traffic.
+pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
+/// The deepest nesting of flow collections (`[`, `{`) in a document.
+pub const MAX_FLOW_DEPTH: usize = 64;
+/// The furthest column at which a line's content may start (after its indentation and
+/// any `- ` indicators): block nesting, bounded the same way.
+pub const MAX_INDENT_COLUMN: usize = 512;
+
+/// The policy files of `dir`: `*.yaml` and `*.yml`, sorted by name, not recursive. A name
+/// that is not a directory is listed even if it cannot be read (a dangling symlink), so
+/// reading it reports the error instead of silently dropping its rules.
 pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         PolicyErrors(vec![PolicyError {
@@ -60,7 +71,7 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            p.is_file()
+            !p.is_dir()
                 && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
                 && !p
                     .file_name()
@@ -116,12 +127,22 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
     }
 }
 
-/// Loads policies from `(file name, text)` pairs.
+/// Loads policies from `(file name, text)` pairs. Sources larger than
+/// [`MAX_SOURCE_BYTES`] or nested deeper than the limits are refused before parsing.
 pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyErrors> {
     let mut policies = Vec::new();
     let mut mesh_default: Option<(MeshDefault, PathBuf, usize, String)> = None;
     let mut errors = Vec::new();
     for (file, text) in sources {
+        if let Err((line, column, reason)) = within_limits(text) {
+            errors.push(PolicyError {
+                file: file.clone(),
+                line,
+                column,
+                reason,
+            });
+            continue;
+        }
         for (first_line, doc) in split_documents(text) {
             let doc_text = doc;
             let at = |line: usize, column: usize, reason: String| PolicyError {
@@ -246,6 +267,67 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
+/// Checks size and nesting before the YAML parser sees the text: the first place a limit
+/// is passed, as (line, column, reason).
+fn within_limits(text: &str) -> Result<(), (usize, usize, String)> {
+    if text.len() > MAX_SOURCE_BYTES {
+        return Err((
+            1,
+            1,
+            format!(
+                "{} bytes is more than a policy source may hold ({MAX_SOURCE_BYTES})",
+                text.len()
+            ),
+        ));
+    }
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let bytes = line.as_bytes();
+        let mut column = 0;
+        while column < bytes.len() {
+            match bytes[column] {
+                b' ' => column += 1,
+                b'-' | b'?' if bytes.get(column + 1) == Some(&b' ') => column += 2,
+                _ => break,
+            }
+        }
+        if column > MAX_INDENT_COLUMN {
+            return Err((
+                i + 1,
+                column + 1,
+                format!(
+                    "nested deeper than a policy may be (content past column {MAX_INDENT_COLUMN})"
+                ),
+            ));
+        }
+        // Flow depth, outside quoted scalars and comments.
+        let mut quote = None;
+        for (at, &b) in bytes.iter().enumerate() {
+            match (quote, b) {
+                (Some(q), _) if b == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'"' | b'\'') => quote = Some(b),
+                (None, b'#') if at == 0 || bytes[at - 1] == b' ' => break,
+                (None, b'[' | b'{') => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Err((
+                            i + 1,
+                            at + 1,
+                            format!(
+                                "nested deeper than a policy may be (more than {MAX_FLOW_DEPTH} levels of [ and {{)"
+                            ),
+                        ));
+                    }
+                }
+                (None, b']' | b'}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Splits a YAML stream at `---` lines; returns each document with the number of its
 /// first line in the file.
 fn split_documents(text: &str) -> Vec<(usize, &str)> {
@@ -269,6 +351,44 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_and_deeply_nested_sources_are_refused_where_the_limit_is_passed() {
+        let deep_flow = format!("a: {}1{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let err = load_sources(&[(PathBuf::from("deep.yaml"), deep_flow)]).unwrap_err();
+        assert_eq!((err.0[0].line, err.0[0].column), (1, 4 + MAX_FLOW_DEPTH));
+        assert!(err.0[0].reason.contains("nested deeper"), "{err}");
+
+        let deep_block = format!("a:\n{}x: 1\n", "- ".repeat(100_000));
+        let err = load_sources(&[(PathBuf::from("deep.yaml"), deep_block)]).unwrap_err();
+        assert_eq!(err.0[0].line, 2);
+        assert!(err.0[0].reason.contains("nested deeper"), "{err}");
+
+        let big = format!("# {}\n", "x".repeat(MAX_SOURCE_BYTES));
+        let err = load_sources(&[(PathBuf::from("big.yaml"), big)]).unwrap_err();
+        assert!(
+            err.0[0]
+                .reason
+                .contains("more than a policy source may hold"),
+            "{err}"
+        );
+
+        // Brackets inside quotes or comments are not nesting.
+        let fine = format!("# {}\nname: \"{}\"\n", "[".repeat(100), "{".repeat(100));
+        assert!(within_limits(&fine).is_ok());
+    }
+
+    #[test]
+    fn a_file_that_became_a_dangling_symlink_is_an_error_not_an_empty_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.txt");
+        std::fs::write(&target, "kind: MeshPolicy\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("p.yaml")).unwrap();
+        std::fs::remove_file(&target).unwrap();
+        let err = load_dir(dir.path()).unwrap_err();
+        assert!(err.0[0].file.ends_with("p.yaml"), "{err}");
+        assert!(err.to_string().contains("No such file"), "{err}");
+    }
 
     #[test]
     fn documents_are_split_with_their_first_lines() {

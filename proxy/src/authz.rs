@@ -175,6 +175,19 @@ impl AuditLog {
     }
 }
 
+/// A load that did not finish (its blocking task panicked), as a policy error.
+pub fn load_failed(
+    source: &std::path::Path,
+    e: &dyn std::fmt::Display,
+) -> ward_policy::PolicyErrors {
+    ward_policy::PolicyErrors(vec![ward_policy::PolicyError {
+        file: source.to_owned(),
+        line: 0,
+        column: 0,
+        reason: format!("loading failed: {e}"),
+    }])
+}
+
 /// Loads the policy directory now, then watches it: a change is in force within a second;
 /// a broken set is refused with every error logged, and the last good one stays.
 pub async fn watch_policy_dir(
@@ -185,10 +198,19 @@ pub async fn watch_policy_dir(
 ) {
     let mut seen = None;
     loop {
-        let now = ward_policy::load::fingerprint(&dir);
+        // Reading and parsing run off the async workers: a large or hostile file must not
+        // delay handshakes and requests.
+        let d = dir.clone();
+        let now = tokio::task::spawn_blocking(move || ward_policy::load::fingerprint(&d))
+            .await
+            .unwrap_or(None);
         if now != seen {
             seen = now;
-            match ward_policy::load_dir(&dir) {
+            let d = dir.clone();
+            let loaded = tokio::task::spawn_blocking(move || ward_policy::load_dir(&d))
+                .await
+                .unwrap_or_else(|e| Err(load_failed(&dir, &e)));
+            match loaded {
                 Ok(set) => {
                     let applying = authz.install(&set);
                     counter!(POLICY_RELOADS_TOTAL, "result" => "ok").increment(1);

@@ -8,7 +8,7 @@
 //! process and never leaves it.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -416,7 +416,13 @@ impl ControlPlane {
                         .into_iter()
                         .map(|d| (PathBuf::from(d.source), d.yaml))
                         .collect();
-                    match ward_policy::load_sources(&sources) {
+                    let loaded =
+                        tokio::task::spawn_blocking(move || ward_policy::load_sources(&sources))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(crate::authz::load_failed(Path::new("control plane"), &e))
+                            });
+                    match loaded {
                         Ok(set) => {
                             let applying = authz.install(&set);
                             gauge!("ward_policy_version").set(snapshot.version as f64);

@@ -409,12 +409,23 @@ async fn watch_policy(dir: PathBuf, state: Arc<State>) {
     let mut seen = ward_policy::load::fingerprint(&dir);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = ward_policy::load::fingerprint(&dir);
+        // Reading and parsing run off the async workers: a large or hostile file must not
+        // delay handshakes and streams.
+        let d = dir.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || ward_policy::load::fingerprint(&d)).await
+        else {
+            continue;
+        };
         if now == seen {
             continue;
         }
         seen = now;
-        match ward_policy::load_dir(&dir) {
+        let d = dir.clone();
+        let Ok(loaded) = tokio::task::spawn_blocking(move || ward_policy::load_dir(&d)).await
+        else {
+            continue;
+        };
+        match loaded {
             Ok(set) => {
                 state.policy.send_modify(|current| {
                     *current = Arc::new((current.0 + 1, set, Instant::now()));
