@@ -33,13 +33,19 @@ pub struct Admin {
 
 /// Serves the admin endpoints on `listener` until drained.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, drain: Drain) {
+    let mut failures = 0;
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    failures = 0;
+                    conn
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
+                    tokio::select! {
+                        _ = crate::listener::accept_backoff(&e, &mut failures, "admin") => continue,
+                        _ = drain.signaled() => return,
+                    }
                 }
             },
             _ = drain.signaled() => return,

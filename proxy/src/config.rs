@@ -220,7 +220,10 @@ pub struct Limits {
     #[serde(with = "duration")]
     pub detect_timeout: Duration,
     pub max_concurrent_streams: u32,
+    /// Open connections per listener (each listener has its own budget).
     pub max_connections: usize,
+    /// Open inbound connections per peer SPIFFE ID: one identity cannot take every slot.
+    pub max_connections_per_peer: usize,
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     #[serde(with = "duration")]
@@ -244,6 +247,7 @@ impl Default for Limits {
             detect_timeout: Duration::from_millis(300),
             max_concurrent_streams: 1024,
             max_connections: 10_000,
+            max_connections_per_peer: 1_000,
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
@@ -460,6 +464,10 @@ impl SidecarConfig {
                 limits.max_concurrent_streams == 0,
             ),
             ("limits.max_connections", limits.max_connections == 0),
+            (
+                "limits.max_connections_per_peer",
+                limits.max_connections_per_peer == 0,
+            ),
             (
                 "limits.header_read_timeout",
                 limits.header_read_timeout.is_zero(),

@@ -90,6 +90,45 @@ pub struct Inbound {
     limits: Limits,
     servers: Servers,
     access_log: bool,
+    peers: PeerSlots,
+}
+
+/// Open connections per peer identity, capped at `limits.max_connections_per_peer`.
+#[derive(Default)]
+struct PeerSlots(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+/// One peer's connection slot, given back on drop.
+struct PeerSlot<'a> {
+    slots: &'a PeerSlots,
+    peer: String,
+}
+
+impl PeerSlots {
+    fn take(&self, peer: &str, max: usize) -> Option<PeerSlot<'_>> {
+        let mut open = self.0.lock().ok()?;
+        let count = open.entry(peer.to_owned()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            slots: self,
+            peer: peer.to_owned(),
+        })
+    }
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.slots.0.lock()
+            && let Some(count) = open.get_mut(&self.peer)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Inbound {
@@ -120,6 +159,7 @@ impl Inbound {
             limits: limits.clone(),
             servers,
             access_log,
+            peers: PeerSlots::default(),
         }))
     }
 
@@ -146,11 +186,15 @@ impl Inbound {
             return;
         };
         metrics::handshake(Direction::Inbound, handshake_kind(conn));
+        let name = peer.to_string();
+        let Some(_slot) = self.peers.take(&name, self.limits.max_connections_per_peer) else {
+            ::metrics::counter!("ward_connections_closed_total", "reason" => "peer_limit")
+                .increment(1);
+            tracing::warn!(peer = %name, "per-peer connection limit reached; closing");
+            return;
+        };
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-        let peer = Arc::new(Peer {
-            name: peer.to_string(),
-            id: peer,
-        });
+        let peer = Arc::new(Peer { name, id: peer });
         if self.protocol == Protocol::Tcp || alpn.as_deref() == Some(ALPN_TCP) {
             return self.tcp(tls, &peer).await;
         }
@@ -165,7 +209,6 @@ impl Inbound {
                 async move { this.request(req, &peer, ward_peer, switch.as_ref()).await }
             }
         };
-        let idle = self.limits.idle_timeout;
         let limits = &self.limits;
         let guarded = |tls, switch: &SwitchSignal| {
             H1Guard::new(
@@ -178,19 +221,43 @@ impl Inbound {
         match alpn.as_deref() {
             Some(ALPN_WARD_H2 | ALPN_H2) => {
                 let service = service(None);
-                serve_http(&self.servers.http2, tls, service, &drain, &activity, idle).await
+                serve_http(
+                    &self.servers.http2,
+                    tls,
+                    service,
+                    &drain,
+                    &activity,
+                    &self.limits,
+                )
+                .await
             }
             Some(ALPN_HTTP1) => {
                 let switch = SwitchSignal::default();
                 let io = guarded(tls, &switch);
                 let service = service(Some(switch));
-                serve_http(&self.servers.http1, io, service, &drain, &activity, idle).await
+                serve_http(
+                    &self.servers.http1,
+                    io,
+                    service,
+                    &drain,
+                    &activity,
+                    &self.limits,
+                )
+                .await
             }
             _ => {
                 let switch = SwitchSignal::default();
                 let io = guarded(tls, &switch);
                 let service = service(Some(switch));
-                serve_http(&self.servers.auto, io, service, &drain, &activity, idle).await
+                serve_http(
+                    &self.servers.auto,
+                    io,
+                    service,
+                    &drain,
+                    &activity,
+                    &self.limits,
+                )
+                .await
             }
         }
     }

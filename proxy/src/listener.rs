@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -14,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::config::Limits;
 use crate::drain::Drain;
 use crate::http::Body;
 use crate::idle::Activity;
@@ -37,14 +39,19 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, Drain) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut failures = 0;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    failures = 0;
+                    conn
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    tokio::select! {
+                        _ = accept_backoff(&e, &mut failures, "listener") => continue,
+                        _ = drain.signaled() => return,
+                    }
                 }
             },
             _ = drain.signaled() => return,
@@ -60,6 +67,28 @@ pub async fn accept_loop<F, Fut>(
             drop(permit);
         });
     }
+}
+
+/// Waits out a failed accept. Running out of file descriptors (EMFILE/ENFILE) or buffers
+/// clears only when connections close, so retrying at once would spin a core: the wait
+/// doubles from 5 ms to 1 s over consecutive `failures`, and the loop never gives up.
+/// Logged at WARN on the first failure and whenever the wait reaches its cap.
+pub async fn accept_backoff(e: &std::io::Error, failures: &mut u32, listener: &'static str) {
+    *failures = failures.saturating_add(1);
+    let delay = accept_delay(*failures);
+    metrics::counter!("ward_accept_errors_total", "listener" => listener).increment(1);
+    if *failures == 1 || delay == MAX_ACCEPT_DELAY && failures.is_power_of_two() {
+        tracing::warn!(listener, error = %e, failures = *failures, ?delay, "accept failed; backing off");
+    }
+    tokio::time::sleep(delay).await;
+}
+
+const MAX_ACCEPT_DELAY: Duration = Duration::from_secs(1);
+
+/// The wait after `failures` consecutive accept errors.
+fn accept_delay(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    Duration::from_millis(5u64 << exp).min(MAX_ACCEPT_DELAY)
 }
 
 /// The HTTP server builders, one per way a connection can arrive.
@@ -81,15 +110,18 @@ impl Servers {
     }
 }
 
-/// Serves one HTTP connection until it ends, stays idle for `idle`, or the drain begins (then
-/// in-flight requests finish and the connection closes; HTTP/2 peers get GOAWAY).
+/// Serves one HTTP connection until it ends, stays idle for `limits.idle_timeout`, sends no
+/// complete first request within `limits.header_read_timeout` of being accepted (an
+/// HTTP/1 head or an HTTP/2 preface and request that never come hold a slot for nothing),
+/// or the drain begins (then in-flight requests finish and the connection closes; HTTP/2
+/// peers get GOAWAY).
 pub async fn serve_http<I, S, Fut>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
     drain: &Drain,
     activity: &Activity,
-    idle: Duration,
+    limits: &Limits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
@@ -98,13 +130,28 @@ pub async fn serve_http<I, S, Fut>(
     // hyper keeps room for one in-flight service future per connection for the
     // connection's whole life; boxing it keeps that room a pointer, so an idle keep-alive
     // connection does not hold the (several KiB) state of a request it is not serving.
+    let served = Arc::new(AtomicBool::new(false));
+    let first = served.clone();
     let service = hyper::service::service_fn(move |req| {
+        first.store(true, Ordering::Relaxed);
         let fut = Box::pin(service(req));
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let idle = limits.idle_timeout;
+    let first_request = async {
+        tokio::time::sleep(limits.header_read_timeout).await;
+        if served.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
+        _ = first_request => {
+            metrics::counter!("ward_connections_closed_total", "reason" => "no_first_request")
+                .increment(1);
+            tracing::debug!("no request within the header read timeout of accept; closing");
+        }
         result = conn.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
@@ -117,5 +164,19 @@ pub async fn serve_http<I, S, Fut>(
         _ = activity.idle_for(idle) => {
             tracing::debug!("HTTP connection idle; closing");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_waits_double_to_a_cap() {
+        let waits: Vec<u64> = (1..=10)
+            .map(|f| accept_delay(f).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(accept_delay(u32::MAX), MAX_ACCEPT_DELAY);
     }
 }

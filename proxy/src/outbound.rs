@@ -130,7 +130,6 @@ impl Outbound {
                 async move { this.request(req, app_http1, switch.as_ref()).await }
             }
         };
-        let idle = self.limits.idle_timeout;
         if app_http1 {
             let limits = &self.limits;
             let switch = SwitchSignal::default();
@@ -141,10 +140,26 @@ impl Outbound {
                 switch.clone(),
             );
             let service = service(Some(switch));
-            serve_http(&self.servers.http1, io, service, &drain, &activity, idle).await;
+            serve_http(
+                &self.servers.http1,
+                io,
+                service,
+                &drain,
+                &activity,
+                &self.limits,
+            )
+            .await;
         } else {
             let service = service(None);
-            serve_http(&self.servers.http2, io, service, &drain, &activity, idle).await;
+            serve_http(
+                &self.servers.http2,
+                io,
+                service,
+                &drain,
+                &activity,
+                &self.limits,
+            )
+            .await;
         }
     }
 

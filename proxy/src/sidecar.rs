@@ -76,7 +76,9 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
     drop(loading);
 
     let servers = Servers::new(&config.limits);
-    let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+    // Each listener has its own connection budget: peers filling the inbound side must
+    // never starve the app's outbound listener, nor the reverse.
+    let budget = || Arc::new(Semaphore::new(config.limits.max_connections));
     let audit = AuditLog::start(&config.audit)
         .await
         .with_context(|| format!("audit.log: cannot open {}", config.audit.log))?;
@@ -125,7 +127,7 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             config.access_log,
         )?;
         let handle = move |tcp, drain| inbound.clone().connection(tcp, drain);
-        tokio::spawn(accept_loop(listener, drain.clone(), limit.clone(), handle));
+        tokio::spawn(accept_loop(listener, drain.clone(), budget(), handle));
         drop(pending.next());
     }
     for (i, cfg) in config.outbound.iter().enumerate() {
@@ -139,7 +141,7 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             config.access_log,
         )?;
         let handle = move |tcp, drain| outbound.clone().connection(tcp, drain);
-        tokio::spawn(accept_loop(listener, drain.clone(), limit.clone(), handle));
+        tokio::spawn(accept_loop(listener, drain.clone(), budget(), handle));
         drop(pending.next());
     }
     tracing::info!(spiffe_id = %own_id, admin = %config.admin,

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -48,7 +49,18 @@ pub async fn serve(addr: SocketAddr, metrics: Option<PrometheusHandle>) -> anyho
         .await
         .map_err(|e| anyhow::anyhow!("--admin: cannot listen on {addr}: {e}"))?;
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        let mut failures = 0u32;
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => {
+                    failures = 0;
+                    tcp
+                }
+                Err(e) => {
+                    super::accept_backoff(&e, &mut failures, "admin").await;
+                    continue;
+                }
+            };
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
@@ -69,7 +81,10 @@ pub async fn serve(addr: SocketAddr, metrics: Option<PrometheusHandle>) -> anyho
                         }
                     },
                 );
+                // A head not complete within 5 s ends the connection (slowloris).
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
             });

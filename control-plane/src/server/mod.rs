@@ -446,7 +446,15 @@ async fn watch_policy(dir: PathBuf, state: Arc<State>) {
 pub struct TlsConn {
     stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     info: PeerInfo,
+    /// For a peer without an SVID (a proxy attesting with a token): when the connection
+    /// ends, whatever it is doing. One `Certify` needs a fraction of this.
+    unauthenticated_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a connection that presented no certificate may stay open.
+pub const UNAUTHENTICATED_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -469,6 +477,14 @@ impl tokio::io::AsyncRead for TlsConn {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(until) = self.unauthenticated_until.as_mut()
+            && until.as_mut().poll(cx).is_ready()
+        {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection without a certificate open too long",
+            )));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -497,6 +513,20 @@ impl tokio::io::AsyncWrite for TlsConn {
     }
 }
 
+/// Waits out a failed accept (EMFILE and the like clear only as connections close, so an
+/// immediate retry would spin): 5 ms doubling to 1 s over consecutive failures, never
+/// giving up. The sidecar's listeners do the same (`ward_proxy::listener`).
+pub async fn accept_backoff(e: &std::io::Error, failures: &mut u32, listener: &'static str) {
+    *failures = failures.saturating_add(1);
+    let delay = Duration::from_millis(5u64 << failures.saturating_sub(1).min(16))
+        .min(Duration::from_secs(1));
+    metrics::counter!("ward_cp_accept_errors_total", "listener" => listener).increment(1);
+    if *failures == 1 || failures.is_power_of_two() {
+        tracing::warn!(listener, error = %e, failures = *failures, ?delay, "accept failed; backing off");
+    }
+    tokio::time::sleep(delay).await;
+}
+
 /// Accepts TCP connections and completes their TLS handshakes off the accept loop.
 fn tls_incoming(
     listener: TcpListener,
@@ -504,17 +534,24 @@ fn tls_incoming(
 ) -> impl Stream<Item = Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
+        let mut failures = 0u32;
         loop {
-            let Ok((tcp, addr)) = listener.accept().await else {
-                continue;
+            let (tcp, addr) = match listener.accept().await {
+                Ok(conn) => {
+                    failures = 0;
+                    conn
+                }
+                Err(e) => {
+                    accept_backoff(&e, &mut failures, "grpc").await;
+                    continue;
+                }
             };
             // gRPC replies are small writes: without this, Nagle and delayed ACKs add ~40 ms.
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let accepted =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 let stream = match accepted {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -525,11 +562,19 @@ fn tls_incoming(
                 };
                 let spiffe_id =
                     ward_certs::tls::peer_spiffe_id(stream.get_ref().1.peer_certificates());
+                let unauthenticated_until = spiffe_id
+                    .is_none()
+                    .then(|| Box::pin(tokio::time::sleep(UNAUTHENTICATED_LIFETIME)));
                 let info = PeerInfo {
                     addr: Some(addr),
                     spiffe_id,
                 };
-                let _ = tx.send(Ok(TlsConn { stream, info })).await;
+                let conn = TlsConn {
+                    stream,
+                    info,
+                    unauthenticated_until,
+                };
+                let _ = tx.send(Ok(conn)).await;
             });
         }
     });

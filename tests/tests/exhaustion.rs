@@ -1,0 +1,130 @@
+//! No identity, or a useless one, may exhaust a sidecar: a peer that completes the
+//! handshake and then sends nothing is closed once the header read timeout has passed since
+//! accept (HTTP/1.1 and HTTP/2 alike), and one identity cannot hold more than its share of
+//! inbound connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use ward_tests::apps;
+use ward_tests::mesh::{Pair, PairOptions, mesh_default};
+use ward_tests::pki::{Crafted, LeafSpec};
+
+/// An mTLS connection to `pair`'s inbound as `from`, offering `alpn`, after the handshake.
+async fn connect(
+    pair: &Pair,
+    from: &Crafted,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_client_auth_cert(from.chain.clone(), from.key())
+        .expect("client cert");
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(ward_tests::tls::AnyServer));
+    config.alpn_protocols = vec![alpn.to_vec()];
+    ward_tests::tls::connect(pair.inbound, Arc::new(config))
+        .await
+        .expect("handshake")
+}
+
+/// Whether the server closes the connection within `within`.
+async fn closed_within(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(within, tls.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // An HTTP/2 server's SETTINGS (and its GOAWAY) come first.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_nothing_after_the_handshake_is_closed() {
+    let app = apps::http_echo().await;
+    let options = PairOptions {
+        policy: Some(mesh_default("allow-authenticated")),
+        limits: vec!["header_read_timeout: 1s".into()],
+        ..Default::default()
+    };
+    let pair = Pair::launch(app.addr, options).await;
+    let web = pair.pki.craft(&LeafSpec::svid(&pair.web_id()));
+    for alpn in [&b"h2"[..], b"http/1.1", b"ward-h2/1"] {
+        let mut tls = connect(&pair, &web, alpn).await;
+        assert!(
+            closed_within(&mut tls, Duration::from_secs(10)).await,
+            "{}: a silent peer must be closed",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+    let metrics = pair.orders.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("ward_connections_closed_total{reason=\"no_first_request\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_cannot_take_every_inbound_connection() {
+    let app = apps::http_echo().await;
+    let options = PairOptions {
+        policy: Some(mesh_default("allow-authenticated")),
+        limits: vec!["max_connections_per_peer: 2".into()],
+        ..Default::default()
+    };
+    let pair = Pair::launch(app.addr, options).await;
+    let hog = pair
+        .pki
+        .craft(&LeafSpec::svid(&pair.pki.id("default", "hog")));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect(&pair, &hog, b"http/1.1").await);
+    }
+    for tls in &mut held {
+        assert!(!closed_within(tls, Duration::from_millis(300)).await);
+    }
+    let mut third = connect(&pair, &hog, b"http/1.1").await;
+    assert!(
+        closed_within(&mut third, Duration::from_secs(10)).await,
+        "a third connection of the same identity is closed"
+    );
+    // Everyone else is still served, through the client sidecar.
+    let outbound = pair.outbound;
+    let status = tokio::task::spawn_blocking(move || ward_tests::mesh::http_get(outbound, "/x"))
+        .await
+        .expect("task")
+        .map(|(code, _)| code);
+    assert_eq!(status, Some(200));
+    drop(held);
+}
+
+/// The control plane's admin listener closes a connection whose request head never
+/// completes, and its gRPC listener a connection that never finishes the TLS handshake.
+#[test]
+fn the_control_plane_closes_half_sent_heads_and_stalled_handshakes() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = ward_tests::mesh::ControlPlane::start(dir.path(), "1h");
+    for (addr, partial) in [
+        (cp.admin, &b"GET /metrics HTTP/1.1\r\nHost: a\r\n"[..]),
+        (cp.listen, b"\x16\x03\x01\x00"),
+    ] {
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        tcp.write_all(partial).expect("send");
+        let mut buf = [0u8; 64];
+        let closed =
+            matches!(tcp.read(&mut buf), Ok(0)) || matches!(tcp.read(&mut buf), Ok(0) | Err(_));
+        assert!(closed, "{addr}: a stalled peer must be closed");
+    }
+}
