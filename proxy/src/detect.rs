@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -156,9 +156,46 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 
 crate::io::write_through!(Prefixed);
 
+/// Asks the app at `addr` whether it speaks HTTP/2 with prior knowledge: sends the client
+/// preface and an empty SETTINGS frame on a connection of its own and reads the first
+/// bytes back. An HTTP/2 server answers with a SETTINGS frame; an HTTP/1.x server with a
+/// status line (or by closing). `None`: no answer either way (unreachable, silent).
+pub async fn probe_h2(addr: std::net::SocketAddr, timeout: Duration) -> Option<bool> {
+    let probe = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut hello = H2_PREFACE.to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        tcp.write_all(&hello).await.ok()?;
+        let mut head = [0u8; 9];
+        let mut got = 0;
+        while got < head.len() {
+            match tcp.read(&mut head[got..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        Some(answers_h2(&head[..got]))
+    };
+    tokio::time::timeout(timeout, probe).await.ok().flatten()
+}
+
+/// Whether the first bytes a server sent after our preface are an HTTP/2 SETTINGS frame
+/// (a frame header whose type byte is 4 on stream 0).
+fn answers_h2(first: &[u8]) -> bool {
+    first.len() == 9 && first[3] == 0x4 && first[5..9] == [0, 0, 0, 0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_h2_answer_is_a_settings_frame() {
+        assert!(answers_h2(&[0, 0, 6, 4, 0, 0, 0, 0, 0]));
+        assert!(!answers_h2(b"HTTP/1.1 "));
+        assert!(!answers_h2(b""));
+        assert!(!answers_h2(&[0, 0, 6, 4, 0, 0, 0, 0, 1]));
+    }
 
     #[test]
     fn classifies_by_first_bytes() {

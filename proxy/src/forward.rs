@@ -49,8 +49,15 @@ pub async fn send(
                 .request(req.map(ReplayBody::pass))
                 .await
                 .map_err(|e| {
-                    tracing::debug!(error = %e, "app request failed");
-                    Failure::Unavailable
+                    if e.is_connect() {
+                        UPSTREAM_CONNECT.warn(|held| {
+                            tracing::warn!(error = %e, held_back = held, "app connection failed");
+                        });
+                        Failure::ConnectFailed
+                    } else {
+                        tracing::debug!(error = %e, "app request failed");
+                        Failure::UpstreamReset
+                    }
                 }),
         }
     })
@@ -59,7 +66,7 @@ pub async fn send(
         // Switching protocols was not asked for: the stream after it would be unjudged.
         Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             tracing::debug!("upstream switched protocols unasked; refused");
-            Err(Failure::Unavailable)
+            Err(Failure::SwitchRefused)
         }
         Ok(result) => result,
         Err(_) => Err(Failure::Timeout),
@@ -76,8 +83,10 @@ async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incom
     // stream (see `replay::Refusal`) and its whole body was recorded.
     for attempt in 1..=MAX_ATTEMPTS {
         let used = pool.sender().await.map_err(|e| {
-            tracing::warn!(error = %e, "upstream connection failed");
-            Failure::Unavailable
+            UPSTREAM_CONNECT.warn(|held| {
+                tracing::warn!(error = %e, held_back = held, "upstream connection failed");
+            });
+            Failure::from(&e)
         })?;
         let mut sender = used.sender.clone();
         if !used.ward_peer {
@@ -107,14 +116,23 @@ async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incom
                 metrics::retried(reason);
                 req = next;
             }
-            _ => {
+            Some(_) => {
+                tracing::debug!(error = ?err.error(), "upstream refused every attempt");
+                return Err(Failure::RetryLimit);
+            }
+            None => {
                 tracing::debug!(error = ?err.error(), "upstream request failed");
-                return Err(Failure::Unavailable);
+                return Err(Failure::UpstreamReset);
             }
         }
     }
-    Err(Failure::Unavailable)
+    Err(Failure::RetryLimit)
 }
+
+/// Failing to reach an upstream (the app, or a peer sidecar) is worth a WARN, but not one
+/// per request when it is down under load.
+static UPSTREAM_CONNECT: crate::metrics::RateLimitedWarn =
+    crate::metrics::RateLimitedWarn::new(std::time::Duration::from_secs(5));
 
 /// Carries an HTTP/1.1 upgrade request (to the protocol `asked`, already allowed) over a
 /// connection of its own: the request goes to the next hop as HTTP/1.1 with only
@@ -135,23 +153,25 @@ pub async fn upgrade(
     headers.insert(header::UPGRADE, asked.clone());
     let req = req.map(ReplayBody::pass);
     let crate::pool::Connected { stream, .. } = dialer.dial().await.map_err(|e| {
-        tracing::warn!(error = %e, "upgrade connection failed");
-        Failure::Unavailable
+        UPSTREAM_CONNECT.warn(|held| {
+            tracing::warn!(error = %e, held_back = held, "upgrade connection failed");
+        });
+        Failure::from(&e)
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|_| Failure::Unavailable)?;
+        .map_err(|_| Failure::UpstreamReset)?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     let mut resp = tokio::time::timeout(timeout, sender.send_request(req))
         .await
         .map_err(|_| Failure::Timeout)?
-        .map_err(|_| Failure::Unavailable)?;
+        .map_err(|_| Failure::UpstreamReset)?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if !crate::http::upgrade_accepted(&resp, &asked) {
             tracing::debug!("upstream switched to another protocol than asked; refused");
-            return Err(Failure::Unavailable);
+            return Err(Failure::SwitchRefused);
         }
         let callee = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {

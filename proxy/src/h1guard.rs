@@ -184,6 +184,9 @@ pub struct H1Guard<S> {
     switch: SwitchSignal,
     /// No request judged yet (an HTTP/2 preface is only possible now).
     fresh: bool,
+    /// Whether an HTTP/2 preface may open the connection (a server that serves both, on a
+    /// connection without ALPN). After ALPN `http/1.1` it is a malformed head like any.
+    h2_preface: bool,
 }
 
 impl<S> H1Guard<S> {
@@ -201,7 +204,15 @@ impl<S> H1Guard<S> {
             switch_pending: false,
             switch,
             fresh: true,
+            h2_preface: false,
         }
+    }
+
+    /// Lets an HTTP/2 preface open the connection and pass unjudged (the server behind
+    /// speaks both and no ALPN chose).
+    pub fn allowing_h2_preface(mut self) -> Self {
+        self.h2_preface = true;
+        self
     }
 
     /// Refuses the current request: if its head has not been handed over it becomes one
@@ -257,7 +268,9 @@ impl<S> H1Guard<S> {
                 State::Head if self.switch_pending => return,
                 // HTTP/2 with prior knowledge (a server that serves both): not HTTP/1 at all.
                 State::Head
-                    if self.fresh && H2_PREFACE.starts_with(&rest[..rest.len().min(24)]) =>
+                    if self.fresh
+                        && self.h2_preface
+                        && H2_PREFACE.starts_with(&rest[..rest.len().min(24)]) =>
                 {
                     if rest.len() >= H2_PREFACE.len() {
                         self.state = State::Passthrough;
@@ -609,6 +622,31 @@ POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n";
             !out.ends_with(SMUGGLE),
             "bytes after a malformed head are not handed over"
         );
+    }
+
+    #[tokio::test]
+    async fn an_h2_preface_is_a_malformed_head_unless_allowed() {
+        let mut input = H2_PREFACE.to_vec();
+        input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let out = through(&input).await;
+        assert_eq!(
+            out, b"PRI * HTTP/2.0\r\n\r\n",
+            "nothing after the malformed head"
+        );
+
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(&input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut guard = H1Guard::new(
+            server,
+            64 * 1024,
+            Duration::from_secs(10),
+            SwitchSignal::default(),
+        )
+        .allowing_h2_preface();
+        let mut out = Vec::new();
+        guard.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, input, "passed whole where both protocols are served");
     }
 
     #[test]

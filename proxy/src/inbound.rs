@@ -30,7 +30,7 @@ use crate::http::{
     is_grpc,
 };
 use crate::idle::{Activity, Tracked};
-use crate::listener::{Servers, serve_http};
+use crate::listener::{Servers, Speak, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::outbound::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2, authority_of, from_upstream};
 use crate::pool::{Dialer, H2Pool};
@@ -87,6 +87,9 @@ pub struct Inbound {
     app_h1: NextHop,
     app_h2: NextHop,
     app_dialer: Dialer,
+    /// With `protocol: auto`, whether the app accepts HTTP/2 with prior knowledge: learnt
+    /// once, by [`crate::detect::probe_h2`], the first time a caller speaks HTTP/2.
+    app_h2_support: tokio::sync::OnceCell<bool>,
     limits: Limits,
     servers: Servers,
     access_log: bool,
@@ -156,6 +159,7 @@ impl Inbound {
             app_h1: NextHop::H1(Box::new(forward::app_h1_client(limits.connect_timeout))),
             app_h2: NextHop::H2(Arc::new(H2Pool::new(app_dialer.clone()))),
             app_dialer,
+            app_h2_support: tokio::sync::OnceCell::new(),
             limits: limits.clone(),
             servers,
             access_log,
@@ -222,7 +226,8 @@ impl Inbound {
             Some(ALPN_WARD_H2 | ALPN_H2) => {
                 let service = service(None);
                 serve_http(
-                    &self.servers.http2,
+                    &self.servers,
+                    Speak::Http2,
                     tls,
                     service,
                     &drain,
@@ -236,7 +241,8 @@ impl Inbound {
                 let io = guarded(tls, &switch);
                 let service = service(Some(switch));
                 serve_http(
-                    &self.servers.http1,
+                    &self.servers,
+                    Speak::Http1,
                     io,
                     service,
                     &drain,
@@ -247,10 +253,11 @@ impl Inbound {
             }
             _ => {
                 let switch = SwitchSignal::default();
-                let io = guarded(tls, &switch);
+                let io = guarded(tls, &switch).allowing_h2_preface();
                 let service = service(Some(switch));
                 serve_http(
-                    &self.servers.auto,
+                    &self.servers,
+                    Speak::Either,
                     io,
                     service,
                     &drain,
@@ -259,6 +266,34 @@ impl Inbound {
                 )
                 .await
             }
+        }
+    }
+
+    /// Whether to speak HTTP/2 to the app (`protocol: auto`, caller on HTTP/2). An app that
+    /// answers the HTTP/2 preface as HTTP/1.1 (or closes) is spoken to in HTTP/1.1 from then
+    /// on, and the fallback is counted; a probe that cannot decide (the app is down) decides
+    /// nothing and is tried again with the next request.
+    async fn app_speaks_h2(&self) -> bool {
+        if let Some(known) = self.app_h2_support.get() {
+            return *known;
+        }
+        let probe = || async {
+            match crate::detect::probe_h2(self.app, self.limits.connect_timeout).await {
+                Some(h2) => Ok(h2),
+                None => Err(()),
+            }
+        };
+        match self.app_h2_support.get_or_try_init(probe).await {
+            Ok(true) => true,
+            Ok(false) => {
+                ::metrics::counter!("ward_app_protocol_fallback_total", "to" => "http1")
+                    .increment(1);
+                tracing::warn!(app = %self.app,
+                    "the app does not speak HTTP/2 with prior knowledge; using HTTP/1.1 for it");
+                false
+            }
+            // Undecided: try HTTP/2, as the caller spoke; a failure is reported as usual.
+            Err(()) => true,
         }
     }
 
@@ -325,13 +360,20 @@ impl Inbound {
         let grpc = is_grpc(&req);
         let caller_http1 = req.version() != Version::HTTP_2;
         let method = req.method().clone();
-        let (response, protocol, path) = match self.admit(req, peer, grpc, ward_peer) {
+        let (result, protocol, path) = match self.admit(req, peer, ward_peer) {
             Ok(admitted) => {
                 let path = admitted.path.clone();
-                let (response, protocol) = self.forward(admitted, peer, grpc, caller_http1).await;
-                (response, protocol, path)
+                let (result, protocol) = self.forward(admitted, peer, caller_http1).await;
+                (result, protocol, path)
             }
-            Err((response, path)) => (response, if grpc { "grpc" } else { "http" }, path),
+            Err((failure, path)) => (Err(failure), if grpc { "grpc" } else { "http" }, path),
+        };
+        let (response, cause) = match result {
+            Ok(resp) => (resp, None),
+            Err(f) => {
+                metrics::failed(Direction::Inbound, f.cause());
+                (failure_response(f, grpc), Some(f.cause()))
+            }
         };
         if let Some(switch) = switching {
             switch.answered(switched(&response, connect));
@@ -346,7 +388,7 @@ impl Inbound {
         );
         if self.access_log {
             tracing::info!(target: "ward::access", direction = "inbound", protocol, peer = %peer.name,
-                %method, path, status = response.status().as_u16(),
+                %method, path, status = response.status().as_u16(), cause = cause.unwrap_or("-"),
                 duration_ms = elapsed.as_secs_f64() * 1000.0);
         }
         response
@@ -356,18 +398,16 @@ impl Inbound {
     /// authorization decision. Hop-by-hop headers and headers only ward sets are removed
     /// before anything is judged, so nothing the caller names in `Connection` can take
     /// away what ward adds later. Returns the request to forward, or the refusal.
-    #[allow(clippy::result_large_err)]
     fn admit(
         &self,
         mut req: Request<Incoming>,
         peer: &Peer,
-        grpc: bool,
         ward_peer: bool,
-    ) -> Result<Admitted, (Response<Body>, String)> {
+    ) -> Result<Admitted, (Failure, String)> {
         let raw_path = req.uri().path().to_owned();
         let bad = |path: String, why: &dyn std::fmt::Display| {
             tracing::debug!(peer = %peer.name, path = %path, reason = %why, "request refused (400)");
-            (failure_response(Failure::BadRequest, grpc), path)
+            (Failure::BadRequest, path)
         };
         if let Err(e) = check_method(req.method().as_str()) {
             return Err(bad(raw_path, &e));
@@ -418,7 +458,7 @@ impl Inbound {
             }),
         };
         let facts = Facts {
-            protocol: if grpc { "grpc" } else { "http" },
+            protocol: if is_grpc(&req) { "grpc" } else { "http" },
             method: Some(req.method().as_str()),
             path: Some(&path),
             request_id: Some(&request_id),
@@ -431,7 +471,7 @@ impl Inbound {
                 original_http1,
             })
         } else {
-            Err((failure_response(Failure::Forbidden, grpc), path))
+            Err((Failure::Forbidden, path))
         }
     }
 
@@ -439,9 +479,8 @@ impl Inbound {
         &self,
         admitted: Admitted,
         peer: &Peer,
-        grpc: bool,
         caller_http1: bool,
-    ) -> (Response<Body>, &'static str) {
+    ) -> (Result<Response<Body>, Failure>, &'static str) {
         let Admitted {
             mut req,
             upgrade,
@@ -458,17 +497,16 @@ impl Inbound {
                 self.limits.idle_timeout,
             )
             .await;
-            return match result {
-                Ok(resp) => (from_upstream(resp, true), "http1"),
-                Err(f) => (failure_response(f, grpc), "http1"),
-            };
+            return (result.map(|resp| from_upstream(resp, true)), "http1");
         }
         let app_http1 = match self.protocol {
             Protocol::Http1 => true,
             Protocol::Http2 | Protocol::Grpc => false,
-            Protocol::Auto | Protocol::Tcp => original_http1.unwrap_or(caller_http1),
+            Protocol::Auto | Protocol::Tcp => {
+                original_http1.unwrap_or(caller_http1) || !self.app_speaks_h2().await
+            }
         };
-        let protocol = if grpc {
+        let protocol = if is_grpc(&req) {
             "grpc"
         } else if app_http1 {
             "http1"
@@ -485,11 +523,10 @@ impl Inbound {
             Ok(req) => forward::send(hop, req, limit).await,
             Err(f) => Err(f),
         };
-        let response = match result {
-            Ok(resp) => from_upstream(resp, caller_http1),
-            Err(f) => failure_response(f, grpc),
-        };
-        (response, protocol)
+        (
+            result.map(|resp| from_upstream(resp, caller_http1)),
+            protocol,
+        )
     }
 }
 

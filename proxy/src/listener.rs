@@ -110,13 +110,29 @@ impl Servers {
     }
 }
 
-/// Serves one HTTP connection until it ends, stays idle for `limits.idle_timeout`, sends no
-/// complete first request within `limits.header_read_timeout` of being accepted (an
-/// HTTP/1 head or an HTTP/2 preface and request that never come hold a slot for nothing),
-/// or the drain begins (then in-flight requests finish and the connection closes; HTTP/2
-/// peers get GOAWAY).
+/// What was agreed on for a connection (by ALPN, or by detection on plaintext).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speak {
+    /// HTTP/1.1 only (with upgrades); an HTTP/2 preface is a malformed request.
+    Http1,
+    /// HTTP/2 only: anything but its preface gets a protocol error, never an HTTP/1 answer.
+    Http2,
+    /// Either, by the first bytes (no ALPN).
+    Either,
+}
+
+/// Serves one HTTP connection in the protocol agreed (`speak`) until it ends, stays idle
+/// for `limits.idle_timeout`, sends no complete first request within
+/// `limits.header_read_timeout` of being accepted (an HTTP/1 head or an HTTP/2 preface and
+/// request that never come hold a slot for nothing), or the drain begins (then in-flight
+/// requests finish and the connection closes; HTTP/2 peers get GOAWAY).
+///
+/// hyper-util's `serve_connection_with_upgrades` sniffs the version whatever the builder
+/// was limited to, so only the `Http1` and `Either` cases use it (WebSocket needs it), and
+/// `Http1` connections are behind the H1 guard, which refuses an HTTP/2 preface there.
 pub async fn serve_http<I, S, Fut>(
-    builder: &auto::Builder<TokioExecutor>,
+    servers: &Servers,
+    speak: Speak,
     io: I,
     service: S,
     drain: &Drain,
@@ -137,32 +153,100 @@ pub async fn serve_http<I, S, Fut>(
         let fut = Box::pin(service(req));
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
     let idle = limits.idle_timeout;
-    let first_request = async {
-        tokio::time::sleep(limits.header_read_timeout).await;
-        if served.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
+    // One body for the three connection types hyper-util gives back.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            let first_request = async {
+                tokio::time::sleep(limits.header_read_timeout).await;
+                if served.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = first_request => {
+                    metrics::counter!("ward_connections_closed_total", "reason" => "no_first_request")
+                        .increment(1);
+                    tracing::debug!("no request within the header read timeout of accept; closing");
+                }
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+                _ = activity.idle_for(idle) => {
+                    tracing::debug!("HTTP connection idle; closing");
+                }
+            }
+        }};
+    }
+    match speak {
+        Speak::Http2 => {
+            let Some(io) = h2_preface(io, limits.header_read_timeout).await else {
+                return;
+            };
+            drive!(servers.http2.serve_connection(TokioIo::new(io), service))
         }
-    };
-    tokio::select! {
-        _ = first_request => {
-            metrics::counter!("ward_connections_closed_total", "reason" => "no_first_request")
-                .increment(1);
-            tracing::debug!("no request within the header read timeout of accept; closing");
+        Speak::Http1 => {
+            let io = TokioIo::new(io);
+            drive!(servers.http1.serve_connection_with_upgrades(io, service))
         }
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+        Speak::Either => {
+            let io = TokioIo::new(io);
+            drive!(servers.auto.serve_connection_with_upgrades(io, service))
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the client preface of an HTTP/2 connection before hyper does: a client that sends
+/// anything else (an HTTP/1.1 request after ALPN `h2`, say) gets a SETTINGS frame and a
+/// GOAWAY with PROTOCOL_ERROR, then the connection closes (RFC 9113 §3.4 allows leaving
+/// the GOAWAY out; a peer debugging its client learns more with it). `None`: refused, or
+/// nothing within `timeout`.
+async fn h2_preface<I>(mut io: I, timeout: Duration) -> Option<crate::detect::Prefixed<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut got = bytes::BytesMut::with_capacity(H2_PREFACE.len());
+    let read = async {
+        while got.len() < H2_PREFACE.len() {
+            let mut chunk = [0u8; 24];
+            let want = H2_PREFACE.len() - got.len();
+            match io.read(&mut chunk[..want]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+            if !H2_PREFACE.starts_with(&got) {
+                return false;
             }
         }
-        _ = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        true
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(true) => Some(crate::detect::Prefixed::new(got, io)),
+        Ok(false) => {
+            metrics::counter!("ward_connections_closed_total", "reason" => "bad_h2_preface")
+                .increment(1);
+            // SETTINGS (empty), then GOAWAY: last stream 0, PROTOCOL_ERROR (1).
+            let mut refusal = vec![0, 0, 0, 4, 0, 0, 0, 0, 0];
+            refusal.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            let _ = io.write_all(&refusal).await;
+            let _ = io.shutdown().await;
+            None
         }
-        _ = activity.idle_for(idle) => {
-            tracing::debug!("HTTP connection idle; closing");
+        Err(_) => {
+            metrics::counter!("ward_connections_closed_total", "reason" => "no_first_request")
+                .increment(1);
+            None
         }
     }
 }

@@ -16,6 +16,7 @@ pub const TLS_HANDSHAKES_TOTAL: &str = "ward_tls_handshakes_total";
 pub const CERT_EXPIRY: &str = "ward_cert_expiry_timestamp_seconds";
 pub const PROTOCOL_DETECT_TOTAL: &str = "ward_protocol_detect_total";
 pub const REQUEST_RETRIES_TOTAL: &str = "ward_request_retries_total";
+pub const REQUEST_FAILURES_TOTAL: &str = "ward_request_failures_total";
 
 /// Latency buckets, seconds: sub-millisecond to a minute.
 const BUCKETS: &[f64] = &[
@@ -78,6 +79,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         REQUEST_RETRIES_TOTAL,
         "Requests sent again because the upstream certainly never processed them"
     );
+    describe_counter!(
+        REQUEST_FAILURES_TOTAL,
+        "Requests the sidecar answered with an error itself, by cause"
+    );
     Ok(handle)
 }
 
@@ -112,6 +117,54 @@ pub fn request(
 }
 
 /// One TLS handshake; `result` is `ok`, `identity_mismatch`, `bad_certificate`, `error`, ….
+/// A request answered by the sidecar itself with an error, by cause.
+pub fn failed(direction: Direction, cause: &'static str) {
+    counter!(REQUEST_FAILURES_TOTAL, "direction" => direction.label(), "cause" => cause)
+        .increment(1);
+}
+
+/// A warning that may repeat under load: logged at most once per interval, with how many
+/// were held back since the last one.
+pub struct RateLimitedWarn {
+    interval_ms: u64,
+    /// Milliseconds since the process's first warning, of the last one logged (+1; 0: none).
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimitedWarn {
+    pub const fn new(interval: Duration) -> Self {
+        Self {
+            interval_ms: interval.as_millis() as u64,
+            last: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Calls `log` with the number held back, unless one was logged within the interval.
+    pub fn warn(&self, log: impl FnOnce(u64)) {
+        use std::sync::atomic::Ordering;
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= self.interval_ms;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log(self.held.swap(0, Ordering::Relaxed));
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 pub fn handshake(direction: Direction, result: &'static str) {
     counter!(TLS_HANDSHAKES_TOTAL, "direction" => direction.label(), "result" => result)
         .increment(1);

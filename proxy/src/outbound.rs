@@ -22,7 +22,7 @@ use crate::forward::{self, NextHop};
 use crate::h1guard::{H1Guard, SwitchSignal, may_switch, switched};
 use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
 use crate::idle::{Activity, Tracked};
-use crate::listener::{Servers, serve_http};
+use crate::listener::{Servers, Speak, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::pool::{Dialer, H2Pool};
 
@@ -141,7 +141,8 @@ impl Outbound {
             );
             let service = service(Some(switch));
             serve_http(
-                &self.servers.http1,
+                &self.servers,
+                Speak::Http1,
                 io,
                 service,
                 &drain,
@@ -152,7 +153,8 @@ impl Outbound {
         } else {
             let service = service(None);
             serve_http(
-                &self.servers.http2,
+                &self.servers,
+                Speak::Http2,
                 io,
                 service,
                 &drain,
@@ -198,9 +200,12 @@ impl Outbound {
                 Err(f) => Err(f),
             }
         };
-        let response = match result {
-            Ok(resp) => from_upstream(resp, app_http1),
-            Err(f) => failure_response(f, grpc),
+        let (response, cause) = match result {
+            Ok(resp) => (from_upstream(resp, app_http1), None),
+            Err(f) => {
+                metrics::failed(Direction::Outbound, f.cause());
+                (failure_response(f, grpc), Some(f.cause()))
+            }
         };
         if let Some(switch) = switching {
             switch.answered(switched(&response, connect));
@@ -223,7 +228,7 @@ impl Outbound {
         if self.access_log {
             tracing::info!(target: "ward::access", direction = "outbound", protocol,
                 peer = %self.server_identity, %method, path, status = response.status().as_u16(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0);
+                cause = cause.unwrap_or("-"), duration_ms = elapsed.as_secs_f64() * 1000.0);
         }
         response
     }

@@ -63,6 +63,30 @@ pub async fn http_echo() -> App {
     App { addr, hits }
 }
 
+/// The same echo, but an HTTP/1.1-only server: HTTP/2 with prior knowledge gets the
+/// `400` an HTTP/1 server answers a preface with.
+pub async fn http1_only_echo() -> App {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    echo(req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    App { addr, hits }
+}
+
 async fn echo(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);

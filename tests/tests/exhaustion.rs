@@ -139,3 +139,102 @@ fn the_control_plane_closes_half_sent_heads_and_stalled_handshakes() {
         assert!(closed, "{addr}: a stalled peer must be closed");
     }
 }
+
+/// One identity can hold only so many Watch streams on the control plane; the next gets
+/// RESOURCE_EXHAUSTED and the slots come back when streams close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_capped_per_identity() {
+    use hyper_util::rt::TokioIo;
+    use ward_api::v1;
+    ward_tests::init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = {
+        let d = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            ward_tests::mesh::ControlPlane::start_with(
+                &d,
+                "1h",
+                &["--max-watches-per-identity", "2"],
+            )
+        })
+        .await
+        .expect("start control plane")
+    };
+    let (cert, key) = (dir.path().join("w.pem"), dir.path().join("w.key"));
+    ward_tests::bin::ward([
+        "cert".as_ref(),
+        "issue".as_ref(),
+        "--ca-dir".as_ref(),
+        cp.data_dir.as_os_str(),
+        "--spiffe-id".as_ref(),
+        "spiffe://example.org/ns/default/sa/greedy".as_ref(),
+        "--cert".as_ref(),
+        cert.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+    ])
+    .ok();
+    let svid = ward_certs::Svid::read(&cert, &key).expect("svid");
+    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_client_auth_cert(svid.chain().to_vec(), svid.key().clone_key())
+        .expect("client cert");
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(ward_tests::tls::AnyServer));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let addr = cp.listen;
+    // Each watch on a connection of its own, held with its stream; dropping both closes it.
+    let open = || {
+        let connector = connector.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let connector = connector.clone();
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(addr).await?;
+                        let tls = connector
+                            .connect(ward_certs::tls::mesh_server_name(), tcp)
+                            .await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(tls))
+                    }
+                }))
+                .await
+                .expect("connect");
+            let mut client = v1::bundle_client::BundleClient::new(channel);
+            // The proxy's side of the stream: acknowledgements, ended by dropping `acks`.
+            let (acks, rx) = tokio::sync::mpsc::channel::<v1::BundleAck>(1);
+            let watch = client
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            watch.map(|w| (client, w, acks))
+        }
+    };
+    let first = open().await.expect("first watch");
+    let _second = open().await.expect("second watch");
+    let Err(refused) = open().await else {
+        panic!("a third watch of the same identity must be refused");
+    };
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    drop(first);
+    // The slot comes back once the server sees the proxy's side end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match open().await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < deadline, "slot never returned");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+}

@@ -34,6 +34,10 @@ pub struct ControlPlaneArgs {
     /// SVID lifetime; bursts come from restarts).
     #[arg(long, value_name = "N", default_value_t = 200)]
     certify_rate: u32,
+    /// Open Watch streams (policy and bundle) allowed per SPIFFE ID; replicas sharing a
+    /// service account share it (each proxy holds two).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watches_per_identity: u64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -43,6 +47,8 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
+        // Colour codes only on a terminal: log files and `kubectl logs` stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if args.log_format == "json" {
@@ -59,6 +65,8 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
         svid_ttl: args.svid_ttl,
         admin: args.admin,
         certify_rate: args.certify_rate,
+        max_watches_per_identity: usize::try_from(args.max_watches_per_identity)
+            .unwrap_or(usize::MAX),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -46,6 +46,8 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// Certify calls allowed per peer address per second.
     pub certify_rate: u32,
+    /// Open Watch streams (policy and bundle together) allowed per SPIFFE ID.
+    pub max_watches_per_identity: usize,
 }
 
 /// The SPIFFE ID the control plane serves with.
@@ -69,6 +71,8 @@ struct State {
     /// Registrations already read from the token store (they never change once made; new
     /// ones are added by this server when it redeems a token).
     registrations: Mutex<HashMap<String, tokens::Registration>>,
+    /// Open Watch streams per caller SPIFFE ID.
+    watches: Arc<Mutex<HashMap<String, usize>>>,
     /// Serializes writes of status.json.
     status_lock: Mutex<()>,
 }
@@ -198,6 +202,7 @@ pub async fn run(
         proxies: Mutex::new(known_proxies(dir)),
         rate: Mutex::new(HashMap::new()),
         registrations: Mutex::new(HashMap::new()),
+        watches: Arc::new(Mutex::new(HashMap::new())),
         status_lock: Mutex::new(()),
         ca: arc_swap::ArcSwap::from_pointee(ca),
         settings: settings.clone(),
@@ -846,6 +851,46 @@ fn ca_status(e: CaError) -> Status {
     }
 }
 
+/// One open Watch stream of one identity, given back when the stream's task ends.
+struct WatchSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    id: String,
+}
+
+impl State {
+    /// A Watch slot for `id`, or RESOURCE_EXHAUSTED once it holds as many as allowed: one
+    /// identity (any valid SVID) must not be able to fill the control plane's memory.
+    fn watch_slot(&self, id: &SpiffeId) -> Result<WatchSlot, Status> {
+        let id = id.to_string();
+        let mut open = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(id.clone()).or_insert(0);
+        if *count >= self.settings.max_watches_per_identity {
+            metrics::counter!("ward_cp_watches_refused_total").increment(1);
+            tracing::warn!(%id, open = *count, "Watch stream limit reached for this identity");
+            return Err(Status::resource_exhausted(
+                "too many open Watch streams for this identity",
+            ));
+        }
+        *count += 1;
+        Ok(WatchSlot {
+            open: self.watches.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.id);
+            }
+        }
+    }
+}
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PolicySnapshot, Status>> + Send>>;
 type BundleStream = Pin<Box<dyn Stream<Item = Result<BundleMsg, Status>> + Send>>;
 
@@ -871,11 +916,13 @@ impl v1::policy_server::Policy for Api {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = caller_svid(&req)?;
         let registration = self.0.registration(&id)?;
+        let slot = self.0.watch_slot(&id)?;
         let mut updates = self.0.policy.subscribe();
         // Capacity 1: a slow watcher only ever waits for its own previous snapshot, and
         // skips straight to the newest one when it catches up.
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut first = true;
             loop {
                 let current = updates.borrow_and_update().clone();
@@ -891,8 +938,10 @@ impl v1::policy_server::Policy for Api {
                         .record(current.2.elapsed().as_secs_f64());
                 }
                 first = false;
-                if updates.changed().await.is_err() {
-                    return;
+                // A watcher that went away gives its slot back now, not at the next change.
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
                 }
             }
         });
@@ -908,12 +957,18 @@ impl v1::bundle_server::Bundle for Api {
         &self,
         req: Request<tonic::Streaming<BundleAck>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let id = caller_svid(&req)?.to_string();
+        let spiffe_id = caller_svid(&req)?;
+        let slot = self.0.watch_slot(&spiffe_id)?;
+        let id = spiffe_id.to_string();
         let mut acks = req.into_inner();
         let mut updates = self.0.bundle.subscribe();
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(1);
+        // The watch ends when the proxy stops acknowledging (its side of the stream ended).
+        let acks_done = Arc::new(tokio::sync::Notify::new());
+        let done = acks_done.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let current = updates.borrow_and_update().clone();
                 let msg = BundleMsg {
@@ -924,8 +979,10 @@ impl v1::bundle_server::Bundle for Api {
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
-                if updates.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    () = done.notified() => return,
                 }
             }
         });
@@ -953,6 +1010,7 @@ impl v1::bundle_server::Bundle for Api {
                 p.connected = false;
                 p.last_seen = SystemTime::now();
             }
+            acks_done.notify_one();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
