@@ -1,7 +1,7 @@
 # The two fresh-machine commands are `make run` and `make test`; see README.md.
 CARGO ?= cargo
 
-.PHONY: run test deps lint build bench bench-micro
+.PHONY: run test deps lint build bench bench-micro fuzz
 
 ## run: build, then run a whole mesh on this machine (`ward demo`; Ctrl-C stops it).
 ## DEMO_ARGS passes options, e.g. make run DEMO_ARGS="--duration 30s".
@@ -48,3 +48,17 @@ bench-micro:
 	$(CARGO) bench -p ward-policy --bench policy
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p ward-tests --bench control_plane
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (default 60), on nightly with
+## AddressSanitizer; new inputs go to fuzz/corpus/<target>, crashes to fuzz/artifacts/
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := spiffe_id policy_yaml path_and_authority h1_guard detect csr
+fuzz:
+	./fuzz/setup.sh
+	$(CARGO) +nightly fuzz build --target-dir target/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  $(CARGO) +nightly fuzz run --target-dir target/fuzz $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 || exit 1; \
+	done

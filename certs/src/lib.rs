@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod ca;
 pub mod id;
+mod path;
 pub mod pem;
 pub mod rotation;
 pub mod svid;

@@ -1,21 +1,21 @@
 //! X.509-SVID verification: is this chain a valid SVID of our trust domain, and whose?
 //!
-//! The SPIFFE rules (one URI SAN, leaf not a CA, key usages) are checked first, on the
-//! parsed certificates, so that a refusal names the rule that was broken rather than a
-//! generic path-building failure. The chain itself (signatures, issuer/subject chaining, path
-//! length, name constraints, critical extensions) is then left to webpki, the verifier
-//! rustls itself uses. A peer is identified by its SPIFFE ID only — never by DNS name or CN.
+//! The SPIFFE rules for the leaf (one URI SAN, not a CA, key usages, key strength) are
+//! checked first, so that a refusal names the rule that was broken. The path to a root of
+//! the bundle — signatures, validity of every certificate on it (the root too), CA rules,
+//! path length, extended key usage, name constraints, critical extensions — is then found
+//! and judged by [`crate::path`]. `ward cert inspect` and the TLS handshake run this same
+//! function. A peer is identified by its SPIFFE ID only — never by DNS name or CN.
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::{CertificateDer, UnixTime};
-use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::bundle::TrustBundle;
 use crate::id::{IdError, SpiffeId, parse_spiffe_id};
+use crate::path::Candidate;
 
 /// Which side of a TLS handshake the SVID is presented for; selects the extended key usage
 /// the leaf must allow (if it has the extension at all).
@@ -76,6 +76,42 @@ pub enum SvidError {
     UnknownIssuer { trust_domain: String },
     #[error("a signature in the chain does not verify")]
     BadSignature,
+    #[error("certificate ({subject}) is signed with {algorithm}, which the mesh does not accept")]
+    UnsupportedSignature { subject: String, algorithm: String },
+    #[error(
+        "signing certificate #{index} ({subject}) allows {limit} CA certificate(s) below it (pathLenConstraint); the path has {below}"
+    )]
+    PathLenExceeded {
+        index: usize,
+        subject: String,
+        limit: u32,
+        below: u32,
+    },
+    #[error("signing certificate #{index} ({subject}) extendedKeyUsage excludes {purpose}")]
+    SignerEkuExcludes {
+        index: usize,
+        subject: String,
+        purpose: &'static str,
+    },
+    #[error("certificate #{index} ({subject}) has an unknown critical extension {oid}")]
+    UnknownCriticalExtension {
+        index: usize,
+        subject: String,
+        oid: String,
+    },
+    #[error("certificate #{index} ({subject}) has a key the mesh does not accept: {what}")]
+    WeakKey {
+        index: usize,
+        subject: String,
+        what: String,
+    },
+    #[error("name constraints of certificate #{index} ({subject}): {name} is {why}")]
+    NameConstraint {
+        index: usize,
+        subject: String,
+        name: String,
+        why: String,
+    },
     #[error("chain is invalid: {0}")]
     Chain(String),
     #[error("peer is {found}, expected {expected}")]
@@ -158,31 +194,29 @@ pub(crate) fn verify_with_window(
 ) -> Result<Verified, SvidError> {
     let leaf = parse(leaf_der, 0)?;
     let id = check_leaf(&leaf, bundle, purpose)?;
-    check_validity(&leaf, 0, now)?;
-    let (mut not_before, mut not_after) = window(&leaf);
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    crate::path::check_validity(&leaf, 0, now)?;
+    let roots: Vec<&CertificateDer<'static>> = bundle.roots().collect();
+    let mut candidates = Vec::with_capacity(intermediates.len() + roots.len());
     for (i, der) in intermediates.iter().enumerate() {
-        let cert = parse(der, i + 1)?;
-        check_signer(&cert, i + 1)?;
-        check_validity(&cert, i + 1, now)?;
-        let (nb, na) = window(&cert);
-        not_before = not_before.max(nb);
-        not_after = not_after.min(na);
+        // A root the peer sends along is only a root if the bundle has it.
+        let root = roots.iter().any(|r| r.as_ref() == der.as_ref());
+        candidates.push(Candidate {
+            cert: parse(der, i + 1)?,
+            root,
+        });
     }
-    verify_chain(leaf_der, intermediates, bundle, now, purpose)?;
+    for (i, der) in roots.iter().enumerate() {
+        let cert = parse(der, intermediates.len() + 1 + i)?;
+        candidates.push(Candidate { cert, root: true });
+    }
+    let trust_domain = bundle.trust_domain().to_string();
+    let window = crate::path::validate(&leaf, &candidates, &trust_domain, now, purpose)?;
     Ok(Verified {
         id,
-        not_before,
-        not_after,
+        not_before: window.not_before,
+        not_after: window.not_after,
     })
-}
-
-fn window(cert: &X509Certificate<'_>) -> (u64, u64) {
-    let secs = |t: i64| u64::try_from(t).unwrap_or(0);
-    let v = cert.validity();
-    (
-        secs(v.not_before.timestamp()),
-        secs(v.not_after.timestamp()),
-    )
 }
 
 /// Reads the SPIFFE ID from an already verified leaf (e.g. the peer certificate of an
@@ -275,117 +309,14 @@ fn check_leaf(
     if !ku.value.digital_signature() {
         return Err(SvidError::NoDigitalSignature);
     }
-    if let Ok(Some(eku)) = leaf.extended_key_usage() {
-        let eku = eku.value;
-        let need_server = matches!(purpose, Purpose::Server | Purpose::Both);
-        let need_client = matches!(purpose, Purpose::Client | Purpose::Both);
-        if !eku.any && need_server && !eku.server_auth {
-            return Err(SvidError::MissingExtendedKeyUsage("serverAuth"));
-        }
-        if !eku.any && need_client && !eku.client_auth {
-            return Err(SvidError::MissingExtendedKeyUsage("clientAuth"));
-        }
+    if let Ok(Some(eku)) = leaf.extended_key_usage()
+        && let Some(missing) = crate::path::eku_misses(eku.value, purpose)
+    {
+        return Err(SvidError::MissingExtendedKeyUsage(missing));
     }
+    crate::path::check_key(leaf, 0)?;
+    crate::path::check_critical_extensions(leaf, 0)?;
     Ok(id)
-}
-
-fn check_signer(cert: &X509Certificate<'_>, index: usize) -> Result<(), SvidError> {
-    let subject = || cert.subject().to_string();
-    if !is_ca(cert) {
-        return Err(SvidError::SignerNotCa {
-            index,
-            subject: subject(),
-        });
-    }
-    let cert_sign = cert
-        .key_usage()
-        .ok()
-        .flatten()
-        .is_some_and(|ku| ku.value.key_cert_sign());
-    if !cert_sign {
-        return Err(SvidError::SignerNoCertSign {
-            index,
-            subject: subject(),
-        });
-    }
-    Ok(())
-}
-
-fn check_validity(
-    cert: &X509Certificate<'_>,
-    index: usize,
-    now: UnixTime,
-) -> Result<(), SvidError> {
-    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-    let validity = cert.validity();
-    if now < validity.not_before.timestamp() {
-        return Err(SvidError::NotYetValid {
-            index,
-            subject: cert.subject().to_string(),
-            not_before: validity.not_before.to_string(),
-        });
-    }
-    if now > validity.not_after.timestamp() {
-        return Err(SvidError::Expired {
-            index,
-            subject: cert.subject().to_string(),
-            not_after: validity.not_after.to_string(),
-        });
-    }
-    Ok(())
-}
-
-fn verify_chain(
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    bundle: &TrustBundle,
-    now: UnixTime,
-    purpose: Purpose,
-) -> Result<(), SvidError> {
-    let ee = EndEntityCert::try_from(leaf).map_err(|e| SvidError::Malformed {
-        index: 0,
-        detail: format!("{e:?}"),
-    })?;
-    let usage = match purpose {
-        Purpose::Client => KeyUsage::client_auth(),
-        // `Both` was checked against the parsed extension above; webpki needs one.
-        Purpose::Server | Purpose::Both => KeyUsage::server_auth(),
-    };
-    ee.verify_for_usage(
-        crate::tls::signature_algorithms().all,
-        bundle.anchors(),
-        intermediates,
-        now,
-        usage,
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(|e| map_webpki_error(e, bundle))
-}
-
-fn map_webpki_error(e: webpki::Error, bundle: &TrustBundle) -> SvidError {
-    use webpki::Error as W;
-    match e {
-        W::UnknownIssuer => SvidError::UnknownIssuer {
-            trust_domain: bundle.trust_domain().to_string(),
-        },
-        W::InvalidSignatureForPublicKey
-        | W::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
-        | W::UnsupportedSignatureAlgorithmContext(_) => SvidError::BadSignature,
-        other => SvidError::Chain(WebpkiReason(other).to_string()),
-    }
-}
-
-/// webpki errors have only `Debug`; keep the variant name, which is what a reader needs.
-struct WebpkiReason(webpki::Error);
-
-impl fmt::Display for WebpkiReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let debug = format!("{:?}", self.0);
-        let name = debug.split(['(', ' ', '{']).next().unwrap_or(&debug);
-        f.write_str(name)
-    }
 }
 
 fn to_system_time(unix_secs: i64) -> SystemTime {

@@ -78,9 +78,11 @@ fn classify_http1(buf: &[u8]) -> Verdict {
         return Verdict::Is(Detected::Tcp);
     }
     let Some(end) = line_end else {
-        return if buf.len() > MAX_REQUEST_LINE
-            || buf[sp + 1..].iter().any(|&b| b.is_ascii_control())
-        {
+        // A CR at the very end may be the first half of the line's CRLF (found by
+        // fuzzing: a request line whose CR and LF arrive in two reads was taken for TCP).
+        let rest = &buf[sp + 1..];
+        let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+        return if buf.len() > MAX_REQUEST_LINE || rest.iter().any(|&b| b.is_ascii_control()) {
             Verdict::Is(Detected::Tcp)
         } else {
             Verdict::NeedMore
@@ -188,6 +190,20 @@ fn answers_h2(first: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_line_split_between_cr_and_lf_is_http1() {
+        let line = b"GET / HTTP/1.1\r\n";
+        let mut decided = None;
+        for end in 1..=line.len() {
+            if let Verdict::Is(d) = classify(&line[..end]) {
+                assert!(decided.is_none_or(|p| p == d), "changed at {end}");
+                decided = Some(d);
+            }
+        }
+        assert_eq!(decided, Some(Detected::Http1));
+        assert_eq!(classify(b"GET /\r x"), Verdict::Is(Detected::Tcp));
+    }
 
     #[test]
     fn an_h2_answer_is_a_settings_frame() {

@@ -23,6 +23,8 @@ pub struct TestPki {
     pub ca: CertificateAuthority,
     /// The same CA key and name, loaded into rcgen to sign crafted leaves.
     issuer: Issuer<'static, KeyPair>,
+    /// With an intermediate: the root's key and name, to sign a CA beside the intermediate.
+    root_issuer: Option<Issuer<'static, KeyPair>>,
 }
 
 impl TestPki {
@@ -52,11 +54,18 @@ impl TestPki {
         )
         .expect("parse ca.key");
         let issuer = Issuer::from_ca_cert_der(&ca.chain()[0], key).expect("load CA into rcgen");
+        let root_issuer = intermediate.then(|| {
+            let pem = std::fs::read_to_string(ca_dir.join(ca::ROOT_KEY_FILE)).expect("root.key");
+            let key = KeyPair::from_pem(&pem).expect("parse root.key");
+            let root = ca.chain().last().expect("root");
+            Issuer::from_ca_cert_der(root, key).expect("load root into rcgen")
+        });
         Self {
             dir,
             trust_domain: td,
             ca,
             issuer,
+            root_issuer,
         }
     }
 
@@ -111,15 +120,35 @@ impl TestPki {
         Signer {
             cert: cert.der().clone(),
             issuer: Issuer::new(params, key),
+            under_root: false,
+        }
+    }
+
+    /// A signing certificate directly under the root (a CA made `with_intermediate`, whose
+    /// root allows one CA below it), for chains leaf → signer → root.
+    pub fn root_signer(&self, spec: &LeafSpec) -> Signer {
+        let root = self
+            .root_issuer
+            .as_ref()
+            .expect("root_signer needs TestPki::with_intermediate");
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let params = params(spec);
+        let cert = params.signed_by(&key, root).expect("sign signer");
+        Signer {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+            under_root: true,
         }
     }
 
     /// A leaf built to `spec` and signed by `signer`; the chain is leaf, signer, then any
-    /// intermediate of the CA.
+    /// intermediate of the CA the signer sits under.
     pub fn craft_under(&self, spec: &LeafSpec, signer: &Signer) -> Crafted {
         let (leaf, key) = sign(spec, &signer.issuer);
         let mut chain = vec![leaf, signer.cert.clone()];
-        chain.extend(self.ca_intermediates());
+        if !signer.under_root {
+            chain.extend(self.ca_intermediates());
+        }
         Crafted { chain, key }
     }
 
@@ -176,6 +205,7 @@ fn sign(
 pub struct Signer {
     pub cert: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
+    under_root: bool,
 }
 
 /// The shape of a crafted leaf. [`LeafSpec::svid`] is a valid SVID; tests change one field.
@@ -281,4 +311,136 @@ pub fn bad_leaves(pki: &TestPki, foreign: &TestPki) -> Vec<(&'static str, Crafte
             "is not in trust domain",
         ),
     ]
+}
+
+/// A CA built to order with rcgen — any validity, path length, EKU or extra extension —
+/// for the certificate-path cases a careful validator must refuse or accept.
+pub struct CustomCa {
+    pub cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    /// The certificates between this CA and its root (nearest first), for chains.
+    above: Vec<CertificateDer<'static>>,
+}
+
+/// The shape of a [`CustomCa`].
+#[derive(Clone)]
+pub struct CaSpec {
+    /// `spiffe://td` as its URI SAN.
+    pub trust_domain: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// `None`: no pathLenConstraint.
+    pub path_len: Option<u8>,
+    pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    pub extensions: Vec<rcgen::CustomExtension>,
+    pub name: String,
+}
+
+impl CaSpec {
+    pub fn new(trust_domain: &str, name: &str) -> Self {
+        let now = SystemTime::now();
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(24 * 3600),
+            path_len: None,
+            extended_key_usages: Vec::new(),
+            extensions: Vec::new(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn params(&self) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, self.name.clone());
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{}", self.trust_domain)
+                .try_into()
+                .expect("URI SAN"),
+        )];
+        params.is_ca = IsCa::Ca(match self.path_len {
+            Some(n) => rcgen::BasicConstraints::Constrained(n),
+            None => rcgen::BasicConstraints::Unconstrained,
+        });
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.extended_key_usages = self.extended_key_usages.clone();
+        params.custom_extensions = self.extensions.clone();
+        params.not_before = self.not_before.into();
+        params.not_after = self.not_after.into();
+        params
+    }
+}
+
+impl CustomCa {
+    /// A self-signed root.
+    pub fn root(spec: &CaSpec) -> Self {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let params = spec.params();
+        let cert = params.self_signed(&key).expect("self-sign root");
+        Self {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+            above: Vec::new(),
+        }
+    }
+
+    /// A CA signed by this one.
+    pub fn sub(&self, spec: &CaSpec) -> Self {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let params = spec.params();
+        let cert = params.signed_by(&key, &self.issuer).expect("sign sub-CA");
+        let mut above = vec![self.cert.clone()];
+        above.extend(self.above.iter().cloned());
+        Self {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+            above,
+        }
+    }
+
+    /// A leaf built to `spec` under this CA; the chain holds the leaf and every CA between
+    /// it and the root (not the root).
+    pub fn leaf(&self, spec: &LeafSpec) -> Crafted {
+        let (leaf, key) = sign(spec, &self.issuer);
+        let mut chain = vec![leaf];
+        if !self.above.is_empty() {
+            chain.push(self.cert.clone());
+            chain.extend(self.above[..self.above.len() - 1].iter().cloned());
+        }
+        Crafted { chain, key }
+    }
+}
+
+/// A nameConstraints extension with URI subtrees (rcgen has no URI form), critical.
+pub fn uri_name_constraints(permitted: &[&str], excluded: &[&str]) -> rcgen::CustomExtension {
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 128 {
+            out.push(len as u8);
+        } else {
+            out.push(0x82);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let subtrees = |uris: &[&str]| -> Vec<u8> {
+        uris.iter()
+            .flat_map(|u| der(0x30, &der(0x86, u.as_bytes())))
+            .collect()
+    };
+    let mut body = Vec::new();
+    if !permitted.is_empty() {
+        body.extend(der(0xa0, &subtrees(permitted)));
+    }
+    if !excluded.is_empty() {
+        body.extend(der(0xa1, &subtrees(excluded)));
+    }
+    let mut ext = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 30], der(0x30, &body));
+    ext.set_criticality(true);
+    ext
 }

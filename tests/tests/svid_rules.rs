@@ -160,17 +160,18 @@ fn uri_san_rules() {
 
 #[test]
 fn signing_certificates_must_be_cas_that_may_sign() {
-    let pki = TestPki::new("example.org");
+    // A root that allows one CA below it (pathLenConstraint 1); signers sit under it.
+    let pki = TestPki::with_intermediate("example.org");
     let web = LeafSpec::svid(&pki.id("default", "web"));
 
-    let good = pki.signer(&ca_spec(&pki));
+    let good = pki.root_signer(&ca_spec(&pki));
     assert!(check(&pki, &pki.craft_under(&web, &good).chain, Purpose::Both).is_ok());
 
     let mut not_ca = ca_spec(&pki);
     not_ca.is_ca = false;
     let got = check(
         &pki,
-        &pki.craft_under(&web, &pki.signer(&not_ca)).chain,
+        &pki.craft_under(&web, &pki.root_signer(&not_ca)).chain,
         Purpose::Both,
     );
     assert!(
@@ -182,7 +183,7 @@ fn signing_certificates_must_be_cas_that_may_sign() {
     no_cert_sign.key_usages = vec![KeyUsagePurpose::CrlSign];
     let got = check(
         &pki,
-        &pki.craft_under(&web, &pki.signer(&no_cert_sign)).chain,
+        &pki.craft_under(&web, &pki.root_signer(&no_cert_sign)).chain,
         Purpose::Both,
     );
     assert!(
@@ -195,7 +196,7 @@ fn signing_certificates_must_be_cas_that_may_sign() {
     expired.not_after = SystemTime::now() - Duration::from_secs(3600);
     let got = check(
         &pki,
-        &pki.craft_under(&web, &pki.signer(&expired)).chain,
+        &pki.craft_under(&web, &pki.root_signer(&expired)).chain,
         Purpose::Both,
     );
     assert!(
