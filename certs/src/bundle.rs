@@ -29,6 +29,11 @@ pub enum BundleError {
 }
 
 /// A root of the bundle, with its prepared trust anchor.
+/// `certificate #0 (subject) expired at …` → `expired at …` (the caller names the root).
+fn strip_index(text: &str) -> &str {
+    text.split_once(") ").map_or(text, |(_, rest)| rest)
+}
+
 #[derive(Debug, Clone)]
 struct Root {
     der: CertificateDer<'static>,
@@ -44,7 +49,46 @@ pub struct TrustBundle {
     anchors: Vec<TrustAnchor<'static>>,
 }
 
+/// How long before a root expires it is reported (as the control plane warns for its CA).
+pub const ROOT_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 impl TrustBundle {
+    /// What is wrong, or soon will be, with the bundle's roots at `now`: expired or not yet
+    /// valid, expiring within [`ROOT_EXPIRY_WARNING`], an unknown critical extension, a key
+    /// the mesh does not accept. A chain through such a root is refused (or soon will be);
+    /// loading the bundle is still allowed, so that a rotation can replace the root, but
+    /// every place that loads one reports these (log, metric, `ward ca status`).
+    pub fn root_warnings(&self, now: std::time::SystemTime) -> Vec<String> {
+        let unix = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let soon = unix.saturating_add(ROOT_EXPIRY_WARNING.as_secs() as i64);
+        let mut out = Vec::new();
+        for root in &self.roots {
+            let Ok((_, cert)) = X509Certificate::from_der(root.der.as_ref()) else {
+                continue;
+            };
+            let name = cert.subject().to_string();
+            if let Err(e) = crate::path::check_validity(&cert, 0, unix) {
+                out.push(format!("root {name}: {}", strip_index(&e.to_string())));
+            } else if cert.validity().not_after.timestamp() < soon {
+                out.push(format!(
+                    "root {name}: expires at {} (within 30 days)",
+                    cert.validity().not_after
+                ));
+            }
+            for check in [
+                crate::path::check_critical_extensions(&cert, 0),
+                crate::path::check_key(&cert, 0),
+            ] {
+                if let Err(e) = check {
+                    out.push(format!("root {name}: {}", strip_index(&e.to_string())));
+                }
+            }
+        }
+        out
+    }
+
     /// A bundle of the given roots. Fails on an empty list or a root that is not a signing CA.
     pub fn new(
         trust_domain: TrustDomain,

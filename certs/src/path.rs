@@ -29,10 +29,12 @@ pub(crate) struct Candidate<'a> {
     pub root: bool,
 }
 
-/// The validity window (Unix seconds) common to every certificate on the path found.
+/// The validity window (Unix seconds) common to every certificate on the path found, and
+/// the root it ends at (an index into the candidates).
 pub(crate) struct PathWindow {
     pub not_before: u64,
     pub not_after: u64,
+    pub root: usize,
 }
 
 /// Finds a path from `leaf` to a root among `candidates` on which every rule holds, or the
@@ -175,6 +177,7 @@ fn check_path(
     Ok(PathWindow {
         not_before,
         not_after,
+        root: path.last().copied().unwrap_or_default(),
     })
 }
 

@@ -192,6 +192,41 @@ pub(crate) fn verify_with_window(
     now: UnixTime,
     purpose: Purpose,
 ) -> Result<Verified, SvidError> {
+    verify_path(leaf_der, intermediates, bundle, now, purpose).map(|(verified, _)| verified)
+}
+
+/// A certificate's key ID: `sha256:` and the first 16 bytes, in hex, of the SHA-256 of its
+/// SubjectPublicKeyInfo. Roots are told apart by it, not by their subject names: a leaf
+/// under an intermediate never names its root, and two roots may share a name.
+pub fn key_id(der: &CertificateDer<'_>) -> Result<String, SvidError> {
+    let cert = parse(der, 0)?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!("sha256:{hex}"))
+}
+
+/// The key ID of the bundle root that `chain` (leaf first) leads to, judged as an SVID for
+/// both roles at `now`.
+pub fn anchor_key_id(
+    chain: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    now: UnixTime,
+) -> Result<String, SvidError> {
+    let (leaf, intermediates) = chain.split_first().ok_or(SvidError::EmptyChain)?;
+    let (_, root) = verify_path(leaf, intermediates, bundle, now, Purpose::Both)?;
+    key_id(&root)
+}
+
+fn verify_path(
+    leaf_der: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    now: UnixTime,
+    purpose: Purpose,
+) -> Result<(Verified, CertificateDer<'static>), SvidError> {
     let leaf = parse(leaf_der, 0)?;
     let id = check_leaf(&leaf, bundle, purpose)?;
     let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
@@ -212,11 +247,17 @@ pub(crate) fn verify_with_window(
     }
     let trust_domain = bundle.trust_domain().to_string();
     let window = crate::path::validate(&leaf, &candidates, &trust_domain, now, purpose)?;
-    Ok(Verified {
+    let root = match window.root.checked_sub(intermediates.len()) {
+        Some(i) => roots[i].clone(),
+        // A root the peer sent along, which the bundle holds.
+        None => CertificateDer::from(intermediates[window.root].as_ref().to_vec()),
+    };
+    let verified = Verified {
         id,
         not_before: window.not_before,
         not_after: window.not_after,
-    })
+    };
+    Ok((verified, root))
 }
 
 /// Reads the SPIFFE ID from an already verified leaf (e.g. the peer certificate of an

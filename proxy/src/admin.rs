@@ -122,11 +122,18 @@ pub fn certs(identity: &MeshIdentity) -> serde_json::Value {
     let bundle = identity.bundle.current();
     let roots: Vec<_> = bundle
         .roots()
-        .filter_map(|r| CertInfo::parse(r).ok())
-        .map(|i| describe(&i))
+        .filter_map(|r| {
+            let mut root = describe(&CertInfo::parse(r).ok()?);
+            root["key_id"] = json!(ward_certs::verify::key_id(r).ok());
+            Some(root)
+        })
         .collect();
     let mut out = svid.as_ref().map(describe).unwrap_or_else(|| json!({}));
     out["chain_length"] = json!(chain.len());
+    // The root the SVID chains to, by key (its issuer may be an intermediate).
+    out["root_key_id"] = json!(
+        ward_certs::verify::anchor_key_id(&chain, &bundle, ward_certs::verify::unix_time(now)).ok()
+    );
     out["bundle"] = json!({ "trust_domain": bundle.trust_domain().to_string(), "roots": roots });
     out
 }

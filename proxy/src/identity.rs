@@ -53,6 +53,7 @@ pub fn load_static(
     };
     let svid = Svid::read(cert, key)?;
     let bundle = TrustBundle::read(trust_domain.clone(), &files.bundle)?;
+    report_roots(&bundle);
     let id = verify_svid(
         svid.chain(),
         &bundle,
@@ -366,6 +367,7 @@ impl ControlPlane {
                     let roots = msg.roots.iter().map(|r| rustls_pki_types::CertificateDer::from(r.clone()));
                     match TrustBundle::new(td.clone(), roots) {
                         Ok(bundle) => {
+                            report_roots(&bundle);
                             identity.bundle.swap(bundle);
                             this.health.bundle_updated_unix.store(
                                 unix_secs(SystemTime::now()) as u64,
@@ -482,15 +484,23 @@ where
     }
 }
 
-/// The issuer (root subject) of our current leaf.
+/// The key ID of the bundle root our current leaf chains to (see
+/// [`ward_certs::verify::key_id`]); empty if it chains to none.
 fn leaf_issuer(identity: &MeshIdentity) -> String {
-    identity
-        .svid
-        .current_chain()
-        .first()
-        .and_then(|l| ward_certs::CertInfo::parse(l).ok())
-        .map(|i| i.issuer)
-        .unwrap_or_default()
+    let chain = identity.svid.current_chain();
+    let bundle = identity.bundle.current();
+    let now = ward_certs::verify::unix_time(SystemTime::now());
+    ward_certs::verify::anchor_key_id(&chain, &bundle, now).unwrap_or_default()
+}
+
+/// Reports what is wrong (or soon will be) with a bundle's roots: one WARN each, and
+/// `ward_bundle_root_warnings` holds how many the bundle in force has.
+pub fn report_roots(bundle: &TrustBundle) {
+    let warnings = bundle.root_warnings(SystemTime::now());
+    for w in &warnings {
+        tracing::warn!(target: "ward::bundle", "{w}");
+    }
+    gauge!("ward_bundle_root_warnings").set(warnings.len() as f64);
 }
 
 fn ack(identity: &MeshIdentity, applied: u64) -> v1::BundleAck {

@@ -491,8 +491,37 @@ impl ManagedPair {
             .expect("start managed pair")
     }
 
+    /// [`ManagedPair::launch`] with a CA made by `ward ca init --intermediate`: leaves are
+    /// signed by an intermediate, the root key is kept apart.
+    pub async fn launch_with_intermediate(
+        app: SocketAddr,
+        svid_ttl: &'static str,
+        policy: String,
+    ) -> Self {
+        tokio::task::spawn_blocking(move || Self::start_with(app, svid_ttl, &policy, true))
+            .await
+            .expect("start managed pair")
+    }
+
     pub fn start(app: SocketAddr, svid_ttl: &str, policy: &str) -> Self {
+        Self::start_with(app, svid_ttl, policy, false)
+    }
+
+    fn start_with(app: SocketAddr, svid_ttl: &str, policy: &str, intermediate: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        if intermediate {
+            let data = dir.path().join("cp-data");
+            crate::bin::ward([
+                "ca",
+                "init",
+                "--trust-domain",
+                "example.org",
+                "--intermediate",
+                "--dir",
+                data.to_str().expect("utf-8"),
+            ])
+            .ok();
+        }
         // The policy is in place before the control plane starts, so the sidecars' first
         // snapshot already holds it.
         let policies = dir.path().join(POLICY_DIR);

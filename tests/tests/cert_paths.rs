@@ -273,3 +273,40 @@ fn inspect_refuses_weak_leaf_keys_by_name() {
         );
     }
 }
+
+/// A root near its end is reported where bundles are loaded: `ward ca status`, and the
+/// sidecar's log and `ward_bundle_root_warnings`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roots_near_expiry_are_reported_where_bundles_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("ca");
+    let data = data.to_str().expect("path");
+    ward_tests::bin::ward([
+        "ca",
+        "init",
+        "--trust-domain",
+        TD,
+        "--ttl",
+        "240h",
+        "--dir",
+        data,
+    ])
+    .ok();
+    let status = ward_tests::bin::ward(["ca", "status", "--data-dir", data]);
+    let text = status.ok();
+    assert!(
+        text.contains("warning: root") && text.contains("(within 30 days)"),
+        "{text}"
+    );
+
+    // The test PKI's CA lives a day: every sidecar on it reports its root.
+    let app = ward_tests::apps::http_echo().await;
+    let pair = ward_tests::mesh::Pair::launch(app.addr, Default::default()).await;
+    let metrics = pair.orders.admin_get("/metrics").1;
+    assert!(metrics.contains("ward_bundle_root_warnings 1"), "{metrics}");
+    assert!(
+        pair.orders.logs().contains("within 30 days"),
+        "{}",
+        pair.orders.logs()
+    );
+}

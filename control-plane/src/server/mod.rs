@@ -134,10 +134,10 @@ pub struct Trust {
     pub active_root: String,
 }
 
+/// The signing root's key ID, which proxies compare with the root their leaf chains to
+/// (by key, not by name: with an intermediate the leaf never names its root).
 fn root_subject(ca: &CertificateAuthority) -> String {
-    ward_certs::CertInfo::parse(ca.root())
-        .map(|i| i.subject)
-        .unwrap_or_default()
+    ward_certs::verify::key_id(ca.root()).unwrap_or_default()
 }
 
 /// How long before the CA expires the control plane starts warning (hourly).
@@ -180,6 +180,9 @@ pub async fn run(
     }
     let bundle = TrustBundle::read(settings.trust_domain.clone(), &dir.join(ca::BUNDLE_FILE))
         .context("reading bundle.pem")?;
+    for w in bundle.root_warnings(SystemTime::now()) {
+        tracing::warn!(target: "ward::bundle", "{w}");
+    }
     if !bundle.contains(ca.root()) {
         anyhow::bail!("{}: bundle.pem does not hold the CA's root", dir.display());
     }
@@ -646,8 +649,7 @@ impl State {
             roots: trust
                 .bundle
                 .roots()
-                .filter_map(|r| ward_certs::CertInfo::parse(r).ok())
-                .map(|i| i.subject)
+                .filter_map(|r| ward_certs::verify::key_id(r).ok())
                 .collect(),
             active_root: trust.active_root.clone(),
             proxies,
@@ -772,11 +774,11 @@ impl Api {
             )));
         }
         // Check the CSR before spending a token use on it.
-        let chain = state
-            .ca
-            .load()
+        let signer = state.ca.load();
+        let chain = signer
             .sign_csr(&msg.csr, &id, state.settings.svid_ttl, now)
             .map_err(ca_status)?;
+        let signing_root = root_subject(&signer);
         if let Some(token) = token {
             state.tokens.redeem(&token, now).map_err(token_status)?;
             state
@@ -804,7 +806,7 @@ impl Api {
                 connected: false,
             });
             entry.leaf_not_after_unix = not_after_unix;
-            entry.leaf_issuer = info.issuer.clone();
+            entry.leaf_issuer = signing_root.clone();
             entry.last_seen = now;
             !known
         };

@@ -43,9 +43,9 @@ pub struct Journal {
 pub struct Status {
     pub written_unix: u64,
     pub bundle_version: u64,
-    /// Subjects of the roots in the bundle the server pushes.
+    /// Key IDs of the roots in the bundle the server pushes.
     pub roots: Vec<String>,
-    /// Subject of the root that signs new leaves.
+    /// Key ID of the root that signs new leaves.
     pub active_root: String,
     pub proxies: BTreeMap<String, ProxyStatus>,
 }
@@ -54,7 +54,7 @@ pub struct Status {
 pub struct ProxyStatus {
     pub bundle_version: u64,
     pub leaf_not_after_unix: i64,
-    /// Issuer of the proxy's current leaf (a root's subject).
+    /// Key ID of the root the proxy's current leaf chains to.
     pub leaf_issuer: String,
     pub last_seen_unix: u64,
 }
@@ -119,6 +119,16 @@ fn subject(der: &rustls_pki_types::CertificateDer<'_>) -> String {
     CertInfo::parse(der).map(|i| i.subject).unwrap_or_default()
 }
 
+/// How roots are matched: by key, never by name (see `ward_certs::verify::key_id`).
+fn key_id(der: &rustls_pki_types::CertificateDer<'_>) -> String {
+    ward_certs::verify::key_id(der).unwrap_or_default()
+}
+
+/// A root for people: its subject and key ID.
+fn named(der: &rustls_pki_types::CertificateDer<'_>) -> String {
+    format!("{} ({})", subject(der), key_id(der))
+}
+
 fn write_bundle(dir: &Path, bundle: &TrustBundle) -> anyhow::Result<()> {
     write_atomic(
         &dir.join(ca::BUNDLE_FILE),
@@ -180,9 +190,11 @@ fn prepare(dir: &Path) -> anyhow::Result<Report> {
                 .ok()
                 .filter(|d| *d > Duration::from_secs(3600))
                 .map_or(ca::DEFAULT_CA_TTL, |_| ca::DEFAULT_CA_TTL);
+            // The next CA has the shape of the current one (root only, or root and
+            // intermediate).
             let options = CaOptions {
                 ttl,
-                intermediate: false,
+                intermediate: current.chain().len() > 1,
             };
             let ca = CertificateAuthority::create(
                 current.trust_domain().clone(),
@@ -198,7 +210,7 @@ fn prepare(dir: &Path) -> anyhow::Result<Report> {
     write_bundle(dir, &bundle)?;
     write_journal(dir, Phase::Prepared)?;
     Ok(vec![
-        format!("prepare: added root {} to the bundle", subject(next.root())),
+        format!("prepare: added root {} to the bundle", named(next.root())),
         "the control plane pushes it; run `ward ca rotate` again to activate once every proxy has it".into(),
     ])
 }
@@ -207,9 +219,9 @@ fn prepare(dir: &Path) -> anyhow::Result<Report> {
 fn activate(dir: &Path) -> anyhow::Result<Report> {
     let next_dir = dir.join(NEXT_DIR);
     let next = CertificateAuthority::load(&next_dir)?;
-    let next_subject = subject(next.root());
+    let next_subject = named(next.root());
     let status = read_status(dir)?;
-    if !status.roots.contains(&next_subject) {
+    if !status.roots.contains(&key_id(next.root())) {
         anyhow::bail!("the control plane does not push the new root yet; try again in a moment");
     }
     let lagging: Vec<String> = status
@@ -244,6 +256,11 @@ fn activate(dir: &Path) -> anyhow::Result<Report> {
     }
     // The key first: a crash between the two leaves the old cert with... the new key,
     // which CertificateAuthority::load refuses; re-running activate repairs it.
+    // The offline root key (intermediate CAs only) goes with its root.
+    if next_dir.join(ca::ROOT_KEY_FILE).exists() {
+        let bytes = std::fs::read(next_dir.join(ca::ROOT_KEY_FILE))?;
+        write_atomic(&dir.join(ca::ROOT_KEY_FILE), &bytes, FileMode::Secret)?;
+    }
     for f in [ca::CA_KEY_FILE, ca::CA_CERT_FILE] {
         let bytes = std::fs::read(next_dir.join(f))?;
         let mode = if f == ca::CA_KEY_FILE {
@@ -263,7 +280,7 @@ fn activate(dir: &Path) -> anyhow::Result<Report> {
 /// Drops the old root once every connected proxy's leaf chains to the new one.
 fn finish(dir: &Path) -> anyhow::Result<Report> {
     let current = CertificateAuthority::load(dir)?;
-    let active = subject(current.root());
+    let active = key_id(current.root());
     let status = read_status(dir)?;
     if status.active_root != active {
         anyhow::bail!(
@@ -288,7 +305,8 @@ fn finish(dir: &Path) -> anyhow::Result<Report> {
         let _ = std::fs::remove_dir_all(dir.join(sub));
     }
     Ok(vec![format!(
-        "finish: the bundle holds only {active}; rotation complete"
+        "finish: the bundle holds only {}; rotation complete",
+        named(current.root())
     )])
 }
 
@@ -304,14 +322,18 @@ pub fn describe(dir: &Path) -> anyhow::Result<Report> {
             journal.phase,
             step_name(journal.phase)
         ),
-        format!("signing root: {}", subject(ca.root())),
+        format!("signing root: {}", named(ca.root())),
         "bundle roots:".into(),
     ];
+    for w in bundle.root_warnings(SystemTime::now()) {
+        out.push(format!("  warning: {w}"));
+    }
     for root in bundle.roots() {
         let info = CertInfo::parse(root)?;
         out.push(format!(
-            "  {}  expires {}",
+            "  {} ({})  expires {}",
             info.subject,
+            key_id(root),
             crate::cli::rfc3339(info.not_after)
         ));
     }
