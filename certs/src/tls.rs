@@ -85,9 +85,40 @@ impl SvidResolver {
 }
 
 impl ResolvesServerCert for SvidResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+    /// The SVID, if the client can verify a TLS 1.3 signature made with its key. Deciding
+    /// here, before ServerHello, makes a client with no usable signature scheme get a
+    /// plaintext alert at once (rustls sends `access_denied` for "no certificate"); left to
+    /// rustls, the mismatch is only found at CertificateVerify, after ServerHello.
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.current.load_full();
+        let usable: Vec<SignatureScheme> = hello
+            .signature_schemes()
+            .iter()
+            .copied()
+            .filter(|s| tls13_signature_scheme(*s))
+            .collect();
+        current
+            .key
+            .choose_scheme(&usable)
+            .is_some()
+            .then_some(current)
     }
+}
+
+/// Signature schemes TLS 1.3 allows in CertificateVerify (RFC 8446 §4.2.3): no RSA
+/// PKCS#1 v1.5, no SHA-1, no DSA.
+fn tls13_signature_scheme(scheme: SignatureScheme) -> bool {
+    matches!(
+        scheme,
+        SignatureScheme::ECDSA_NISTP256_SHA256
+            | SignatureScheme::ECDSA_NISTP384_SHA384
+            | SignatureScheme::ECDSA_NISTP521_SHA512
+            | SignatureScheme::RSA_PSS_SHA256
+            | SignatureScheme::RSA_PSS_SHA384
+            | SignatureScheme::RSA_PSS_SHA512
+            | SignatureScheme::ED25519
+            | SignatureScheme::ED448
+    )
 }
 
 impl ResolvesClientCert for SvidResolver {

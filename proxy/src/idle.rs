@@ -102,12 +102,48 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+
+    // Vectored writes pass through: rustls hands every queued TLS record to one
+    // `write_vectored`, and on a failed handshake tokio-rustls makes exactly one such
+    // last-gasp write. Without this, tokio's default wrote only the first record, so a
+    // fatal alert queued behind a ServerHello never left (a close without an alert).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn vectored_writes_pass_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut tracked = Tracked::new(tcp, Activity::new());
+        assert!(tracked.is_write_vectored());
+        let bufs = [
+            io::IoSlice::new(b"server hello"),
+            io::IoSlice::new(b"alert"),
+        ];
+        let n = tracked.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, 17, "both records in one write");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn traffic_postpones_idleness() {

@@ -171,7 +171,25 @@ impl Inbound {
     pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain) {
         let _open = OpenConnection::new(Direction::Inbound);
         let activity = Activity::new();
-        let handshake = self.acceptor.accept(Tracked::new(tcp, activity.clone()));
+        let handshake = async {
+            if let Some(alert) = crate::tls_alerts::oversized_first_record(&tcp).await {
+                let mut tcp = tcp;
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &alert).await;
+                return Err(std::io::Error::other("TLS record longer than 2^14 bytes"));
+            }
+            let accepted = self
+                .acceptor
+                .accept(Tracked::new(tcp, activity.clone()))
+                .into_fallible()
+                .await;
+            match accepted {
+                Ok(tls) => Ok(tls),
+                Err((e, mut io)) => {
+                    crate::tls_alerts::after_failed_handshake(&e, &mut io).await;
+                    Err(e)
+                }
+            }
+        };
         let tls = match tokio::time::timeout(self.limits.header_read_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {

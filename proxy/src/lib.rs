@@ -21,3 +21,4 @@ pub mod readiness;
 pub mod replay;
 pub mod sidecar;
 pub mod tcp;
+pub mod tls_alerts;
