@@ -238,3 +238,75 @@ async fn watch_streams_are_capped_per_identity() {
         }
     }
 }
+
+/// Each listener has its own connection budget: peers holding every inbound slot of a
+/// sidecar do not stop its app from calling out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_peers_cannot_starve_the_outbound_listener() {
+    let app = apps::http_echo().await;
+    let options = PairOptions {
+        policy: Some(mesh_default("allow-authenticated")),
+        ..Default::default()
+    };
+    let pair = Pair::launch(app.addr, options).await;
+    // A third sidecar with both listeners and room for two connections each.
+    let mid_id = pair.pki.id("default", "mid");
+    pair.pki
+        .svid(&mid_id)
+        .write(
+            &pair.pki.dir().join("mid.pem"),
+            &pair.pki.dir().join("mid.key"),
+        )
+        .expect("write svid");
+    let (inbound, outbound) = (ward_tests::mesh::free_addr(), ward_tests::mesh::free_addr());
+    let config = format!(
+        "trust_domain: example.org\n\
+         identity: {{ cert: mid.pem, key: mid.key, bundle: ca/bundle.pem }}\n\
+         inbound: [ {{ listen: {inbound}, app: {} }} ]\n\
+         outbound: [ {{ listen: {outbound}, upstream: {}, server_identity: \"{}\" }} ]\n\
+         policy: {{ dir: policies }}\nadmin: {}\nlimits: {{ max_connections: 2 }}\n",
+        app.addr,
+        pair.inbound,
+        pair.orders_id(),
+        ward_tests::mesh::free_addr(),
+    );
+    let dir = pair.pki.dir().to_owned();
+    let _mid =
+        tokio::task::spawn_blocking(move || ward_tests::mesh::Proxy::start(&dir, "mid", &config))
+            .await
+            .expect("start mid");
+    let web = pair.pki.craft(&LeafSpec::svid(&pair.web_id()));
+    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_client_auth_cert(web.chain.clone(), web.key())
+        .expect("client cert");
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(ward_tests::tls::AnyServer));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            ward_tests::tls::connect(inbound, config.clone())
+                .await
+                .expect("handshake"),
+        );
+    }
+    // The inbound budget is spent: a third peer is turned away...
+    let third = ward_tests::tls::connect(inbound, config.clone()).await;
+    let refused = match third {
+        Err(_) => true,
+        Ok(mut tls) => closed_within(&mut tls, Duration::from_secs(5)).await,
+    };
+    assert!(refused, "the inbound listener is full");
+    // ...while the app still calls out through the outbound listener.
+    let status = tokio::task::spawn_blocking(move || ward_tests::mesh::http_get(outbound, "/x"))
+        .await
+        .expect("task")
+        .map(|(code, _)| code);
+    assert_eq!(status, Some(200));
+    drop(held);
+}

@@ -502,3 +502,71 @@ async fn original_protocol_is_only_taken_from_ward_sidecars() {
         "{seen}"
     );
 }
+
+/// A ward sidecar calling a peer that is not ward (ALPN `h2`, as Envoy) never sends it
+/// `x-ward-original-protocol`, even for an app that spoke HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_protocol_never_leaves_for_a_non_ward_peer() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let pki = ward_tests::pki::TestPki::new("example.org");
+    let orders = pki.svid(&pki.id("default", "orders"));
+    let mut server = (*ward_tests::tls::bare_server(
+        orders.chain().to_vec(),
+        orders.key().clone_key(),
+        &[&rustls::version::TLS13],
+    ))
+    .clone();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let peer = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let names: Vec<String> = req
+                            .headers()
+                            .keys()
+                            .map(|k| k.as_str().to_owned())
+                            .collect();
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from(names.join(",")),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let web = pki.svid(&pki.id("default", "web"));
+    web.write(&pki.dir().join("web.pem"), &pki.dir().join("web.key"))
+        .expect("write svid");
+    let outbound = ward_tests::mesh::free_addr();
+    let config = format!(
+        "trust_domain: example.org\n\
+         identity: {{ cert: web.pem, key: web.key, bundle: ca/bundle.pem }}\n\
+         outbound:\n  - {{ listen: {outbound}, upstream: {peer}, server_identity: \"{}\" }}\n\
+         admin: {}\n",
+        pki.id("default", "orders"),
+        ward_tests::mesh::free_addr(),
+    );
+    let dir = pki.dir().to_owned();
+    let _web =
+        tokio::task::spawn_blocking(move || ward_tests::mesh::Proxy::start(&dir, "web", &config))
+            .await
+            .expect("start web");
+    let (status, body) = send(outbound, get("/x", "orders", b"x-app: 1\r\n")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("x-app"), "the peer saw the request: {body}");
+    assert!(!body.contains("x-ward-original-protocol"), "{body}");
+}
