@@ -42,30 +42,16 @@ impl App {
 /// `:authority`, headers, body length, trailers). `/slow?ms=N` waits first; `/ws` accepts an upgrade and then echoes
 /// raw bytes.
 pub async fn http_echo() -> App {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    echo(req)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    App { addr, hits }
+    echo_server(false).await
 }
 
 /// The same echo, but an HTTP/1.1-only server: HTTP/2 with prior knowledge gets the
 /// `400` an HTTP/1 server answers a preface with.
 pub async fn http1_only_echo() -> App {
+    echo_server(true).await
+}
+
+async fn echo_server(http1_only: bool) -> App {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let hits = Arc::new(AtomicUsize::new(0));
@@ -78,9 +64,18 @@ pub async fn http1_only_echo() -> App {
                     counter.fetch_add(1, Ordering::SeqCst);
                     echo(req)
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                let io = TokioIo::new(tcp);
+                let _ = if http1_only {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(io, service)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
             });
         }
     });

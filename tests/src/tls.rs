@@ -185,6 +185,24 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
+/// A TLS 1.3 client presenting `chain` and `key` and offering `alpn`, that does not check
+/// the server: a peer holding an SVID, for tests of what a server does with it.
+pub fn svid_client(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// What a peer holding a valid SVID (`from`) gets back for `bytes` sent raw over mTLS to
 /// `addr`, offering `alpn`: every byte the server sends until it closes, or until
 /// `quiet` passes without one (then the connection is still open).
@@ -195,15 +213,8 @@ pub async fn raw_exchange(
     bytes: &[u8],
     quiet: std::time::Duration,
 ) -> Vec<u8> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_client_auth_cert(from.chain.clone(), from.key())
-        .expect("client cert");
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let mut tls = connect(addr, Arc::new(config)).await.expect("handshake");
+    let config = svid_client(from.chain.clone(), from.key(), alpn);
+    let mut tls = connect(addr, config).await.expect("handshake");
     tls.write_all(bytes).await.expect("send");
     tls.flush().await.expect("flush");
     let mut got = Vec::new();

@@ -3,7 +3,6 @@
 //! accept (HTTP/1.1 and HTTP/2 alike), and one identity cannot hold more than its share of
 //! inbound connections.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -17,17 +16,8 @@ async fn connect(
     from: &Crafted,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_client_auth_cert(from.chain.clone(), from.key())
-        .expect("client cert");
-    config
-        .dangerous()
-        .set_certificate_verifier(Arc::new(ward_tests::tls::AnyServer));
-    config.alpn_protocols = vec![alpn.to_vec()];
-    ward_tests::tls::connect(pair.inbound, Arc::new(config))
+    let config = ward_tests::tls::svid_client(from.chain.clone(), from.key(), &[alpn]);
+    ward_tests::tls::connect(pair.inbound, config)
         .await
         .expect("handshake")
 }
@@ -175,17 +165,9 @@ async fn watch_streams_are_capped_per_identity() {
     ])
     .ok();
     let svid = ward_certs::Svid::read(&cert, &key).expect("svid");
-    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_client_auth_cert(svid.chain().to_vec(), svid.key().clone_key())
-        .expect("client cert");
-    config
-        .dangerous()
-        .set_certificate_verifier(Arc::new(ward_tests::tls::AnyServer));
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let config =
+        ward_tests::tls::svid_client(svid.chain().to_vec(), svid.key().clone_key(), &[&b"h2"[..]]);
+    let connector = tokio_rustls::TlsConnector::from(config);
     let addr = cp.listen;
     // Each watch on a connection of its own, held with its stream; dropping both closes it.
     let open = || {
@@ -276,17 +258,7 @@ async fn inbound_peers_cannot_starve_the_outbound_listener() {
             .await
             .expect("start mid");
     let web = pair.pki.craft(&LeafSpec::svid(&pair.web_id()));
-    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_client_auth_cert(web.chain.clone(), web.key())
-        .expect("client cert");
-    config
-        .dangerous()
-        .set_certificate_verifier(Arc::new(ward_tests::tls::AnyServer));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let config = Arc::new(config);
+    let config = ward_tests::tls::svid_client(web.chain.clone(), web.key(), &[&b"http/1.1"[..]]);
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(

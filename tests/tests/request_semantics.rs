@@ -462,18 +462,8 @@ async fn original_protocol_is_only_taken_from_ward_sidecars() {
     let app = apps::http_echo().await;
     let mesh = pair(&app, ALLOW_ALL.to_owned(), "auto").await;
     let web = mesh.pki.craft(&LeafSpec::svid(&mesh.web_id()));
-    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_client_auth_cert(web.chain.clone(), web.key())
-        .expect("client cert");
-    // The server is checked by the sidecar tests; here only what the app sees matters.
-    config
-        .dangerous()
-        .set_certificate_verifier(std::sync::Arc::new(ward_tests::tls::AnyServer));
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = ward_tests::tls::connect(mesh.inbound, std::sync::Arc::new(config))
+    let config = ward_tests::tls::svid_client(web.chain.clone(), web.key(), &[&b"h2"[..]]);
+    let tls = ward_tests::tls::connect(mesh.inbound, config)
         .await
         .expect("handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));

@@ -2,7 +2,6 @@
 //! metric (never to the caller), and `protocol: auto` falls back to HTTP/1.1 for an app
 //! that does not speak HTTP/2.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
@@ -91,18 +90,8 @@ async fn an_http1_only_app_gets_http1_when_the_caller_speaks_http2() {
     };
     let pair = Pair::launch(app.addr, options).await;
     let web = pair.pki.craft(&LeafSpec::svid(&pair.web_id()));
-    let mut config = rustls::ClientConfig::builder_with_provider(ward_certs::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_client_auth_cert(web.chain.clone(), web.key())
-        .expect("client cert");
-    config
-        .dangerous()
-        .set_certificate_verifier(Arc::new(ward_tests::tls::AnyServer));
-    // An HTTP/2 caller that is not a ward sidecar (curl, Envoy): no protocol hint.
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = ward_tests::tls::connect(pair.inbound, Arc::new(config))
+    let config = ward_tests::tls::svid_client(web.chain.clone(), web.key(), &[&b"h2"[..]]);
+    let tls = ward_tests::tls::connect(pair.inbound, config)
         .await
         .expect("handshake");
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
