@@ -21,6 +21,12 @@ use crate::verify::{Purpose, SvidError};
 
 /// The longest path looked for: leaf, intermediates and root.
 const MAX_PATH: usize = 8;
+/// The most certificates a peer may send along with its leaf.
+pub(crate) const MAX_INTERMEDIATES: usize = 16;
+/// The most signature checks one validation may spend. A peer could otherwise send many
+/// CA certificates that all name and sign each other, and make the search try every
+/// ordering of them (a CPU denial of service before any authentication).
+const MAX_SIGNATURE_CHECKS: usize = 64;
 
 /// One certificate that may sit on a path.
 pub(crate) struct Candidate<'a> {
@@ -48,7 +54,16 @@ pub(crate) fn validate(
 ) -> Result<PathWindow, SvidError> {
     let mut path: Vec<usize> = Vec::new();
     let mut best: Option<SvidError> = None;
-    if let Some(window) = extend(leaf, candidates, &mut path, &mut best, now, purpose) {
+    let mut budget = MAX_SIGNATURE_CHECKS;
+    let mut search = Search {
+        leaf,
+        candidates,
+        best: &mut best,
+        budget: &mut budget,
+        now,
+        purpose,
+    };
+    if let Some(window) = search.extend(&mut path) {
         return Ok(window);
     }
     Err(best.unwrap_or(SvidError::UnknownIssuer {
@@ -56,43 +71,58 @@ pub(crate) fn validate(
     }))
 }
 
-/// Depth-first: tries each certificate that names the last one's issuer and signed it.
-fn extend(
-    leaf: &X509Certificate<'_>,
-    candidates: &[Candidate<'_>],
-    path: &mut Vec<usize>,
-    best: &mut Option<SvidError>,
+/// One path search: what it searches and what it has learnt.
+struct Search<'s, 'a> {
+    leaf: &'s X509Certificate<'a>,
+    candidates: &'s [Candidate<'a>],
+    best: &'s mut Option<SvidError>,
+    /// Signature checks left.
+    budget: &'s mut usize,
     now: i64,
     purpose: Purpose,
-) -> Option<PathWindow> {
-    if path.len() + 1 >= MAX_PATH {
-        keep(
-            best,
-            SvidError::Chain("no path within 8 certificates".into()),
-        );
-        return None;
-    }
-    let child = path.last().map_or(leaf, |&i| &candidates[i].cert);
-    for (i, candidate) in candidates.iter().enumerate() {
-        if path.contains(&i) || candidate.cert.subject().as_raw() != child.issuer().as_raw() {
-            continue;
+}
+
+impl Search<'_, '_> {
+    /// Depth-first: tries each certificate that names the last one's issuer and signed it.
+    fn extend(&mut self, path: &mut Vec<usize>) -> Option<PathWindow> {
+        if path.len() + 1 >= MAX_PATH {
+            keep(
+                self.best,
+                SvidError::Chain("no path within 8 certificates".into()),
+            );
+            return None;
         }
-        if let Err(e) = check_signature(child, &candidate.cert) {
-            keep(best, e);
-            continue;
-        }
-        path.push(i);
-        if candidate.root {
-            match check_path(leaf, candidates, path, now, purpose) {
-                Ok(window) => return Some(window),
-                Err(e) => keep(best, e),
+        let candidates = self.candidates;
+        let child = path.last().map_or(self.leaf, |&i| &candidates[i].cert);
+        for (i, candidate) in candidates.iter().enumerate() {
+            if path.contains(&i) || candidate.cert.subject().as_raw() != child.issuer().as_raw() {
+                continue;
             }
-        } else if let Some(window) = extend(leaf, candidates, path, best, now, purpose) {
-            return Some(window);
+            if *self.budget == 0 {
+                // Why the search stopped, whatever it had found before.
+                *self.best = Some(SvidError::Chain(format!(
+                    "no path found within {MAX_SIGNATURE_CHECKS} signature checks"
+                )));
+                return None;
+            }
+            *self.budget -= 1;
+            if let Err(e) = check_signature(child, &candidate.cert) {
+                keep(self.best, e);
+                continue;
+            }
+            path.push(i);
+            if candidate.root {
+                match check_path(self.leaf, candidates, path, self.now, self.purpose) {
+                    Ok(window) => return Some(window),
+                    Err(e) => keep(self.best, e),
+                }
+            } else if let Some(window) = self.extend(path) {
+                return Some(window);
+            }
+            path.pop();
         }
-        path.pop();
+        None
     }
-    None
 }
 
 /// Keeps the most telling error: a rule broken on a complete path beats a signature that
@@ -445,6 +475,32 @@ fn within(constraint: &GeneralName<'_>, name: &GeneralName<'_>) -> Option<bool> 
 /// A URI that is not a SPIFFE ID is outside every subtree (`None`: unprocessed).
 pub(crate) fn uri_in_subtree(constraint: &str, uri: &str) -> Option<bool> {
     let id = parse_spiffe_id(uri).ok()?;
+    // Trust domains are lower case; a constraint written otherwise means the same names.
+    let lowered;
+    let constraint = match constraint.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((host, path)) => {
+                lowered = format!(
+                    "{}://{}/{path}",
+                    scheme.to_ascii_lowercase(),
+                    host.to_ascii_lowercase()
+                );
+                lowered.as_str()
+            }
+            None => {
+                lowered = format!(
+                    "{}://{}",
+                    scheme.to_ascii_lowercase(),
+                    rest.to_ascii_lowercase()
+                );
+                lowered.as_str()
+            }
+        },
+        None => {
+            lowered = constraint.to_ascii_lowercase();
+            lowered.as_str()
+        }
+    };
     let td = id.trust_domain().to_string();
     let td = td.strip_prefix("spiffe://").unwrap_or(&td);
     if let Some(prefix) = constraint.strip_prefix("spiffe://") {
@@ -509,6 +565,12 @@ mod tests {
             Some(false)
         );
         assert_eq!(uri_in_subtree("example.org", "https://example.org/x"), None);
+        assert_eq!(
+            uri_in_subtree(".EXAMPLE.org", "spiffe://eu.example.org/x"),
+            Some(true),
+            "constraints are read in lower case"
+        );
+        assert_eq!(uri_in_subtree("SPIFFE://Example.ORG/ns/a", id), Some(true));
     }
 
     #[test]

@@ -231,6 +231,13 @@ fn verify_path(
     let id = check_leaf(&leaf, bundle, purpose)?;
     let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     crate::path::check_validity(&leaf, 0, now)?;
+    if intermediates.len() > crate::path::MAX_INTERMEDIATES {
+        return Err(SvidError::Chain(format!(
+            "{} certificates sent along with the leaf; at most {} are read",
+            intermediates.len(),
+            crate::path::MAX_INTERMEDIATES
+        )));
+    }
     let roots: Vec<&CertificateDer<'static>> = bundle.roots().collect();
     let mut candidates = Vec::with_capacity(intermediates.len() + roots.len());
     for (i, der) in intermediates.iter().enumerate() {

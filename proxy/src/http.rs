@@ -28,10 +28,22 @@ pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// between ward sidecars (ALPN [`crate::outbound::ALPN_WARD_H2`]).
 pub const MESH_ONLY: [HeaderName; 3] = [PEER_IDENTITY, XFCC, ORIGINAL_PROTOCOL];
 
-/// Removes every [`MESH_ONLY`] header.
+/// Removes every [`MESH_ONLY`] header, and any spelt with `_` for `-` (which apps that
+/// read headers CGI-style, with `limits.allow_header_underscores`, take for the same).
 pub fn strip_mesh_only(headers: &mut HeaderMap) {
     for name in &MESH_ONLY {
         headers.remove(name);
+    }
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.contains('_') && MESH_ONLY.iter().any(|m| k.replace('_', "-") == m.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(&name);
     }
 }
 
@@ -281,6 +293,25 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty(), "te other than trailers is hop-by-hop");
+    }
+
+    #[test]
+    fn mesh_only_headers_go_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for k in [
+            "x-ward-peer-identity",
+            "x_ward_peer_identity",
+            "x-forwarded_client-cert",
+            "x_other",
+        ] {
+            h.append(
+                HeaderName::from_static(k),
+                HeaderValue::from_static("forged"),
+            );
+        }
+        strip_mesh_only(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x_other"]);
     }
 
     #[test]

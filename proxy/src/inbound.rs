@@ -172,14 +172,10 @@ impl Inbound {
         let _open = OpenConnection::new(Direction::Inbound);
         let activity = Activity::new();
         let handshake = async {
-            if let Some(alert) = crate::tls_alerts::oversized_first_record(&tcp).await {
-                let mut tcp = tcp;
-                let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &alert).await;
-                return Err(std::io::Error::other("TLS record longer than 2^14 bytes"));
-            }
+            let io = crate::tls_alerts::first_record_checked(tcp).await?;
             let accepted = self
                 .acceptor
-                .accept(Tracked::new(tcp, activity.clone()))
+                .accept(Tracked::new(io, activity.clone()))
                 .into_fallible()
                 .await;
             match accepted {
@@ -507,6 +503,17 @@ impl Inbound {
         } = admitted;
         set_identity_headers(req.headers_mut(), peer, &self.own_id);
         if let Some(asked) = upgrade {
+            // The app gets an origin-form request with `Host`, as from any HTTP/1.1 client.
+            let req = match to_app_request(req, self.app, true) {
+                Ok(mut req) => {
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    if let Ok(origin) = pq.parse() {
+                        *req.uri_mut() = origin;
+                    }
+                    req
+                }
+                Err(f) => return (Err(f), "http1"),
+            };
             let result = forward::upgrade(
                 &self.app_dialer,
                 req,

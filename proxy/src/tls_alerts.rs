@@ -2,8 +2,8 @@
 //!
 //! - A record longer than 2^14 bytes before encryption starts (RFC 8446 §5.1:
 //!   `record_overflow`): rustls accepts plaintext records up to 2^14 + 2048, the limit of
-//!   encrypted ones. The first record's header is peeked before the handshake, so a
-//!   ClientHello record that is too long is refused with the right alert.
+//!   encrypted ones. The first record's header is read before the handshake (and handed
+//!   back to it), so a ClientHello record that is too long is refused with the right alert.
 //! - A record of another type between the fragments of a handshake message (an empty
 //!   application_data record inside a split ClientHello): rustls fails the handshake
 //!   without queueing an alert; we write `unexpected_message`.
@@ -25,24 +25,24 @@ fn alert(description: u8) -> [u8; 7] {
 const RECORD_OVERFLOW: u8 = 22;
 const UNEXPECTED_MESSAGE: u8 = 10;
 
-/// The alert to send if the first record `tcp` has for us announces a plaintext longer
-/// than 2^14 bytes; `None` otherwise (or if the header does not arrive, which the
-/// handshake itself then handles).
-pub async fn oversized_first_record(tcp: &TcpStream) -> Option<[u8; 7]> {
+/// Reads the first record's header before rustls does: one that announces a plaintext
+/// longer than 2^14 bytes gets `record_overflow` and the connection ends; otherwise the
+/// header is handed back in front of the stream for the handshake to read.
+pub async fn first_record_checked(
+    mut tcp: TcpStream,
+) -> std::io::Result<crate::detect::Prefixed<TcpStream>> {
+    use tokio::io::AsyncReadExt;
     let mut header = [0u8; 5];
-    loop {
-        let n = tcp.peek(&mut header).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        if n == header.len() {
-            break;
-        }
-        // Part of the header so far (rare: clients send it in one segment). `peek` would
-        // return the same bytes at once, so wait a little; the handshake timeout bounds it.
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    tcp.read_exact(&mut header).await?;
+    if oversized(&header) {
+        let _ = tcp.write_all(&alert(RECORD_OVERFLOW)).await;
+        let _ = tcp.shutdown().await;
+        return Err(std::io::Error::other("TLS record longer than 2^14 bytes"));
     }
-    oversized(&header).then(|| alert(RECORD_OVERFLOW))
+    Ok(crate::detect::Prefixed::new(
+        bytes::BytesMut::from(&header[..]),
+        tcp,
+    ))
 }
 
 /// Whether a record header announces more than 2^14 bytes of plaintext.

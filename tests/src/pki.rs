@@ -444,3 +444,21 @@ pub fn uri_name_constraints(permitted: &[&str], excluded: &[&str]) -> rcgen::Cus
     ext.set_criticality(true);
     ext
 }
+
+/// A leaf followed by `n` CA certificates that all have one name and one key, so each one
+/// verifies as the issuer of every other: the shape that makes a naive path search try
+/// every ordering of them.
+pub fn tangled_chain(leaf: &LeafSpec, n: usize) -> Vec<CertificateDer<'static>> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let spec = CaSpec::new("example.org", "tangle");
+    let mut chain = Vec::with_capacity(n + 1);
+    let issuer = Issuer::new(
+        spec.params(),
+        KeyPair::from_pem(&key.serialize_pem()).expect("key"),
+    );
+    chain.push(sign(leaf, &issuer).0);
+    for _ in 0..n {
+        chain.push(spec.params().self_signed(&key).expect("sign").der().clone());
+    }
+    chain
+}

@@ -310,3 +310,22 @@ async fn roots_near_expiry_are_reported_where_bundles_load() {
         pair.orders.logs()
     );
 }
+
+/// Many CA certificates that all sign each other cost a bounded number of signature
+/// checks: the search gives up instead of trying every ordering.
+#[test]
+fn a_tangle_of_cross_signed_cas_is_refused_within_a_budget() {
+    let root = CustomCa::root(&CaSpec::new(TD, "root"));
+    let chain = ward_tests::pki::tangled_chain(&web(), 12);
+    let got = check(&root, &chain, Purpose::Both);
+    assert!(
+        matches!(&got, Err(SvidError::Chain(why)) if why.contains("signature checks")),
+        "{got:?}"
+    );
+    let too_many = ward_tests::pki::tangled_chain(&web(), 17);
+    let got = check(&root, &too_many, Purpose::Both);
+    assert!(
+        matches!(&got, Err(SvidError::Chain(why)) if why.contains("at most 16")),
+        "{got:?}"
+    );
+}

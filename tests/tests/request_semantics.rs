@@ -353,6 +353,68 @@ async fn only_an_allowed_upgrade_is_carried_and_never_h2c() {
     assert_eq!(echoed, (101, *b"frame"));
 }
 
+/// A WebSocket upgrade reaches the app as an HTTP/1.1 client would send it: origin-form
+/// target and a `Host` header (Go's net/http refuses a request without one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_reaches_the_app_in_origin_form_with_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app = listener.local_addr().expect("addr");
+    let (heads, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = heads.send(String::from_utf8_lossy(&head).into_owned());
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+                    .await;
+                let mut sink = [0u8; 64];
+                let _ = tcp.read(&mut sink).await;
+            });
+        }
+    });
+    let options = PairOptions {
+        policy: Some(ALLOW_ALL.to_owned()),
+        ..Default::default()
+    };
+    let mesh = Pair::launch(app, options).await;
+    let outbound = mesh.outbound;
+    let status = tokio::task::spawn_blocking(move || {
+        let mut tcp = TcpStream::connect(outbound).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        tcp.write_all(b"GET /ws?x=1 HTTP/1.1\r\nHost: orders.example\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .expect("send");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).expect("read") == 1 {
+            head.push(byte[0]);
+        }
+        parse(&head).0
+    })
+    .await
+    .expect("client");
+    assert_eq!(status, 101);
+    let head = seen.recv().await.expect("the app saw the upgrade");
+    assert!(head.starts_with("GET /ws?x=1 HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nhost: orders.example\r\n"),
+        "{head}"
+    );
+}
+
 /// A chunked request with trailers that name the identity headers; the app reports what
 /// reached it.
 fn with_trailers() -> Vec<u8> {
