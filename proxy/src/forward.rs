@@ -145,6 +145,7 @@ pub async fn upgrade(
     asked: HeaderValue,
     timeout: Duration,
     idle: Duration,
+    spliced: Option<crate::h1guard::Spliced>,
 ) -> Result<Response<Incoming>, Failure> {
     let caller = hyper::upgrade::on(&mut req);
     let headers = req.headers_mut();
@@ -175,6 +176,8 @@ pub async fn upgrade(
         }
         let callee = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
+            // The caller's connection keeps its place while this stream lives.
+            let _spliced = spliced;
             let (Ok(a), Ok(b)) = (caller.await, callee.await) else {
                 return;
             };

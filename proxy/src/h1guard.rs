@@ -126,9 +126,26 @@ pub fn switched<B>(response: &http::Response<B>, connect: bool) -> bool {
 }
 
 /// How a request that may switch protocols was answered, from the service to the guard of
-/// its connection.
-#[derive(Clone, Default)]
-pub struct SwitchSignal(Arc<Mutex<Switch>>);
+/// its connection; and the streams spliced from the connection after a switch, which keep
+/// its place (connection budget, per-peer slot) while they live.
+#[derive(Clone)]
+pub struct SwitchSignal(Arc<Mutex<Switch>>, Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for SwitchSignal {
+    fn default() -> Self {
+        Self(Arc::default(), Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+/// One stream spliced from a switched connection; the connection counts as open until it
+/// is dropped.
+pub struct Spliced(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Spliced {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 #[derive(Default)]
 struct Switch {
@@ -137,6 +154,18 @@ struct Switch {
 }
 
 impl SwitchSignal {
+    /// Counts a stream spliced from this connection until the returned guard drops.
+    pub fn spliced(&self) -> Spliced {
+        self.1.send_modify(|n| *n += 1);
+        Spliced(self.1.clone())
+    }
+
+    /// Waits until every spliced stream has ended.
+    pub async fn splices_done(&self) {
+        let mut count = self.1.subscribe();
+        let _ = count.wait_for(|n| *n == 0).await;
+    }
+
     /// `switched`: the response was a `101` (or a 2xx to CONNECT).
     pub fn answered(&self, switched: bool) {
         if let Ok(mut s) = self.0.lock() {

@@ -253,7 +253,7 @@ impl Inbound {
             Some(ALPN_HTTP1) => {
                 let switch = SwitchSignal::default();
                 let io = guarded(tls, &switch);
-                let service = service(Some(switch));
+                let service = service(Some(switch.clone()));
                 serve_http(
                     &self.servers,
                     Speak::Http1,
@@ -263,12 +263,14 @@ impl Inbound {
                     &activity,
                     &self.limits,
                 )
-                .await
+                .await;
+                // A WebSocket spliced from here keeps the peer's slot and the budget's.
+                switch.splices_done().await
             }
             _ => {
                 let switch = SwitchSignal::default();
                 let io = guarded(tls, &switch).allowing_h2_preface();
-                let service = service(Some(switch));
+                let service = service(Some(switch.clone()));
                 serve_http(
                     &self.servers,
                     Speak::Either,
@@ -278,7 +280,8 @@ impl Inbound {
                     &activity,
                     &self.limits,
                 )
-                .await
+                .await;
+                switch.splices_done().await
             }
         }
     }
@@ -377,7 +380,10 @@ impl Inbound {
         let (result, protocol, path) = match self.admit(req, peer, ward_peer) {
             Ok(admitted) => {
                 let path = admitted.path.clone();
-                let (result, protocol) = self.forward(admitted, peer, caller_http1).await;
+                let spliced = switch
+                    .filter(|_| admitted.upgrade.is_some())
+                    .map(SwitchSignal::spliced);
+                let (result, protocol) = self.forward(admitted, peer, caller_http1, spliced).await;
                 (result, protocol, path)
             }
             Err((failure, path)) => (Err(failure), if grpc { "grpc" } else { "http" }, path),
@@ -494,6 +500,7 @@ impl Inbound {
         admitted: Admitted,
         peer: &Peer,
         caller_http1: bool,
+        spliced: Option<crate::h1guard::Spliced>,
     ) -> (Result<Response<Body>, Failure>, &'static str) {
         let Admitted {
             mut req,
@@ -520,6 +527,7 @@ impl Inbound {
                 asked,
                 self.limits.request_timeout,
                 self.limits.idle_timeout,
+                spliced,
             )
             .await;
             return (result.map(|resp| from_upstream(resp, true)), "http1");

@@ -139,7 +139,7 @@ impl Outbound {
                 limits.header_read_timeout,
                 switch.clone(),
             );
-            let service = service(Some(switch));
+            let service = service(Some(switch.clone()));
             serve_http(
                 &self.servers,
                 Speak::Http1,
@@ -150,6 +150,8 @@ impl Outbound {
                 &self.limits,
             )
             .await;
+            // A WebSocket spliced from here keeps this connection's place in the budget.
+            switch.splices_done().await;
         } else {
             let service = service(None);
             serve_http(
@@ -189,6 +191,7 @@ impl Outbound {
                 asked,
                 self.limits.request_timeout,
                 self.limits.idle_timeout,
+                switch.map(SwitchSignal::spliced),
             )
             .await
         } else {

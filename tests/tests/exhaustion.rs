@@ -282,3 +282,66 @@ async fn inbound_peers_cannot_starve_the_outbound_listener() {
     assert_eq!(status, Some(200));
     drop(held);
 }
+
+/// A WebSocket spliced from an inbound connection keeps that connection's per-peer slot
+/// for as long as it lives: upgrades are no way around the limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_keeps_its_connection_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = apps::http_echo().await;
+    let options = PairOptions {
+        policy: Some(mesh_default("allow-authenticated")),
+        limits: vec!["max_connections_per_peer: 1".into()],
+        ..Default::default()
+    };
+    let pair = Pair::launch(app.addr, options).await;
+    let peer = pair
+        .pki
+        .craft(&LeafSpec::svid(&pair.pki.id("default", "ws")));
+    let config = ward_tests::tls::svid_client(peer.chain.clone(), peer.key(), &[&b"http/1.1"[..]]);
+    let mut ws = ward_tests::tls::connect(pair.inbound, config.clone())
+        .await
+        .expect("handshake");
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ws.read_exact(&mut byte).await.expect("101");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    ws.write_all(b"ping").await.expect("frame");
+    let mut echo = [0u8; 4];
+    ws.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"ping");
+
+    let mut second = ward_tests::tls::connect(pair.inbound, config.clone())
+        .await
+        .expect("handshake");
+    assert!(
+        closed_within(&mut second, Duration::from_secs(5)).await,
+        "the WebSocket still holds the identity's only slot"
+    );
+    drop(ws);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = ward_tests::tls::connect(pair.inbound, config.clone())
+            .await
+            .expect("handshake");
+        if !closed_within(&mut next, Duration::from_millis(300)).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+    }
+}
