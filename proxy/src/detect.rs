@@ -90,6 +90,11 @@ fn classify_http1(buf: &[u8]) -> Verdict {
     };
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let _ = end;
+    // Control bytes in the target are not HTTP, complete line or not (found by fuzzing:
+    // the verdict changed from TCP to HTTP/1 when the LF came).
+    if line[sp + 1..].iter().any(|&b| b.is_ascii_control()) {
+        return Verdict::Is(Detected::Tcp);
+    }
     if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
         Verdict::Is(Detected::Http1)
     } else {
@@ -203,6 +208,13 @@ mod tests {
         }
         assert_eq!(decided, Some(Detected::Http1));
         assert_eq!(classify(b"GET /\r x"), Verdict::Is(Detected::Tcp));
+        // A control byte in the target is TCP before and after the LF.
+        let line = b"GET /PO\xa9OO\x01  HTTP/1.0\n";
+        assert_eq!(
+            classify(&line[..line.len() - 1]),
+            Verdict::Is(Detected::Tcp)
+        );
+        assert_eq!(classify(line), Verdict::Is(Detected::Tcp));
     }
 
     #[test]
