@@ -68,13 +68,16 @@ fn classify_http1(buf: &[u8]) -> Verdict {
     let line = &buf[..line_end.unwrap_or(buf.len())];
     // Method: one or more token characters, then a space.
     let Some(sp) = line.iter().position(|&b| b == b' ') else {
-        return if line.iter().all(|&b| is_token(b)) && line.len() < 32 && line_end.is_none() {
+        return if line.iter().all(|&b| is_token(b)) && line.len() < MAX_METHOD && line_end.is_none()
+        {
             Verdict::NeedMore
         } else {
             Verdict::Is(Detected::Tcp)
         };
     };
-    if sp == 0 || !line[..sp].iter().all(|&b| is_token(b)) {
+    // The same method-length limit with or without the space seen (found by fuzzing: a
+    // 39-character "method" was TCP until its space arrived, then "need more").
+    if sp == 0 || sp >= MAX_METHOD || !line[..sp].iter().all(|&b| is_token(b)) {
         return Verdict::Is(Detected::Tcp);
     }
     let Some(end) = line_end else {
@@ -89,7 +92,10 @@ fn classify_http1(buf: &[u8]) -> Verdict {
         };
     };
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let _ = end;
+    // Longer than an unfinished line may grow: TCP, as it was before the LF.
+    if end > MAX_REQUEST_LINE {
+        return Verdict::Is(Detected::Tcp);
+    }
     // Control bytes in the target are not HTTP, complete line or not (found by fuzzing:
     // the verdict changed from TCP to HTTP/1 when the LF came).
     if line[sp + 1..].iter().any(|&b| b.is_ascii_control()) {
@@ -101,6 +107,9 @@ fn classify_http1(buf: &[u8]) -> Verdict {
         Verdict::Is(Detected::Tcp)
     }
 }
+
+/// The longest method (token before the first space) still read as HTTP.
+const MAX_METHOD: usize = 32;
 
 /// RFC 9110 token characters.
 fn is_token(b: u8) -> bool {
@@ -215,6 +224,29 @@ mod tests {
             Verdict::Is(Detected::Tcp)
         );
         assert_eq!(classify(line), Verdict::Is(Detected::Tcp));
+    }
+
+    #[test]
+    fn every_prefix_agrees_with_the_final_verdict() {
+        let long_method = [&b"M"[..], &[b'K'; 38], b" \r"].concat();
+        let long_line = [
+            &b"GET /"[..],
+            &vec![b'a'; MAX_REQUEST_LINE],
+            b" HTTP/1.1\r\n",
+        ]
+        .concat();
+        for input in [&long_method[..], &long_line[..], b"GET / HTTP/1.1\r\n"] {
+            let mut decided = None;
+            for end in 1..=input.len() {
+                match classify(&input[..end]) {
+                    Verdict::NeedMore => assert!(decided.is_none(), "undecided again at {end}"),
+                    Verdict::Is(d) => {
+                        assert!(decided.is_none_or(|p| p == d), "changed at {end}");
+                        decided = Some(d);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
