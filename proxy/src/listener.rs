@@ -157,8 +157,9 @@ pub async fn serve_http<I, S, Fut>(
     // One body for the three connection types hyper-util gives back.
     macro_rules! drive {
         ($conn:expr) => {{
-            let conn = $conn;
-            tokio::pin!(conn);
+            // Boxed: the connection task's state is the largest of the three arms for every
+            // connection otherwise (an HTTP/2 connection inline for each HTTP/1 one).
+            let mut conn = Box::pin($conn);
             let first_request = async {
                 tokio::time::sleep(limits.header_read_timeout).await;
                 if served.load(Ordering::Relaxed) {
