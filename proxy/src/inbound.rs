@@ -24,13 +24,13 @@ use crate::authz::{Authorizer, Facts};
 use crate::config::{Inbound as InboundConfig, Limits, Protocol, UpgradeToken};
 use crate::drain::Drain;
 use crate::forward::{self, NextHop};
-use crate::h1guard::{H1Guard, SwitchSignal, may_switch, switched};
+use crate::h1guard::{SwitchSignal, may_switch, switched};
 use crate::http::{
     Body, Failure, ORIGINAL_PROTOCOL, PEER_IDENTITY, XFCC, allowed_upgrade, failure_response,
     is_grpc,
 };
 use crate::idle::{Activity, Tracked};
-use crate::listener::{Servers, Speak, serve_http};
+use crate::listener::{Servers, Speak, serve_guarded, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::outbound::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2, authority_of, from_upstream};
 use crate::pool::{Dialer, H2Pool};
@@ -68,6 +68,8 @@ struct Admitted {
     upgrade: Option<HeaderValue>,
     /// Whether the original caller spoke HTTP/1.x, as a ward sidecar said.
     original_http1: Option<bool>,
+    /// gRPC-shaped (for the protocol label).
+    grpc: bool,
 }
 
 /// A verified peer: its SPIFFE ID, and the same as text for headers, metrics and logs.
@@ -227,61 +229,46 @@ impl Inbound {
                 async move { this.request(req, &peer, ward_peer, switch.as_ref()).await }
             }
         };
-        let limits = &self.limits;
-        let guarded = |tls, switch: &SwitchSignal| {
-            H1Guard::new(
-                tls,
-                limits.max_header_bytes,
-                limits.header_read_timeout,
-                switch.clone(),
-            )
-        };
+        let (servers, limits) = (&self.servers, &self.limits);
         match alpn.as_deref() {
             Some(ALPN_WARD_H2 | ALPN_H2) => {
                 let service = service(None);
                 serve_http(
-                    &self.servers,
+                    servers,
                     Speak::Http2,
                     tls,
                     service,
                     &drain,
                     &activity,
-                    &self.limits,
+                    limits,
                 )
                 .await
             }
             Some(ALPN_HTTP1) => {
-                let switch = SwitchSignal::default();
-                let io = guarded(tls, &switch);
-                let service = service(Some(switch.clone()));
-                serve_http(
-                    &self.servers,
+                let service = |switch| service(Some(switch));
+                serve_guarded(
+                    servers,
                     Speak::Http1,
-                    io,
+                    tls,
                     service,
                     &drain,
                     &activity,
-                    &self.limits,
+                    limits,
                 )
-                .await;
-                // A WebSocket spliced from here keeps the peer's slot and the budget's.
-                switch.splices_done().await
+                .await
             }
             _ => {
-                let switch = SwitchSignal::default();
-                let io = guarded(tls, &switch).allowing_h2_preface();
-                let service = service(Some(switch.clone()));
-                serve_http(
-                    &self.servers,
+                let service = |switch| service(Some(switch));
+                serve_guarded(
+                    servers,
                     Speak::Either,
-                    io,
+                    tls,
                     service,
                     &drain,
                     &activity,
-                    &self.limits,
+                    limits,
                 )
-                .await;
-                switch.splices_done().await
+                .await
             }
         }
     }
@@ -377,7 +364,7 @@ impl Inbound {
         let grpc = is_grpc(&req);
         let caller_http1 = req.version() != Version::HTTP_2;
         let method = req.method().clone();
-        let (result, protocol, path) = match self.admit(req, peer, ward_peer) {
+        let (result, protocol, path) = match self.admit(req, peer, ward_peer, grpc) {
             Ok(admitted) => {
                 let path = admitted.path.clone();
                 let spliced = switch
@@ -423,6 +410,7 @@ impl Inbound {
         mut req: Request<Incoming>,
         peer: &Peer,
         ward_peer: bool,
+        grpc: bool,
     ) -> Result<Admitted, (Failure, String)> {
         let raw_path = req.uri().path().to_owned();
         let bad = |path: String, why: &dyn std::fmt::Display| {
@@ -478,7 +466,7 @@ impl Inbound {
             }),
         };
         let facts = Facts {
-            protocol: if is_grpc(&req) { "grpc" } else { "http" },
+            protocol: if grpc { "grpc" } else { "http" },
             method: Some(req.method().as_str()),
             path: Some(&path),
             request_id: Some(&request_id),
@@ -489,6 +477,7 @@ impl Inbound {
                 path,
                 upgrade,
                 original_http1,
+                grpc,
             })
         } else {
             Err((Failure::Forbidden, path))
@@ -506,6 +495,7 @@ impl Inbound {
             mut req,
             upgrade,
             original_http1,
+            grpc,
             ..
         } = admitted;
         set_identity_headers(req.headers_mut(), peer, &self.own_id);
@@ -539,7 +529,7 @@ impl Inbound {
                 original_http1.unwrap_or(caller_http1) || !self.app_speaks_h2().await
             }
         };
-        let protocol = if is_grpc(&req) {
+        let protocol = if grpc {
             "grpc"
         } else if app_http1 {
             "http1"

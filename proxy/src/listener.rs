@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::drain::Drain;
+use crate::h1guard::{H1Guard, SwitchSignal};
 use crate::http::Body;
 use crate::idle::Activity;
 
@@ -203,6 +204,41 @@ pub async fn serve_http<I, S, Fut>(
             drive!(servers.auto.serve_connection_with_upgrades(io, service))
         }
     }
+}
+
+/// Serves an HTTP/1 (or, with `Speak::Either`, either) connection behind the H1 framing
+/// guard: `service` is made with the connection's [`SwitchSignal`], and the task lasts until
+/// every stream spliced from the connection after an upgrade has ended, so a WebSocket keeps
+/// the connection's place in the budgets.
+pub async fn serve_guarded<I, F, S, Fut>(
+    servers: &Servers,
+    speak: Speak,
+    io: I,
+    service: F,
+    drain: &Drain,
+    activity: &Activity,
+    limits: &Limits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnOnce(SwitchSignal) -> S,
+    S: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let switch = SwitchSignal::default();
+    let guard = H1Guard::new(
+        io,
+        limits.max_header_bytes,
+        limits.header_read_timeout,
+        switch.clone(),
+    );
+    let guard = if speak == Speak::Either {
+        guard.allowing_h2_preface()
+    } else {
+        guard
+    };
+    let service = service(switch.clone());
+    serve_http(servers, speak, guard, service, drain, activity, limits).await;
+    switch.splices_done().await;
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

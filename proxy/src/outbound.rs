@@ -19,10 +19,10 @@ use crate::config::{Limits, Outbound as OutboundConfig, Protocol, UpgradeToken};
 use crate::detect::{self, Detected, Prefixed};
 use crate::drain::Drain;
 use crate::forward::{self, NextHop};
-use crate::h1guard::{H1Guard, SwitchSignal, may_switch, switched};
+use crate::h1guard::{SwitchSignal, may_switch, switched};
 use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
 use crate::idle::{Activity, Tracked};
-use crate::listener::{Servers, Speak, serve_http};
+use crate::listener::{Servers, Speak, serve_guarded, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::pool::{Dialer, H2Pool};
 
@@ -130,38 +130,29 @@ impl Outbound {
                 async move { this.request(req, app_http1, switch.as_ref()).await }
             }
         };
+        let (servers, limits) = (&self.servers, &self.limits);
         if app_http1 {
-            let limits = &self.limits;
-            let switch = SwitchSignal::default();
-            let io = H1Guard::new(
-                io,
-                limits.max_header_bytes,
-                limits.header_read_timeout,
-                switch.clone(),
-            );
-            let service = service(Some(switch.clone()));
-            serve_http(
-                &self.servers,
+            let service = |switch| service(Some(switch));
+            serve_guarded(
+                servers,
                 Speak::Http1,
                 io,
                 service,
                 &drain,
                 &activity,
-                &self.limits,
+                limits,
             )
             .await;
-            // A WebSocket spliced from here keeps this connection's place in the budget.
-            switch.splices_done().await;
         } else {
             let service = service(None);
             serve_http(
-                &self.servers,
+                servers,
                 Speak::Http2,
                 io,
                 service,
                 &drain,
                 &activity,
-                &self.limits,
+                limits,
             )
             .await;
         }
