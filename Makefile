@@ -1,7 +1,7 @@
 # The two fresh-machine commands are `make run` and `make test`; see README.md.
 CARGO ?= cargo
 
-.PHONY: run test deps lint build bench bench-micro fuzz
+.PHONY: run test deps lint build bench bench-compare bench-micro fuzz
 
 ## run: build, then run a whole mesh on this machine (`ward demo`; Ctrl-C stops it).
 ## DEMO_ARGS passes options, e.g. make run DEMO_ARGS="--duration 30s".
@@ -41,6 +41,13 @@ bench:
 	@echo "  certs/benches/certs.rs           CSR signing, SVID chain verification"
 	@echo "  policy/benches/policy.rs         policy decisions and compilation at 1,000 policies"
 	@echo "  tests/benches/control_plane.rs   Certify rate, 10,000 Policy.Watch streams, control-plane RSS"
+
+## bench-compare: latency of this release build beside an earlier one, alternating
+## (BASE=bin dir of the earlier build, e.g. target/baseline/release)
+bench-compare:
+	./bench/setup.sh
+	$(CARGO) build --release --bins
+	python3 bench/compare.py --base $(BASE)
 
 ## bench-micro: the criterion micro-benchmarks of each crate
 bench-micro:
