@@ -1,106 +1,53 @@
-//! The admin server: liveness, readiness, metrics, the effective configuration and the
-//! certificates in use. Plain HTTP/1.1 on the admin address (loopback by default).
+//! The sidecar's admin routes beside the shared ones (`/live /ready /metrics`, see
+//! [`ward_runtime::admin`]): `/config` (the effective configuration) and `/certs` (the
+//! certificates in use), and the control-plane streams' health in `/ready`.
 
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use tokio::net::TcpListener;
 use ward_certs::{CertInfo, MeshIdentity};
+use ward_runtime::Readiness;
+use ward_runtime::admin::{self, Admin};
+use ward_runtime::time::rfc3339;
 
-use crate::drain::Drain;
-use crate::readiness::Readiness;
-
-/// What the admin endpoints report on.
-pub struct Admin {
-    pub readiness: Readiness,
-    pub metrics: Option<PrometheusHandle>,
-    /// The effective configuration, rendered once (it holds paths, never key material).
-    pub config_json: String,
+/// What the sidecar's own admin routes report on, filled in as start-up proceeds.
+#[derive(Default)]
+pub struct Reports {
     /// Set once the identity is loaded (with a control plane, after the first Certify).
-    pub identity: std::sync::OnceLock<MeshIdentity>,
+    pub identity: OnceLock<MeshIdentity>,
     /// Control-plane stream health, when the identity comes from one.
-    pub control_plane: std::sync::OnceLock<Arc<crate::identity::Health>>,
+    pub control_plane: OnceLock<Arc<crate::identity::Health>>,
 }
 
-/// Serves the admin endpoints on `listener` until drained.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, drain: Drain) {
-    let mut failures = 0;
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => {
-                    failures = 0;
-                    conn
-                }
-                Err(e) => {
-                    tokio::select! {
-                        _ = crate::listener::accept_backoff(&e, &mut failures, "admin") => continue,
-                        _ = drain.signaled() => return,
-                    }
-                }
-            },
-            _ = drain.signaled() => return,
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
-}
-
-fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    }
-    match req.uri().path() {
-        "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" => {
-            let pending = admin.readiness.pending();
-            let status = if pending.is_empty() {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let mut detail = json!({ "ready": pending.is_empty(), "pending": pending });
-            if let Some(cp) = admin.control_plane.get() {
+/// The admin server of a sidecar: `config_json` is the effective configuration rendered
+/// once (it holds paths, never key material).
+pub fn server(
+    readiness: Readiness,
+    metrics: Option<PrometheusHandle>,
+    config_json: String,
+    reports: Arc<Reports>,
+) -> Admin {
+    let (certs_from, health_from) = (reports.clone(), reports);
+    Admin::new(readiness, metrics)
+        .route(
+            "/config",
+            Arc::new(move || admin::json_text(StatusCode::OK, config_json.clone())),
+        )
+        .route(
+            "/certs",
+            Arc::new(move || match certs_from.identity.get() {
+                Some(identity) => admin::json(StatusCode::OK, &certs(identity)),
+                None => admin::text(StatusCode::SERVICE_UNAVAILABLE, "no identity yet\n"),
+            }),
+        )
+        .ready_detail(Arc::new(move |detail| {
+            if let Some(cp) = health_from.control_plane.get() {
                 detail["control_plane"] = cp.describe();
             }
-            json_response(status, &detail)
-        }
-        "/metrics" => match &admin.metrics {
-            Some(handle) => Response::builder()
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(handle.render())))
-                .unwrap_or_default(),
-            None => text(StatusCode::NOT_FOUND, "metrics are off\n"),
-        },
-        "/config" => Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(admin.config_json.clone())))
-            .unwrap_or_default(),
-        "/certs" => match admin.identity.get() {
-            Some(identity) => json_response(StatusCode::OK, &certs(identity)),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "no identity yet\n"),
-        },
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    }
+        }))
 }
 
 /// The served SVID and the trust bundle's roots.
@@ -136,36 +83,4 @@ pub fn certs(identity: &MeshIdentity) -> serde_json::Value {
     );
     out["bundle"] = json!({ "trust_domain": bundle.trust_domain().to_string(), "roots": roots });
     out
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// RFC 3339 UTC with milliseconds, for audit lines.
-pub fn rfc3339_millis(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    let ms = t.millisecond();
-    let t = t.replace_nanosecond(u32::from(ms) * 1_000_000).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap_or_default()
-}
-
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(value.to_string())))
-        .unwrap_or_default()
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use metrics::counter;
@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 use ward_policy::{Call, Decider, Decision, MeshDefault, PolicySet, WorkloadPolicy};
 
 use crate::config::{Audit, AuditDecisions};
-use crate::drain::Drain;
-use crate::readiness::Pending;
+use ward_runtime::Drain;
+use ward_runtime::Pending;
 
 pub const DECISIONS_TOTAL: &str = "ward_authz_decisions_total";
 pub const POLICY_RELOADS_TOTAL: &str = "ward_policy_reloads_total";
@@ -151,7 +151,7 @@ impl AuditLog {
         }
         let rule = |d: &Decider| d.rule();
         let mut line = json!({
-            "time": crate::admin::rfc3339_millis(SystemTime::now()),
+            "time": ward_runtime::time::rfc3339_millis(SystemTime::now()),
             "source": call.principal,
             "destination": destination,
             "port": port,
@@ -196,41 +196,30 @@ pub async fn watch_policy_dir(
     mut not_ready: Option<Pending>,
     drain: Drain,
 ) {
-    let mut seen = None;
-    loop {
-        // Reading and parsing run off the async workers: a large or hostile file must not
-        // delay handshakes and requests.
-        let d = dir.clone();
-        let now = tokio::task::spawn_blocking(move || ward_policy::load::fingerprint(&d))
-            .await
-            .unwrap_or(None);
-        if now != seen {
-            seen = now;
-            let d = dir.clone();
-            let loaded = tokio::task::spawn_blocking(move || ward_policy::load_dir(&d))
-                .await
-                .unwrap_or_else(|e| Err(load_failed(&dir, &e)));
-            match loaded {
-                Ok(set) => {
-                    let applying = authz.install(&set);
-                    counter!(POLICY_RELOADS_TOTAL, "result" => "ok").increment(1);
-                    tracing::info!(dir = %dir.display(), loaded = set.policies().len(),
-                        applying, default = set.mesh_default().name(), "policy in force");
-                    not_ready.take();
-                }
-                Err(errors) => {
-                    counter!(POLICY_RELOADS_TOTAL, "result" => "error").increment(1);
-                    for e in &errors.0 {
-                        tracing::error!(target: "ward::policy", "{e}");
-                    }
-                    tracing::warn!(dir = %dir.display(), errors = errors.0.len(),
-                        "policy refused; the last good policy stays in force");
-                }
+    let (print, fp, load) = (dir.clone(), dir.clone(), dir.clone());
+    let apply = move |loaded: Result<PolicySet, ward_policy::PolicyErrors>| match loaded {
+        Ok(set) => {
+            let applying = authz.install(&set);
+            counter!(POLICY_RELOADS_TOTAL, "result" => "ok").increment(1);
+            tracing::info!(dir = %print.display(), loaded = set.policies().len(),
+                applying, default = set.mesh_default().name(), "policy in force");
+            not_ready.take();
+        }
+        Err(errors) => {
+            counter!(POLICY_RELOADS_TOTAL, "result" => "error").increment(1);
+            for e in &errors.0 {
+                tracing::error!(target: "ward::policy", "{e}");
             }
+            tracing::warn!(dir = %print.display(), errors = errors.0.len(),
+                "policy refused; the last good policy stays in force");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = drain.signaled() => return,
-        }
-    }
+    };
+    ward_runtime::poll::poll_until_drained(
+        ward_runtime::poll::POLL_EVERY,
+        move || ward_policy::load::fingerprint(&fp),
+        move || ward_policy::load_dir(&load),
+        apply,
+        drain,
+    )
+    .await
 }

@@ -23,6 +23,7 @@ use ward_certs::verify::{Purpose, unix_time};
 use ward_certs::{
     ExpectedPeer, MeshIdentity, SpiffeId, Svid, TrustBundle, TrustDomain, verify_svid,
 };
+use ward_runtime::backoff::Backoff;
 
 use crate::config::IdentityFiles;
 
@@ -189,7 +190,7 @@ impl ControlPlane {
 
     /// Gets the first SVID for the join token; retries with backoff until it succeeds.
     pub async fn bootstrap(&self) -> Bootstrapped {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::control_plane();
         loop {
             match self.try_bootstrap().await {
                 Ok(b) => return b,
@@ -270,7 +271,7 @@ impl ControlPlane {
     /// Renews at half-life with jitter, over mTLS with the current SVID; on failure retries
     /// with backoff and keeps serving the current certificate.
     pub async fn renew_forever(self, identity: MeshIdentity, id: SpiffeId) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::control_plane();
         loop {
             let wait = identity
                 .svid
@@ -283,7 +284,7 @@ impl ControlPlane {
                         SystemTime::now(),
                         info.not_before,
                         info.not_after,
-                        jitter(),
+                        ward_runtime::backoff::uniform(),
                     )
                 })
                 .unwrap_or_default();
@@ -298,7 +299,7 @@ impl ControlPlane {
                     Ok(serial) => {
                         tracing::info!(spiffe_id = %id, %serial, "renewed SVID");
                         self.renewed.notify_one();
-                        backoff = Backoff::new();
+                        backoff.reset();
                         break;
                     }
                     Err(e) => {
@@ -394,7 +395,7 @@ impl ControlPlane {
         self,
         identity: MeshIdentity,
         authz: Arc<crate::authz::Authorizer>,
-        mut not_ready: Option<crate::readiness::Pending>,
+        mut not_ready: Option<ward_runtime::Pending>,
     ) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let watcher = follow(self.health.clone(), "policy", move || {
@@ -459,29 +460,20 @@ impl ControlPlane {
     }
 }
 
-/// Runs `session` again and again: each run connects and consumes a stream; when it ends or
-/// fails the stream is marked disconnected and retried after a capped exponential backoff.
-async fn follow<F, Fut>(health: Arc<Health>, name: &'static str, mut session: F)
+/// Follows one control-plane stream for ever (see [`ward_runtime::follow::reconnect`]),
+/// marking it disconnected in `/ready` and the metrics whenever a session ends.
+async fn follow<F, Fut>(health: Arc<Health>, name: &'static str, session: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let mut backoff = Backoff::new();
-    loop {
-        let started = tokio::time::Instant::now();
-        let result = session().await;
-        connected(&health, name, false);
-        match result {
-            Ok(()) => tracing::warn!(stream = name, "control-plane stream ended; reconnecting"),
-            Err(e) => {
-                tracing::warn!(stream = name, error = %e, retry_in = ?backoff.peek(), "control-plane stream failed")
-            }
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Backoff::new();
-        }
-        backoff.wait().await;
-    }
+    ward_runtime::follow::reconnect(
+        name,
+        Backoff::control_plane(),
+        || connected(&health, name, false),
+        session,
+    )
+    .await
 }
 
 /// The key ID of the bundle root our current leaf chains to (see
@@ -527,40 +519,8 @@ fn connected(health: &Health, stream: &'static str, up: bool) {
     }
 }
 
-/// Capped exponential backoff: 250 ms doubling to 30 s, with jitter.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(30);
-
-    fn new() -> Self {
-        Self { next: Self::FIRST }
-    }
-
-    fn peek(&self) -> Duration {
-        self.next
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.next.mul_f64(0.75 + 0.5 * jitter())).await;
-        self.next = (self.next * 2).min(Self::MAX);
-    }
-}
-
-/// A uniform draw in [0, 1).
-fn jitter() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 fn unix_secs(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64
+    ward_runtime::time::unix_secs(t) as i64
 }
 
 fn code_name(code: tonic::Code) -> String {

@@ -22,7 +22,6 @@ use ward_policy::{Authority, Call, HttpCall, RequestError};
 
 use crate::authz::{Authorizer, Facts};
 use crate::config::{Inbound as InboundConfig, Limits, Protocol, UpgradeToken};
-use crate::drain::Drain;
 use crate::forward::{self, NextHop};
 use crate::h1guard::{SwitchSignal, may_switch, switched};
 use crate::http::{
@@ -34,6 +33,7 @@ use crate::listener::{Servers, Speak, serve_guarded, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::outbound::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2, authority_of, from_upstream};
 use crate::pool::{Dialer, H2Pool};
+use ward_runtime::Drain;
 
 const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 

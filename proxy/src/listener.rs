@@ -2,7 +2,6 @@
 //! connection for the drain, and serve HTTP connections until they end, idle out or drain.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,85 +11,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::config::Limits;
-use crate::drain::Drain;
 use crate::h1guard::{H1Guard, SwitchSignal};
 use crate::http::Body;
 use crate::idle::Activity;
-
-/// Binds a listener; the error names the setting (`inbound[0].listen`) and the address.
-pub async fn bind(field: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    use anyhow::Context;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{field}: cannot listen on {addr}"))
-}
-
-/// Accepts connections until the drain begins, handing each to `handle` with the drain.
-/// Past `limit` open connections a new one is closed at once.
-pub async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    drain: Drain,
-    limit: Arc<Semaphore>,
-    handle: F,
-) where
-    F: Fn(TcpStream, Drain) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let mut failures = 0;
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => {
-                    failures = 0;
-                    conn
-                }
-                Err(e) => {
-                    tokio::select! {
-                        _ = accept_backoff(&e, &mut failures, "listener") => continue,
-                        _ = drain.signaled() => return,
-                    }
-                }
-            },
-            _ = drain.signaled() => return,
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let task = handle(tcp, drain.clone());
-        drain.spawn(async move {
-            task.await;
-            drop(permit);
-        });
-    }
-}
-
-/// Waits out a failed accept. Running out of file descriptors (EMFILE/ENFILE) or buffers
-/// clears only when connections close, so retrying at once would spin a core: the wait
-/// doubles from 5 ms to 1 s over consecutive `failures`, and the loop never gives up.
-/// Logged at WARN on the first failure and whenever the wait reaches its cap.
-pub async fn accept_backoff(e: &std::io::Error, failures: &mut u32, listener: &'static str) {
-    *failures = failures.saturating_add(1);
-    let delay = accept_delay(*failures);
-    metrics::counter!("ward_accept_errors_total", "listener" => listener).increment(1);
-    if *failures == 1 || delay == MAX_ACCEPT_DELAY && failures.is_power_of_two() {
-        tracing::warn!(listener, error = %e, failures = *failures, ?delay, "accept failed; backing off");
-    }
-    tokio::time::sleep(delay).await;
-}
-
-const MAX_ACCEPT_DELAY: Duration = Duration::from_secs(1);
-
-/// The wait after `failures` consecutive accept errors.
-fn accept_delay(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    Duration::from_millis(5u64 << exp).min(MAX_ACCEPT_DELAY)
-}
+use ward_runtime::Drain;
 
 /// The HTTP server builders, one per way a connection can arrive.
 #[derive(Clone)]
@@ -285,19 +211,5 @@ where
                 .increment(1);
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_waits_double_to_a_cap() {
-        let waits: Vec<u64> = (1..=10)
-            .map(|f| accept_delay(f).as_millis() as u64)
-            .collect();
-        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
-        assert_eq!(accept_delay(u32::MAX), MAX_ACCEPT_DELAY);
     }
 }

@@ -45,7 +45,10 @@ fn main() -> ExitCode {
         }
     };
     ward_certs::tls::install_default_provider();
-    init_logging(cli.log_format);
+    ward_runtime::telemetry::init_logs(match cli.log_format {
+        LogFormat::Text => ward_runtime::telemetry::LogFormat::Text,
+        LogFormat::Json => ward_runtime::telemetry::LogFormat::Json,
+    });
     match cli.command {
         Command::Sidecar { config } => {
             let validated = match SidecarConfig::load(&config, std::env::vars()) {
@@ -90,19 +93,5 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        // Colour codes only on a terminal: log files and `kubectl logs` stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }

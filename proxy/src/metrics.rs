@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const REQUESTS_TOTAL: &str = "ward_requests_total";
 pub const REQUEST_DURATION: &str = "ward_request_duration_seconds";
@@ -40,27 +40,9 @@ impl Direction {
     }
 }
 
-/// How often recorded histogram samples are folded into their buckets. The exporter keeps
-/// raw samples until a scrape or an upkeep pass, so without this a sidecar that nobody
-/// scrapes would keep every request's latency sample (8 bytes each) for ever.
-pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// Runs the exporter's upkeep every `every`, for the life of the process.
-pub async fn upkeep(handle: PrometheusHandle, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        handle.run_upkeep();
-    }
-}
-
 /// Installs the process-wide recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), BUCKETS)
-        .map_err(|e| e.to_string())?
-        .install_recorder()
+    let handle = ward_runtime::telemetry::install_metrics(&[(REQUEST_DURATION, BUCKETS)])
         .map_err(|e| e.to_string())?;
     describe_counter!(REQUESTS_TOTAL, "HTTP requests and gRPC calls handled");
     describe_histogram!(

@@ -17,7 +17,6 @@ use ward_certs::{ExpectedPeer, MeshIdentity, SpiffeId};
 
 use crate::config::{Limits, Outbound as OutboundConfig, Protocol, UpgradeToken};
 use crate::detect::{self, Detected, Prefixed};
-use crate::drain::Drain;
 use crate::forward::{self, NextHop};
 use crate::h1guard::{SwitchSignal, may_switch, switched};
 use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
@@ -25,6 +24,7 @@ use crate::idle::{Activity, Tracked};
 use crate::listener::{Servers, Speak, serve_guarded, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::pool::{Dialer, H2Pool};
+use ward_runtime::Drain;
 
 /// ALPN for opaque TCP between sidecars.
 pub const ALPN_TCP: &[u8] = b"ward-tcp/1";

@@ -8,15 +8,16 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
-use crate::admin::{self, Admin};
+use ward_runtime::accept::{Accept, bind};
+use ward_runtime::telemetry::{UPKEEP_EVERY, upkeep};
+use ward_runtime::{Drain, Readiness};
+
 use crate::authz::{AuditLog, Authorizer, watch_policy_dir};
 use crate::config::Validated;
-use crate::drain::Drain;
 use crate::identity::ControlPlane;
 use crate::inbound::Inbound;
-use crate::listener::{Servers, accept_loop, bind};
+use crate::listener::Servers;
 use crate::outbound::Outbound;
-use crate::readiness::Readiness;
 
 /// Runs the sidecar until a shutdown signal, then drains. Errors name the setting at fault.
 pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
@@ -39,19 +40,16 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
     let drain = Drain::new();
     let admin_listener = bind("admin", config.admin).await?;
     if let Some(handle) = &metrics {
-        tokio::spawn(crate::metrics::upkeep(
-            handle.clone(),
-            crate::metrics::UPKEEP_EVERY,
-        ));
+        tokio::spawn(upkeep(handle.clone(), UPKEEP_EVERY));
     }
-    let admin = Arc::new(Admin {
-        readiness: readiness.clone(),
+    let admin = Arc::new(crate::admin::Reports::default());
+    let server = crate::admin::server(
+        readiness.clone(),
         metrics,
-        config_json: serde_json::to_string_pretty(config).unwrap_or_default(),
-        identity: std::sync::OnceLock::new(),
-        control_plane: std::sync::OnceLock::new(),
-    });
-    tokio::spawn(admin::serve(admin_listener, admin.clone(), drain.clone()));
+        serde_json::to_string_pretty(config).unwrap_or_default(),
+        admin.clone(),
+    );
+    tokio::spawn(server.serve(admin_listener, drain.clone()));
 
     let td = &validated.trust_domain;
     let (identity, own_id, control) = if config.identity.control_plane.is_some() {
@@ -127,7 +125,8 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             config.access_log,
         )?;
         let handle = move |tcp, drain| inbound.clone().connection(tcp, drain);
-        tokio::spawn(accept_loop(listener, drain.clone(), budget(), handle));
+        let accept = Accept::new("inbound").limit(budget());
+        tokio::spawn(accept.serve(listener, drain.clone(), handle));
         drop(pending.next());
     }
     for (i, cfg) in config.outbound.iter().enumerate() {
@@ -141,13 +140,14 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             config.access_log,
         )?;
         let handle = move |tcp, drain| outbound.clone().connection(tcp, drain);
-        tokio::spawn(accept_loop(listener, drain.clone(), budget(), handle));
+        let accept = Accept::new("outbound").limit(budget());
+        tokio::spawn(accept.serve(listener, drain.clone(), handle));
         drop(pending.next());
     }
     tracing::info!(spiffe_id = %own_id, admin = %config.admin,
         inbound = config.inbound.len(), outbound = config.outbound.len(), "sidecar ready");
 
-    shutdown_signal().await;
+    ward_runtime::signal::shutdown().await;
     tracing::info!(timeout = ?config.limits.drain_timeout, "draining");
     drain.start();
     let left = drain.finish(config.limits.drain_timeout).await;
@@ -155,22 +155,4 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
         tracing::warn!(open = left, "drain timeout reached; closing what is left");
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

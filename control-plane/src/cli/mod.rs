@@ -149,13 +149,7 @@ pub(crate) fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
-/// Formats an instant as RFC 3339 UTC, to the second.
-pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{t}"))
-}
+pub(crate) use ward_runtime::time::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::Args;
 use ward_certs::{SpiffeId, TrustDomain};
+use ward_runtime::telemetry::LogFormat;
 
 use super::{Outcome, parse_duration, parse_spiffe_id, parse_trust_domain};
 use crate::server::{self, Settings, tokens};
@@ -39,23 +40,12 @@ pub struct ControlPlaneArgs {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_watches_per_identity: u64,
     /// Log format.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[arg(long, default_value = "text", value_parser = clap::builder::ValueParser::new(str::parse::<LogFormat>))]
+    log_format: LogFormat,
 }
 
 pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        // Colour codes only on a terminal: log files and `kubectl logs` stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    ward_runtime::telemetry::init_logs(args.log_format);
     let metrics = server::admin::install_metrics().context("metrics")?;
     let settings = Settings {
         data_dir: args.data_dir,

@@ -67,12 +67,7 @@ pub struct DemoAppArgs {
 
 /// `ward demo-app`: one of the demo's apps (started by `ward demo`).
 pub fn demo_app(args: DemoAppArgs) -> anyhow::Result<Outcome> {
-    tracing_subscriber::fmt()
-        // Colour codes only on a terminal: log files and `kubectl logs` stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .init();
+    ward_runtime::telemetry::init_logs(ward_runtime::telemetry::LogFormat::Text);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -32,6 +32,10 @@ use ward_api::v1::{
 use ward_certs::ca::{self, CaError, CaOptions, CertificateAuthority};
 use ward_certs::{MeshIdentity, SpiffeId, TrustBundle, TrustDomain};
 use ward_policy::PolicySet;
+use ward_runtime::accept::{Accept, bind};
+use ward_runtime::admin::Admin;
+use ward_runtime::telemetry::{UPKEEP_EVERY, upkeep};
+use ward_runtime::{Drain, Readiness};
 
 use self::tokens::{TokenError, TokenStore};
 
@@ -211,8 +215,9 @@ pub async fn run(
         settings: settings.clone(),
     });
 
+    let drain = Drain::new();
     if let Some(policy_dir) = settings.policy_dir.clone() {
-        tokio::spawn(watch_policy(policy_dir, state.clone()));
+        tokio::spawn(watch_policy(policy_dir, state.clone(), drain.clone()));
     }
     tokio::spawn(renew_own_svid(
         state.clone(),
@@ -223,45 +228,26 @@ pub async fn run(
     tokio::spawn(report_status(state.clone()));
 
     let tls = identity.server_config_client_optional(&[b"h2"])?;
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("--listen: cannot listen on {}", settings.listen))?;
+    let listener = bind("--listen", settings.listen).await?;
     if let Some(handle) = &metrics {
-        // Histogram samples (push fan-out latency) stay raw until a scrape or an upkeep
-        // pass; fold them in regularly so an unscraped control plane does not keep them all.
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                handle.run_upkeep();
-            }
-        });
+        tokio::spawn(upkeep(handle.clone(), UPKEEP_EVERY));
     }
-    admin::serve(settings.admin, metrics).await?;
+    let admin = bind("--admin", settings.admin).await?;
+    tokio::spawn(Admin::new(Readiness::new(), metrics).serve(admin, drain.clone()));
     tracing::info!(listen = %settings.listen, admin = %settings.admin, spiffe_id = %own_id, "control plane ready");
-    let incoming = tls_incoming(listener, TlsAcceptor::from(tls));
+    let incoming = tls_incoming(listener, TlsAcceptor::from(tls), drain.clone());
+    let stop = async move {
+        ward_runtime::signal::shutdown().await;
+        drain.start();
+    };
     tonic::transport::Server::builder()
         .add_service(v1::identity_server::IdentityServer::new(Api(state.clone())))
         .add_service(v1::policy_server::PolicyServer::new(Api(state.clone())))
         .add_service(v1::bundle_server::BundleServer::new(Api(state.clone())))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, stop)
         .await
         .context("serving the control-plane API")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    if let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
 }
 
 /// Re-issues the control plane's own SVID at half-life.
@@ -413,41 +399,32 @@ async fn report_status(state: Arc<State>) {
 
 /// Polls the policy directory; a valid change is pushed to every watcher, a broken one is
 /// refused with every error logged and the last good set stays.
-async fn watch_policy(dir: PathBuf, state: Arc<State>) {
-    let mut seen = ward_policy::load::fingerprint(&dir);
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // Reading and parsing run off the async workers: a large or hostile file must not
-        // delay handshakes and streams.
-        let d = dir.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || ward_policy::load::fingerprint(&d)).await
-        else {
-            continue;
-        };
-        if now == seen {
-            continue;
+async fn watch_policy(dir: PathBuf, state: Arc<State>, drain: Drain) {
+    let seen = ward_policy::load::fingerprint(&dir);
+    let (fp, load) = (dir.clone(), dir);
+    let apply = move |loaded: Result<PolicySet, ward_policy::PolicyErrors>| match loaded {
+        Ok(set) => {
+            state.policy.send_modify(|current| {
+                *current = Arc::new((current.0 + 1, set, Instant::now()));
+            });
+            tracing::info!(version = state.policy.borrow().0, "policy updated");
         }
-        seen = now;
-        let d = dir.clone();
-        let Ok(loaded) = tokio::task::spawn_blocking(move || ward_policy::load_dir(&d)).await
-        else {
-            continue;
-        };
-        match loaded {
-            Ok(set) => {
-                state.policy.send_modify(|current| {
-                    *current = Arc::new((current.0 + 1, set, Instant::now()));
-                });
-                tracing::info!(version = state.policy.borrow().0, "policy updated");
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(target: "ward::policy", "{e}");
             }
-            Err(errors) => {
-                for e in &errors.0 {
-                    tracing::error!(target: "ward::policy", "{e}");
-                }
-                tracing::warn!("policy refused; the last good policy stays in force");
-            }
+            tracing::warn!("policy refused; the last good policy stays in force");
         }
-    }
+    };
+    ward_runtime::poll::poll_changes(
+        ward_runtime::poll::POLL_EVERY,
+        Some(seen),
+        move || ward_policy::load::fingerprint(&fp),
+        move || ward_policy::load_dir(&load),
+        apply,
+        async move { drain.signaled().await },
+    )
+    .await
 }
 
 /// A TLS connection with what the handlers need to know about the peer.
@@ -521,71 +498,49 @@ impl tokio::io::AsyncWrite for TlsConn {
     }
 }
 
-/// Waits out a failed accept (EMFILE and the like clear only as connections close, so an
-/// immediate retry would spin): 5 ms doubling to 1 s over consecutive failures, never
-/// giving up. The sidecar's listeners do the same (`ward_proxy::listener`).
-pub async fn accept_backoff(e: &std::io::Error, failures: &mut u32, listener: &'static str) {
-    *failures = failures.saturating_add(1);
-    let delay = Duration::from_millis(5u64 << failures.saturating_sub(1).min(16))
-        .min(Duration::from_secs(1));
-    metrics::counter!("ward_cp_accept_errors_total", "listener" => listener).increment(1);
-    if *failures == 1 || failures.is_power_of_two() {
-        tracing::warn!(listener, error = %e, failures = *failures, ?delay, "accept failed; backing off");
-    }
-    tokio::time::sleep(delay).await;
-}
-
 /// Accepts TCP connections and completes their TLS handshakes off the accept loop.
 fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    drain: Drain,
 ) -> impl Stream<Item = Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut failures = 0u32;
-        loop {
-            let (tcp, addr) = match listener.accept().await {
-                Ok(conn) => {
-                    failures = 0;
-                    conn
+    let handshake = move |tcp: tokio::net::TcpStream, _| {
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        async move {
+            let Ok(addr) = tcp.peer_addr() else { return };
+            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "control-plane TLS handshake failed");
+                    return;
                 }
-                Err(e) => {
-                    accept_backoff(&e, &mut failures, "grpc").await;
-                    continue;
-                }
+                Err(_) => return,
             };
-            // gRPC replies are small writes: without this, Nagle and delayed ACKs add ~40 ms.
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                let stream = match accepted {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%addr, error = %e, "control-plane TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let spiffe_id =
-                    ward_certs::tls::peer_spiffe_id(stream.get_ref().1.peer_certificates());
-                let unauthenticated_until = spiffe_id
-                    .is_none()
-                    .then(|| Box::pin(tokio::time::sleep(UNAUTHENTICATED_LIFETIME)));
-                let info = PeerInfo {
-                    addr: Some(addr),
-                    spiffe_id,
-                };
-                let conn = TlsConn {
-                    stream,
-                    info,
-                    unauthenticated_until,
-                };
-                let _ = tx.send(Ok(conn)).await;
-            });
+            let spiffe_id = ward_certs::tls::peer_spiffe_id(stream.get_ref().1.peer_certificates());
+            let unauthenticated_until = spiffe_id
+                .is_none()
+                .then(|| Box::pin(tokio::time::sleep(UNAUTHENTICATED_LIFETIME)));
+            let info = PeerInfo {
+                addr: Some(addr),
+                spiffe_id,
+            };
+            let conn = TlsConn {
+                stream,
+                info,
+                unauthenticated_until,
+            };
+            let _ = tx.send(Ok(conn)).await;
         }
-    });
+    };
+    // The handshakes are not waited for at shutdown: tonic's own shutdown ends the
+    // connections that made it.
+    tokio::spawn(
+        Accept::new("grpc")
+            .untracked()
+            .serve(listener, drain, handshake),
+    );
     ReceiverStream::new(rx)
 }
 

@@ -59,11 +59,7 @@ pub struct ProxyStatus {
     pub last_seen_unix: u64,
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
+use ward_runtime::time::unix_secs as unix;
 
 pub fn read_journal(dir: &Path) -> anyhow::Result<Journal> {
     match std::fs::read(dir.join(JOURNAL_FILE)) {

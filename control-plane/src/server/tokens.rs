@@ -63,11 +63,7 @@ fn digest(token: &str) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
+use ward_runtime::time::unix_secs as unix;
 
 impl TokenStore {
     pub fn new(dir: &Path) -> Self {
