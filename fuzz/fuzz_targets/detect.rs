@@ -2,7 +2,7 @@
 //! decided, more bytes never change the decision.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ward_proxy::detect::{Verdict, classify};
+use ward_proxy::transport::detect::{Verdict, classify};
 
 fuzz_target!(|data: &[u8]| {
     let mut decided = None;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ward_proxy::h1guard::{H1Guard, SwitchSignal};
+use ward_proxy::http::guard::{H1Guard, SwitchSignal};
 
 fuzz_target!(|data: &[u8]| {
     // First byte: where to split the input into two writes.

@@ -19,7 +19,7 @@ pub struct Reports {
     /// Set once the identity is loaded (with a control plane, after the first Certify).
     pub identity: OnceLock<MeshIdentity>,
     /// Control-plane stream health, when the identity comes from one.
-    pub control_plane: OnceLock<Arc<crate::identity::Health>>,
+    pub control_plane: OnceLock<Arc<crate::control::Health>>,
 }
 
 /// The admin server of a sidecar: `config_json` is the effective configuration rendered

@@ -22,17 +22,20 @@ use ward_policy::{Authority, Call, HttpCall, RequestError};
 
 use crate::authz::{Authorizer, Facts};
 use crate::config::{Inbound as InboundConfig, Limits, Protocol, UpgradeToken};
-use crate::forward::{self, NextHop};
-use crate::h1guard::{SwitchSignal, may_switch, switched};
+use crate::http::forward::{self, NextHop};
+use crate::http::forward::{authority_of, from_upstream};
+use crate::http::guard::{SwitchSignal, may_switch, switched};
+use crate::http::pool::H2Pool;
+use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
 use crate::http::{
     Body, Failure, ORIGINAL_PROTOCOL, PEER_IDENTITY, XFCC, allowed_upgrade, failure_response,
     is_grpc,
 };
-use crate::idle::{Activity, Tracked};
-use crate::listener::{Servers, Speak, serve_guarded, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
-use crate::outbound::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2, authority_of, from_upstream};
-use crate::pool::{Dialer, H2Pool};
+use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2};
+use crate::transport::connect::Dialer;
+use crate::transport::handshake_kind;
+use crate::transport::idle::{Activity, Tracked};
 use ward_runtime::Drain;
 
 const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -90,7 +93,7 @@ pub struct Inbound {
     app_h2: NextHop,
     app_dialer: Dialer,
     /// With `protocol: auto`, whether the app accepts HTTP/2 with prior knowledge: learnt
-    /// once, by [`crate::detect::probe_h2`], the first time a caller speaks HTTP/2.
+    /// once, by [`crate::transport::detect::probe_h2`], the first time a caller speaks HTTP/2.
     app_h2_support: tokio::sync::OnceCell<bool>,
     limits: Limits,
     servers: Servers,
@@ -174,7 +177,7 @@ impl Inbound {
         let _open = OpenConnection::new(Direction::Inbound);
         let activity = Activity::new();
         let handshake = async {
-            let io = crate::tls_alerts::first_record_checked(tcp).await?;
+            let io = crate::transport::tls_alerts::first_record_checked(tcp).await?;
             let accepted = self
                 .acceptor
                 .accept(Tracked::new(io, activity.clone()))
@@ -183,7 +186,7 @@ impl Inbound {
             match accepted {
                 Ok(tls) => Ok(tls),
                 Err((e, mut io)) => {
-                    crate::tls_alerts::after_failed_handshake(&e, &mut io).await;
+                    crate::transport::tls_alerts::after_failed_handshake(&e, &mut io).await;
                     Err(e)
                 }
             }
@@ -282,7 +285,7 @@ impl Inbound {
             return *known;
         }
         let probe = || async {
-            match crate::detect::probe_h2(self.app, self.limits.connect_timeout).await {
+            match crate::transport::detect::probe_h2(self.app, self.limits.connect_timeout).await {
                 Some(h2) => Ok(h2),
                 None => Err(()),
             }
@@ -312,7 +315,7 @@ impl Inbound {
             return;
         }
         let (limits, log) = (&self.limits, self.access_log);
-        let forward = crate::tcp::forward(
+        let forward = crate::transport::tcp::forward(
             stream,
             &self.app_dialer,
             Direction::Inbound,
@@ -489,7 +492,7 @@ impl Inbound {
         admitted: Admitted,
         peer: &Peer,
         caller_http1: bool,
-        spliced: Option<crate::h1guard::Spliced>,
+        spliced: Option<crate::http::guard::Spliced>,
     ) -> (Result<Response<Body>, Failure>, &'static str) {
         let Admitted {
             mut req,
@@ -650,14 +653,6 @@ fn to_app_request(
         *req.version_mut() = Version::HTTP_2;
     }
     Ok(req)
-}
-
-/// `resumed` for an abbreviated (session-resumption) handshake, `ok` for a full one.
-pub fn handshake_kind(conn: &rustls::CommonState) -> &'static str {
-    match conn.handshake_kind() {
-        Some(rustls::HandshakeKind::Resumed) => "resumed",
-        _ => "ok",
-    }
 }
 
 /// A metrics label for a failed inbound handshake.

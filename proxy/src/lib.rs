@@ -1,22 +1,22 @@
 //! ward-proxy: the data plane — listeners, mutual TLS, protocol detection, HTTP/gRPC/TCP
 //! forwarding, the authorization hook, admin and metrics.
+//!
+//! Layers, each using only those above it:
+//! - [`transport`]: connect, ALPN, detection, TCP splicing, idle tracking;
+//! - [`http`]: serving and forwarding HTTP (server, HTTP/1 guard, replay, pool, errors);
+//! - [`authz`]: the policy decision for a call and its audit line;
+//! - [`identity`] and [`control`]: where the SVID, bundle and policy come from;
+//! - [`inbound`] and [`outbound`]: the two kinds of listener;
+//! - [`sidecar`]: a proxy assembled from its configuration.
 
 pub mod admin;
 pub mod authz;
 pub mod config;
-pub mod detect;
-pub mod forward;
-pub mod h1guard;
+pub mod control;
 pub mod http;
 pub mod identity;
-pub mod idle;
 pub mod inbound;
-mod io;
-pub mod listener;
 pub mod metrics;
 pub mod outbound;
-pub mod pool;
-pub mod replay;
 pub mod sidecar;
-pub mod tcp;
-pub mod tls_alerts;
+pub mod transport;

@@ -10,30 +10,22 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use ward_certs::{ExpectedPeer, MeshIdentity, SpiffeId};
 
 use crate::config::{Limits, Outbound as OutboundConfig, Protocol, UpgradeToken};
-use crate::detect::{self, Detected, Prefixed};
-use crate::forward::{self, NextHop};
-use crate::h1guard::{SwitchSignal, may_switch, switched};
+use crate::http::forward::{self, NextHop, authority_of, from_upstream};
+use crate::http::guard::{SwitchSignal, may_switch, switched};
+use crate::http::pool::H2Pool;
+use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
 use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
-use crate::idle::{Activity, Tracked};
-use crate::listener::{Servers, Speak, serve_guarded, serve_http};
 use crate::metrics::{self, Direction, OpenConnection};
-use crate::pool::{Dialer, H2Pool};
+use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2};
+use crate::transport::connect::Dialer;
+use crate::transport::detect::{self, Detected, Prefixed};
+use crate::transport::idle::{Activity, Tracked};
 use ward_runtime::Drain;
-
-/// ALPN for opaque TCP between sidecars.
-pub const ALPN_TCP: &[u8] = b"ward-tcp/1";
-/// ALPN for HTTP/2 between ward sidecars. Offered before `h2`: a ward peer picks it, and
-/// only then is `x-ward-original-protocol` sent or believed; any other SPIFFE peer (Envoy)
-/// picks `h2` and never sees it.
-pub const ALPN_WARD_H2: &[u8] = b"ward-h2/1";
-pub const ALPN_H2: &[u8] = b"h2";
-pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// One outbound listener's forwarding state.
 pub struct Outbound {
@@ -109,7 +101,7 @@ impl Outbound {
             Detected::Tcp => {
                 let (limits, log) = (&self.limits, self.access_log);
                 let peer = &self.server_name;
-                return crate::tcp::forward(
+                return crate::transport::tcp::forward(
                     io,
                     &self.tcp,
                     Direction::Outbound,
@@ -255,29 +247,4 @@ fn to_mesh_request(
     }
     *req.version_mut() = Version::HTTP_2;
     Ok(req)
-}
-
-/// The request's authority: from the URI (HTTP/2, absolute-form) or the Host header.
-pub fn authority_of<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
-    }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(str::to_owned)
-}
-
-/// Prepares a response from the next hop for the caller.
-pub fn from_upstream(resp: Response<Incoming>, caller_http1: bool) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        crate::http::strip_hop_by_hop(&mut parts.headers);
-    }
-    crate::http::strip_mesh_only(&mut parts.headers);
-    if caller_http1 {
-        parts.version = Version::HTTP_11;
-    }
-    Response::from_parts(parts, Either::Left(body))
 }

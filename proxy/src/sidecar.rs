@@ -14,9 +14,9 @@ use ward_runtime::{Drain, Readiness};
 
 use crate::authz::{AuditLog, Authorizer, watch_policy_dir};
 use crate::config::Validated;
-use crate::identity::ControlPlane;
+use crate::control::ControlPlane;
+use crate::http::server::Servers;
 use crate::inbound::Inbound;
-use crate::listener::Servers;
 use crate::outbound::Outbound;
 
 /// Runs the sidecar until a shutdown signal, then drains. Errors name the setting at fault.

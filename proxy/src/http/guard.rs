@@ -468,7 +468,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for H1Guard<S> {
     }
 }
 
-crate::io::write_through!(H1Guard);
+crate::transport::io::write_through!(H1Guard);
 
 #[cfg(test)]
 mod tests {

@@ -170,7 +170,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-crate::io::write_through!(Prefixed);
+crate::transport::io::write_through!(Prefixed);
 
 /// Asks the app at `addr` whether it speaks HTTP/2 with prior knowledge: sends the client
 /// preface and an empty SETTINGS frame on a connection of its own and reads the first

@@ -1,6 +1,5 @@
-//! The workload's identity: from static files (`ward cert issue`), or from the control plane
-//! — a first SVID for a join token, then renewal at half-life over mTLS, plus the policy and
-//! trust-bundle streams.
+//! The control-plane client: a first SVID for a join token, then renewal at half-life over
+//! mTLS, plus the policy and trust-bundle streams.
 //!
 //! Every stream from the control plane follows one pattern ([`follow`]): connect, consume,
 //! and on any end or error reconnect with capped exponential backoff, keeping the last good
@@ -26,49 +25,8 @@ use ward_certs::{
 use ward_runtime::backoff::Backoff;
 
 use crate::config::IdentityFiles;
+use crate::identity::{IdentityError, report_roots};
 
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    #[error("identity.cert: {0}")]
-    Svid(#[from] ward_certs::svid::SvidFileError),
-    #[error("identity.bundle: {0}")]
-    Bundle(#[from] ward_certs::bundle::BundleError),
-    #[error("identity.cert: {path}: not a valid SVID for identity.bundle: {rule}")]
-    Invalid {
-        path: String,
-        rule: ward_certs::SvidError,
-    },
-    #[error("control plane: {0}")]
-    ControlPlane(String),
-}
-
-/// Loads and cross-checks static SVID files and the bundle.
-pub fn load_static(
-    files: &IdentityFiles,
-    trust_domain: &TrustDomain,
-) -> Result<(MeshIdentity, SpiffeId), IdentityError> {
-    let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
-        return Err(IdentityError::ControlPlane(
-            "no static identity configured".into(),
-        ));
-    };
-    let svid = Svid::read(cert, key)?;
-    let bundle = TrustBundle::read(trust_domain.clone(), &files.bundle)?;
-    report_roots(&bundle);
-    let id = verify_svid(
-        svid.chain(),
-        &bundle,
-        unix_time(SystemTime::now()),
-        Purpose::Both,
-    )
-    .map_err(|rule| IdentityError::Invalid {
-        path: cert.display().to_string(),
-        rule,
-    })?;
-    Ok((MeshIdentity::new(&svid, bundle)?, id))
-}
-
-/// The control plane as this proxy reaches it.
 /// Whether the control-plane streams are up and how fresh their state is, for `/ready`.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -483,16 +441,6 @@ fn leaf_issuer(identity: &MeshIdentity) -> String {
     let bundle = identity.bundle.current();
     let now = ward_certs::verify::unix_time(SystemTime::now());
     ward_certs::verify::anchor_key_id(&chain, &bundle, now).unwrap_or_default()
-}
-
-/// Reports what is wrong (or soon will be) with a bundle's roots: one WARN each, and
-/// `ward_bundle_root_warnings` holds how many the bundle in force has.
-pub fn report_roots(bundle: &TrustBundle) {
-    let warnings = bundle.root_warnings(SystemTime::now());
-    for w in &warnings {
-        tracing::warn!(target: "ward::bundle", "{w}");
-    }
-    gauge!("ward_bundle_root_warnings").set(warnings.len() as f64);
 }
 
 fn ack(identity: &MeshIdentity, applied: u64) -> v1::BundleAck {

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::idle::{Activity, Tracked};
+use super::connect::Dialer;
 use crate::metrics::{self, Direction};
-use crate::pool::Dialer;
+use crate::transport::idle::{Activity, Tracked};
 
 /// Bytes carried each way.
 #[derive(Debug, Default, Clone, Copy)]

@@ -5,16 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
-use crate::http::Failure;
+use crate::http::pool::H2Pool;
+use crate::http::replay::{self, Refusal, ReplayBody};
+use crate::http::{Body, Failure};
 use crate::metrics;
-use crate::pool::{Dialer, H2Pool};
-use crate::replay::{self, Refusal, ReplayBody};
+use crate::transport::connect::Dialer;
 
 /// Where requests go next.
 #[derive(Clone)]
@@ -145,7 +147,7 @@ pub async fn upgrade(
     asked: HeaderValue,
     timeout: Duration,
     idle: Duration,
-    spliced: Option<crate::h1guard::Spliced>,
+    spliced: Option<crate::http::guard::Spliced>,
 ) -> Result<Response<Incoming>, Failure> {
     let caller = hyper::upgrade::on(&mut req);
     let headers = req.headers_mut();
@@ -153,7 +155,7 @@ pub async fn upgrade(
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, asked.clone());
     let req = req.map(ReplayBody::pass);
-    let crate::pool::Connected { stream, .. } = dialer.dial().await.map_err(|e| {
+    let crate::transport::connect::Connected { stream, .. } = dialer.dial().await.map_err(|e| {
         UPSTREAM_CONNECT.warn(|held| {
             tracing::warn!(error = %e, held_back = held, "upgrade connection failed");
         });
@@ -181,8 +183,32 @@ pub async fn upgrade(
             let (Ok(a), Ok(b)) = (caller.await, callee.await) else {
                 return;
             };
-            let _ = crate::tcp::splice(TokioIo::new(a), TokioIo::new(b), idle).await;
+            let _ = crate::transport::tcp::splice(TokioIo::new(a), TokioIo::new(b), idle).await;
         });
     }
     Ok(resp)
+}
+/// The request's authority: from the URI (HTTP/2, absolute-form) or the Host header.
+pub fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+}
+
+/// Prepares a response from the next hop for the caller.
+pub fn from_upstream(resp: Response<Incoming>, caller_http1: bool) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        crate::http::strip_hop_by_hop(&mut parts.headers);
+    }
+    crate::http::strip_mesh_only(&mut parts.headers);
+    if caller_http1 {
+        parts.version = Version::HTTP_11;
+    }
+    Response::from_parts(parts, Either::Left(body))
 }

@@ -30,7 +30,7 @@ const UNEXPECTED_MESSAGE: u8 = 10;
 /// header is handed back in front of the stream for the handshake to read.
 pub async fn first_record_checked(
     mut tcp: TcpStream,
-) -> std::io::Result<crate::detect::Prefixed<TcpStream>> {
+) -> std::io::Result<crate::transport::detect::Prefixed<TcpStream>> {
     use tokio::io::AsyncReadExt;
     let mut header = [0u8; 5];
     tcp.read_exact(&mut header).await?;
@@ -39,7 +39,7 @@ pub async fn first_record_checked(
         let _ = tcp.shutdown().await;
         return Err(std::io::Error::other("TLS record longer than 2^14 bytes"));
     }
-    Ok(crate::detect::Prefixed::new(
+    Ok(crate::transport::detect::Prefixed::new(
         bytes::BytesMut::from(&header[..]),
         tcp,
     ))

@@ -8,15 +8,39 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Limits;
-use crate::h1guard::{H1Guard, SwitchSignal};
 use crate::http::Body;
-use crate::idle::Activity;
+use crate::http::guard::{H1Guard, SwitchSignal};
+use crate::transport::idle::Activity;
 use ward_runtime::Drain;
+
+/// The HTTP server for app (outbound) and peer (inbound) connections, with every limit set.
+pub fn server(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper needs at least 8 KiB; past this the head is refused with 431.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): a peer whose reset streams pile up gets GOAWAY.
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .adaptive_window(true);
+    builder
+}
 
 /// The HTTP server builders, one per way a connection can arrive.
 #[derive(Clone)]
@@ -27,8 +51,8 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn new(limits: &crate::config::Limits) -> Self {
-        let auto = crate::http::server(limits);
+    pub fn new(limits: &Limits) -> Self {
+        let auto = server(limits);
         Self {
             http1: auto.clone().http1_only(),
             http2: auto.clone().http2_only(),
@@ -174,7 +198,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// GOAWAY with PROTOCOL_ERROR, then the connection closes (RFC 9113 §3.4 allows leaving
 /// the GOAWAY out; a peer debugging its client learns more with it). `None`: refused, or
 /// nothing within `timeout`.
-async fn h2_preface<I>(mut io: I, timeout: Duration) -> Option<crate::detect::Prefixed<I>>
+async fn h2_preface<I>(
+    mut io: I,
+    timeout: Duration,
+) -> Option<crate::transport::detect::Prefixed<I>>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -195,7 +222,7 @@ where
         true
     };
     match tokio::time::timeout(timeout, read).await {
-        Ok(true) => Some(crate::detect::Prefixed::new(got, io)),
+        Ok(true) => Some(crate::transport::detect::Prefixed::new(got, io)),
         Ok(false) => {
             metrics::counter!("ward_connections_closed_total", "reason" => "bad_h2_preface")
                 .increment(1);

@@ -1,5 +1,16 @@
-//! What the inbound and outbound HTTP paths share: hop-by-hop header rules, error
-//! responses that say nothing about the cause, and the server settings that enforce limits.
+//! HTTP as both listeners serve and forward it: header rules shared by the inbound and
+//! outbound paths (here), errors that say nothing about their cause ([`errors`]), the
+//! server with its limits and HTTP/1 guard ([`server`], [`guard`]), the client side
+//! ([`pool`], [`forward`], [`replay`]).
+
+pub mod errors;
+pub mod forward;
+pub mod guard;
+pub mod pool;
+pub mod replay;
+pub mod server;
+
+pub use errors::{Failure, failure_response};
 
 use std::time::Duration;
 
@@ -8,10 +19,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 
-use crate::config::{Limits, UpgradeToken};
+use crate::config::UpgradeToken;
 
 /// Body of a response handed back to a caller: the upstream's, or one we made.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -25,7 +34,7 @@ pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// Headers only ward sets, from what it verified itself. Whatever a caller sends under
 /// these names — in the head or in trailers — is removed; the inbound side sets the first
 /// two after every other header rule has run, and `x-ward-original-protocol` travels only
-/// between ward sidecars (ALPN [`crate::outbound::ALPN_WARD_H2`]).
+/// between ward sidecars (ALPN [`crate::transport::alpn::ALPN_WARD_H2`]).
 pub const MESH_ONLY: [HeaderName; 3] = [PEER_IDENTITY, XFCC, ORIGINAL_PROTOCOL];
 
 /// Removes every [`MESH_ONLY`] header, and any spelt with `_` for `-` (which apps that
@@ -150,120 +159,6 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// deadline.
 pub fn deadline<B>(req: &Request<B>, limit: Duration) -> Duration {
     grpc_timeout(req.headers()).map_or(limit, |d| d.min(limit))
-}
-
-/// Why a request could not be carried. Each maps to one status and nothing else reaches
-/// the caller; the access log and `ward_request_failures_total` name the cause (in the
-/// spirit of Envoy's response flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The upstream could not be reached: refused, unreachable, or no connection in time.
-    ConnectFailed,
-    /// The upstream's certificate is valid but it is not the identity it must be.
-    IdentityMismatch,
-    /// The TLS handshake with the upstream failed otherwise (bad certificate, protocol).
-    TlsFailed,
-    /// The connection or the stream broke before a response head came.
-    UpstreamReset,
-    /// The upstream refused the request unprocessed as often as attempts are allowed.
-    RetryLimit,
-    /// The upstream switched protocols unasked, or to another protocol than asked.
-    SwitchRefused,
-    /// The upstream did not answer in time.
-    Timeout,
-    /// The request itself is malformed or ambiguous.
-    BadRequest,
-    /// Authorization said no.
-    Forbidden,
-}
-
-impl Failure {
-    /// The access log's `cause` and the metric label.
-    pub fn cause(self) -> &'static str {
-        match self {
-            Failure::ConnectFailed => "upstream_connect_failure",
-            Failure::IdentityMismatch => "upstream_identity_mismatch",
-            Failure::TlsFailed => "upstream_tls_failure",
-            Failure::UpstreamReset => "upstream_reset",
-            Failure::RetryLimit => "retry_limit",
-            Failure::SwitchRefused => "upstream_switch_refused",
-            Failure::Timeout => "upstream_timeout",
-            Failure::BadRequest => "bad_request",
-            Failure::Forbidden => "denied",
-        }
-    }
-}
-
-impl From<&crate::pool::ConnectError> for Failure {
-    fn from(e: &crate::pool::ConnectError) -> Self {
-        use crate::pool::ConnectError;
-        match e {
-            ConnectError::Io { .. } | ConnectError::Timeout { .. } => Failure::ConnectFailed,
-            ConnectError::Identity { .. } => Failure::IdentityMismatch,
-            ConnectError::BadCertificate { .. } | ConnectError::Tls { .. } => Failure::TlsFailed,
-            ConnectError::Handshake { .. } => Failure::UpstreamReset,
-        }
-    }
-}
-
-/// The response for a failure: plain HTTP status, or for gRPC a trailers-only response with
-/// the matching `grpc-status`. Bodies are fixed words, never internal detail.
-pub fn failure_response(failure: Failure, grpc: bool) -> Response<Body> {
-    let (status, grpc_status, text) = match failure {
-        Failure::ConnectFailed
-        | Failure::IdentityMismatch
-        | Failure::TlsFailed
-        | Failure::UpstreamReset
-        | Failure::RetryLimit
-        | Failure::SwitchRefused => (StatusCode::BAD_GATEWAY, "14", "upstream unavailable\n"),
-        Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "4", "upstream timeout\n"),
-        Failure::BadRequest => (StatusCode::BAD_REQUEST, "13", "bad request\n"),
-        Failure::Forbidden => (StatusCode::FORBIDDEN, "7", "forbidden"),
-    };
-    let mut response = if grpc {
-        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from_static(grpc_status));
-        r
-    } else {
-        let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
-            text.as_bytes(),
-        ))));
-        *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        r
-    };
-    response.headers_mut().remove(header::CONNECTION);
-    response
-}
-
-/// The HTTP server for app (outbound) and peer (inbound) connections, with every limit set.
-pub fn server(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper needs at least 8 KiB; past this the head is refused with 431.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        // Rapid reset (CVE-2023-44487): a peer whose reset streams pile up gets GOAWAY.
-        .max_pending_accept_reset_streams(Some(32))
-        .max_local_error_reset_streams(Some(256))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .adaptive_window(true);
-    builder
 }
 
 #[cfg(test)]
