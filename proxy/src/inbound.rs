@@ -15,7 +15,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use ward_certs::{MeshIdentity, SpiffeId};
+use ward_certs::SpiffeId;
 use ward_policy::compile::namespace_of;
 use ward_policy::request::{check_header_name, check_method};
 use ward_policy::{Authority, Call, HttpCall, RequestError};
@@ -31,7 +31,9 @@ use crate::http::{
     Body, Failure, ORIGINAL_PROTOCOL, PEER_IDENTITY, XFCC, allowed_upgrade, failure_response,
     is_grpc,
 };
+use crate::inputs::ProxyInputs;
 use crate::metrics::{self, Direction, OpenConnection};
+use crate::record;
 use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2};
 use crate::transport::connect::Dialer;
 use crate::transport::handshake_kind;
@@ -71,8 +73,6 @@ struct Admitted {
     upgrade: Option<HeaderValue>,
     /// Whether the original caller spoke HTTP/1.x, as a ward sidecar said.
     original_http1: Option<bool>,
-    /// gRPC-shaped (for the protocol label).
-    grpc: bool,
 }
 
 /// A verified peer: its SPIFFE ID, and the same as text for headers, metrics and logs.
@@ -140,16 +140,15 @@ impl Drop for PeerSlot<'_> {
 }
 
 impl Inbound {
+    /// An inbound listener in front of `config.app`, authorizing with `inputs.authz`.
     pub fn new(
         config: &InboundConfig,
-        own_id: &SpiffeId,
-        identity: &MeshIdentity,
-        authz: Arc<Authorizer>,
-        limits: &Limits,
-        servers: Servers,
-        access_log: bool,
+        inputs: &ProxyInputs,
     ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
-        let tls = identity.server_config(&[ALPN_WARD_H2, ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
+        let limits = &inputs.limits;
+        let tls = inputs
+            .identity
+            .server_config(&[ALPN_WARD_H2, ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
         let app_dialer = Dialer::Tcp {
             addr: config.app,
             timeout: limits.connect_timeout,
@@ -158,16 +157,16 @@ impl Inbound {
             app: config.app,
             protocol: config.protocol,
             upgrades: config.upgrades.clone(),
-            own_id: own_id.to_string(),
+            own_id: inputs.own_id.to_string(),
             acceptor: TlsAcceptor::from(tls),
-            authz,
+            authz: inputs.authz.clone(),
             app_h1: NextHop::H1(Box::new(forward::app_h1_client(limits.connect_timeout))),
             app_h2: NextHop::H2(Arc::new(H2Pool::new(app_dialer.clone()))),
             app_dialer,
             app_h2_support: tokio::sync::OnceCell::new(),
             limits: limits.clone(),
-            servers,
-            access_log,
+            servers: inputs.servers.clone(),
+            access_log: inputs.access_log,
             peers: PeerSlots::default(),
         }))
     }
@@ -314,15 +313,24 @@ impl Inbound {
         if !self.tcp_allowed(peer) {
             return;
         }
-        let (limits, log) = (&self.limits, self.access_log);
-        let forward = crate::transport::tcp::forward(
-            stream,
-            &self.app_dialer,
-            Direction::Inbound,
-            &peer.name,
-            limits.idle_timeout,
-            log,
-        );
+        let started = Instant::now();
+        let forward = async {
+            let forward = crate::transport::tcp::forward(
+                stream,
+                &self.app_dialer,
+                Direction::Inbound,
+                self.limits.idle_timeout,
+            );
+            if let Some(carried) = forward.await {
+                let record = record::Tcp {
+                    direction: Direction::Inbound,
+                    peer: &peer.name,
+                    carried,
+                    elapsed: started.elapsed(),
+                };
+                record.write(self.access_log);
+            }
+        };
         let revoked = async {
             while changes.changed().await.is_ok() {
                 if !self.tcp_allowed(peer) {
@@ -366,41 +374,43 @@ impl Inbound {
         let connect = req.method() == http::Method::CONNECT;
         let grpc = is_grpc(&req);
         let caller_http1 = req.version() != Version::HTTP_2;
+        // The original caller's protocol, as a ward peer reports it (for the record).
+        let original_http1 = ward_peer
+            .then(|| req.headers().get(ORIGINAL_PROTOCOL))
+            .flatten()
+            .map_or(caller_http1, |v| v.as_bytes() == b"http/1.1");
         let method = req.method().clone();
-        let (result, protocol, path) = match self.admit(req, peer, ward_peer, grpc) {
+        let (result, path) = match self.admit(req, peer, ward_peer, grpc) {
             Ok(admitted) => {
                 let path = admitted.path.clone();
                 let spliced = switch
                     .filter(|_| admitted.upgrade.is_some())
                     .map(SwitchSignal::spliced);
-                let (result, protocol) = self.forward(admitted, peer, caller_http1, spliced).await;
-                (result, protocol, path)
+                (
+                    self.forward(admitted, peer, caller_http1, spliced).await,
+                    path,
+                )
             }
-            Err((failure, path)) => (Err(failure), if grpc { "grpc" } else { "http" }, path),
+            Err((failure, path)) => (Err(failure), path),
         };
         let (response, cause) = match result {
             Ok(resp) => (resp, None),
-            Err(f) => {
-                metrics::failed(Direction::Inbound, f.cause());
-                (failure_response(f, grpc), Some(f.cause()))
-            }
+            Err(f) => (failure_response(f, grpc), Some(f.cause())),
         };
         if let Some(switch) = switching {
             switch.answered(switched(&response, connect));
         }
-        let elapsed = started.elapsed();
-        metrics::request(
-            Direction::Inbound,
-            protocol,
-            &peer.name,
-            response.status().as_u16(),
-            elapsed,
-        );
-        if self.access_log {
-            tracing::info!(target: "ward::access", direction = "inbound", protocol, peer = %peer.name,
-                %method, path, status = response.status().as_u16(), cause = cause.unwrap_or("-"),
-                duration_ms = elapsed.as_secs_f64() * 1000.0);
-        }
+        let record = record::Request {
+            direction: Direction::Inbound,
+            protocol: record::Protocol::of(grpc, original_http1),
+            peer: &peer.name,
+            method: &method,
+            path: &path,
+            status: response.status().as_u16(),
+            cause,
+            elapsed: started.elapsed(),
+        };
+        record.write(self.access_log);
         response
     }
 
@@ -480,7 +490,6 @@ impl Inbound {
                 path,
                 upgrade,
                 original_http1,
-                grpc,
             })
         } else {
             Err((Failure::Forbidden, path))
@@ -493,12 +502,11 @@ impl Inbound {
         peer: &Peer,
         caller_http1: bool,
         spliced: Option<crate::http::guard::Spliced>,
-    ) -> (Result<Response<Body>, Failure>, &'static str) {
+    ) -> Result<Response<Body>, Failure> {
         let Admitted {
             mut req,
             upgrade,
             original_http1,
-            grpc,
             ..
         } = admitted;
         set_identity_headers(req.headers_mut(), peer, &self.own_id);
@@ -512,7 +520,7 @@ impl Inbound {
                     }
                     req
                 }
-                Err(f) => return (Err(f), "http1"),
+                Err(f) => return Err(f),
             };
             let result = forward::upgrade(
                 &self.app_dialer,
@@ -523,7 +531,7 @@ impl Inbound {
                 spliced,
             )
             .await;
-            return (result.map(|resp| from_upstream(resp, true)), "http1");
+            return result.map(|resp| from_upstream(resp, true));
         }
         let app_http1 = match self.protocol {
             Protocol::Http1 => true,
@@ -531,13 +539,6 @@ impl Inbound {
             Protocol::Auto | Protocol::Tcp => {
                 original_http1.unwrap_or(caller_http1) || !self.app_speaks_h2().await
             }
-        };
-        let protocol = if grpc {
-            "grpc"
-        } else if app_http1 {
-            "http1"
-        } else {
-            "http2"
         };
         let limit = crate::http::deadline(&req, self.limits.request_timeout);
         let hop = if app_http1 {
@@ -549,10 +550,7 @@ impl Inbound {
             Ok(req) => forward::send(hop, req, limit).await,
             Err(f) => Err(f),
         };
-        (
-            result.map(|resp| from_upstream(resp, caller_http1)),
-            protocol,
-        )
+        result.map(|resp| from_upstream(resp, caller_http1))
     }
 }
 

@@ -5,14 +5,15 @@
 //! HTTP/1.1 upgrades get a connection of their own; anything else is spliced as opaque TCP.
 //! The peer must present exactly the configured SPIFFE ID or nothing is sent.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
-use ward_certs::{ExpectedPeer, MeshIdentity, SpiffeId};
+use ward_certs::{ExpectedPeer, MeshIdentity};
 
 use crate::config::{Limits, Outbound as OutboundConfig, Protocol, UpgradeToken};
 use crate::http::forward::{self, NextHop, authority_of, from_upstream};
@@ -20,7 +21,10 @@ use crate::http::guard::{SwitchSignal, may_switch, switched};
 use crate::http::pool::H2Pool;
 use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
 use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
+use crate::inputs::ProxyInputs;
 use crate::metrics::{self, Direction, OpenConnection};
+use crate::record;
+use crate::resolve::{Destination, Resolve, Target};
 use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2};
 use crate::transport::connect::Dialer;
 use crate::transport::detect::{self, Detected, Prefixed};
@@ -31,45 +35,90 @@ use ward_runtime::Drain;
 pub struct Outbound {
     protocol: Protocol,
     upgrades: Vec<UpgradeToken>,
-    server_identity: SpiffeId,
-    /// `server_identity` as text, for metrics and logs.
-    server_name: String,
     limits: Limits,
+    servers: Servers,
+    access_log: bool,
+    identity: MeshIdentity,
+    resolver: Arc<dyn Resolve>,
+    /// Connections to each destination resolved so far, made on first use.
+    upstreams: Mutex<HashMap<Destination, Arc<Upstream>>>,
+}
+
+/// How one destination is reached: a pooled HTTP/2 connection for requests, and dialers
+/// for upgrades and opaque TCP, each pinning the destination's identity and ALPN.
+struct Upstream {
+    /// The destination's SPIFFE ID, for metrics and logs.
+    name: String,
     h2: NextHop,
     upgrade: Dialer,
     tcp: Dialer,
-    servers: Servers,
-    access_log: bool,
 }
 
-impl Outbound {
-    pub fn new(
-        config: &OutboundConfig,
-        server_identity: SpiffeId,
+impl Upstream {
+    fn new(
+        to: &Destination,
         identity: &MeshIdentity,
         limits: &Limits,
-        servers: Servers,
-        access_log: bool,
-    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+    ) -> Result<Self, ward_certs::tls::TlsConfigError> {
         let dialer = |alpn: &[&[u8]]| -> Result<Dialer, ward_certs::tls::TlsConfigError> {
             Ok(Dialer::Mesh {
-                addr: config.upstream,
+                addr: to.addr,
                 timeout: limits.connect_timeout,
-                tls: identity.client_config(ExpectedPeer::Exact(server_identity.clone()), alpn)?,
+                tls: identity.client_config(ExpectedPeer::Exact(to.identity.clone()), alpn)?,
             })
         };
-        Ok(Arc::new(Self {
-            protocol: config.protocol,
-            upgrades: config.upgrades.clone(),
+        Ok(Self {
+            name: to.identity.to_string(),
             h2: NextHop::H2(Arc::new(H2Pool::new(dialer(&[ALPN_WARD_H2, ALPN_H2])?))),
             upgrade: dialer(&[ALPN_HTTP1])?,
             tcp: dialer(&[ALPN_TCP])?,
-            server_name: server_identity.to_string(),
-            server_identity,
-            limits: limits.clone(),
-            servers,
-            access_log,
-        }))
+        })
+    }
+}
+
+impl Outbound {
+    /// An outbound listener sending where `resolver` says. A destination known without a
+    /// connection (a static upstream) is prepared now, so its errors stop the start.
+    pub fn new(
+        config: &OutboundConfig,
+        resolver: Arc<dyn Resolve>,
+        inputs: &ProxyInputs,
+    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+        let this = Self {
+            protocol: config.protocol,
+            upgrades: config.upgrades.clone(),
+            limits: inputs.limits.clone(),
+            servers: inputs.servers.clone(),
+            access_log: inputs.access_log,
+            identity: inputs.identity.clone(),
+            resolver,
+            upstreams: Mutex::default(),
+        };
+        if let Some(to) = this.resolver.resolve(&Target::default()) {
+            let up = Upstream::new(&to, &this.identity, &this.limits)?;
+            this.lock().insert(to, Arc::new(up));
+        }
+        Ok(Arc::new(this))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Destination, Arc<Upstream>>> {
+        self.upstreams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where a connection goes, and how it is reached.
+    fn upstream(&self, target: &Target) -> Option<Arc<Upstream>> {
+        let to = self.resolver.resolve(target)?;
+        if let Some(up) = self.lock().get(&to) {
+            return Some(up.clone());
+        }
+        match Upstream::new(&to, &self.identity, &self.limits) {
+            Ok(up) => Some(self.lock().entry(to).or_insert(Arc::new(up)).clone()),
+            Err(e) => {
+                tracing::warn!(destination = %to.identity, addr = %to.addr, error = %e,
+                    "cannot prepare a connection to the destination");
+                None
+            }
+        }
     }
 
     /// Handles one connection from the app.
@@ -97,29 +146,39 @@ impl Outbound {
             },
         };
         let io = Prefixed::new(prefix, io);
+        let Some(up) = self.upstream(&Target::default()) else {
+            tracing::debug!("outbound connection with no destination; closing");
+            return;
+        };
         let app_http1 = match detected {
             Detected::Tcp => {
-                let (limits, log) = (&self.limits, self.access_log);
-                let peer = &self.server_name;
-                return crate::transport::tcp::forward(
+                let started = Instant::now();
+                let forward = crate::transport::tcp::forward(
                     io,
-                    &self.tcp,
+                    &up.tcp,
                     Direction::Outbound,
-                    peer,
-                    limits.idle_timeout,
-                    log,
-                )
-                .await;
+                    self.limits.idle_timeout,
+                );
+                if let Some(carried) = forward.await {
+                    let record = record::Tcp {
+                        direction: Direction::Outbound,
+                        peer: &up.name,
+                        carried,
+                        elapsed: started.elapsed(),
+                    };
+                    record.write(self.access_log);
+                }
+                return;
             }
             Detected::Http1 => true,
             Detected::Http2 => false,
         };
         let service = |switch: Option<SwitchSignal>| {
-            let this = self.clone();
+            let (this, up) = (self.clone(), up.clone());
             move |req| {
-                let this = this.clone();
+                let (this, up) = (this.clone(), up.clone());
                 let switch = switch.clone();
-                async move { this.request(req, app_http1, switch.as_ref()).await }
+                async move { this.request(&up, req, app_http1, switch.as_ref()).await }
             }
         };
         let (servers, limits) = (&self.servers, &self.limits);
@@ -152,6 +211,7 @@ impl Outbound {
 
     async fn request(
         &self,
+        up: &Upstream,
         req: Request<Incoming>,
         app_http1: bool,
         switch: Option<&SwitchSignal>,
@@ -169,7 +229,7 @@ impl Outbound {
         };
         let result = if let Some(asked) = asked {
             forward::upgrade(
-                &self.upgrade,
+                &up.upgrade,
                 req,
                 asked,
                 self.limits.request_timeout,
@@ -181,41 +241,29 @@ impl Outbound {
             match to_mesh_request(req, app_http1) {
                 Ok(req) => {
                     let limit = crate::http::deadline(&req, self.limits.request_timeout);
-                    forward::send(&self.h2, req, limit).await
+                    forward::send(&up.h2, req, limit).await
                 }
                 Err(f) => Err(f),
             }
         };
         let (response, cause) = match result {
             Ok(resp) => (from_upstream(resp, app_http1), None),
-            Err(f) => {
-                metrics::failed(Direction::Outbound, f.cause());
-                (failure_response(f, grpc), Some(f.cause()))
-            }
+            Err(f) => (failure_response(f, grpc), Some(f.cause())),
         };
         if let Some(switch) = switching {
             switch.answered(switched(&response, connect));
         }
-        let protocol = if grpc {
-            "grpc"
-        } else if app_http1 {
-            "http1"
-        } else {
-            "http2"
+        let record = record::Request {
+            direction: Direction::Outbound,
+            protocol: record::Protocol::of(grpc, app_http1),
+            peer: &up.name,
+            method: &method,
+            path: &path,
+            status: response.status().as_u16(),
+            cause,
+            elapsed: started.elapsed(),
         };
-        let elapsed = started.elapsed();
-        metrics::request(
-            Direction::Outbound,
-            protocol,
-            &self.server_name,
-            response.status().as_u16(),
-            elapsed,
-        );
-        if self.access_log {
-            tracing::info!(target: "ward::access", direction = "outbound", protocol,
-                peer = %self.server_identity, %method, path, status = response.status().as_u16(),
-                cause = cause.unwrap_or("-"), duration_ms = elapsed.as_secs_f64() * 1000.0);
-        }
+        record.write(self.access_log);
         response
     }
 }

@@ -138,6 +138,14 @@ async fn allowed_denied_and_explained() {
             .contains("ward_authz_decisions_total{decision=\"deny\",policy=\"default/no-admin\"}"),
         "{metrics}"
     );
+    // Allowed and denied requests carry the same protocol label: what the caller spoke.
+    for class in ["2xx", "4xx"] {
+        let series = format!(
+            "ward_requests_total{{direction=\"inbound\",protocol=\"http1\",peer=\"{WEB}\",status_class=\"{class}\"}}"
+        );
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("protocol=\"http\""), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,3 +60,15 @@ pub fn report_roots(bundle: &TrustBundle) {
     }
     gauge!("ward_bundle_root_warnings").set(warnings.len() as f64);
 }
+
+/// Sets `ward_cert_expiry_timestamp_seconds` from the SVID in use.
+pub fn report_expiry(identity: &MeshIdentity) {
+    if let Some(info) = identity
+        .svid
+        .current_chain()
+        .first()
+        .and_then(|leaf| ward_certs::CertInfo::parse(leaf).ok())
+    {
+        crate::metrics::cert_expiry(info.not_after);
+    }
+}

@@ -3,12 +3,12 @@
 //! client that half-closes still receives the rest of the server's reply.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connect::Dialer;
-use crate::metrics::{self, Direction};
+use crate::metrics::Direction;
 use crate::transport::idle::{Activity, Tracked};
 
 /// Bytes carried each way.
@@ -37,37 +37,30 @@ where
     }
 }
 
-/// Carries an accepted connection as opaque TCP to what `next` dials, counting the bytes
-/// and, when `access_log` is on, logging one line for the connection.
+/// Carries an accepted connection as opaque TCP to what `next` dials. Returns what was
+/// carried, or `None` if the next hop could not be reached or the connection broke (both
+/// logged here); the caller writes the connection's record.
 pub async fn forward<S>(
     accepted: S,
     next: &Dialer,
     direction: Direction,
-    peer: &str,
     idle: Duration,
-    access_log: bool,
-) where
+) -> Option<Carried>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let started = Instant::now();
     let other = match next.dial().await {
         Ok(connected) => connected.stream,
         Err(e) => {
             tracing::warn!(direction = direction.label(), error = %e, "TCP: next hop unavailable");
-            return;
+            return None;
         }
     };
     match splice(accepted, other, idle).await {
-        Ok(carried) => {
-            metrics::tcp_bytes(direction, carried.a_to_b + carried.b_to_a);
-            if access_log {
-                tracing::info!(target: "ward::access", direction = direction.label(),
-                    protocol = "tcp", peer, bytes_in = carried.a_to_b, bytes_out = carried.b_to_a,
-                    duration_ms = started.elapsed().as_millis() as u64);
-            }
-        }
+        Ok(carried) => Some(carried),
         Err(e) => {
-            tracing::debug!(direction = direction.label(), error = %e, "TCP connection ended")
+            tracing::debug!(direction = direction.label(), error = %e, "TCP connection ended");
+            None
         }
     }
 }

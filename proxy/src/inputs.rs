@@ -1,0 +1,174 @@
+//! What every mode of the proxy is assembled from (after ztunnel's `ProxyInputs`): the
+//! workload's identity, its authorizer fed by a policy source, the HTTP servers with their
+//! limits, the drain, readiness, and the admin server. [`ProxyInputs::start`] makes them
+//! from the configuration; a mode (the sidecar today, the gateway next) then adds its
+//! listeners and waits in [`ProxyInputs::serve_until_shutdown`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use ward_certs::{MeshIdentity, SpiffeId};
+use ward_runtime::accept::{Accept, bind};
+use ward_runtime::telemetry::{UPKEEP_EVERY, upkeep};
+use ward_runtime::{Drain, Readiness};
+
+use crate::admin::Reports;
+use crate::authz::{AuditLog, Authorizer, watch_policy_dir};
+use crate::config::{Limits, Validated};
+use crate::control::ControlPlane;
+use crate::http::server::Servers;
+
+/// The shared inputs of every listener of one proxy.
+pub struct ProxyInputs {
+    pub identity: MeshIdentity,
+    pub own_id: SpiffeId,
+    pub authz: Arc<Authorizer>,
+    pub limits: Limits,
+    pub servers: Servers,
+    pub access_log: bool,
+    pub drain: Drain,
+    pub readiness: Readiness,
+}
+
+impl ProxyInputs {
+    /// Starts the admin server, gets the identity (from files, or from the control plane
+    /// with a join token: this waits until the first SVID), and starts following policy.
+    /// `/ready` says what is still pending all along: `readiness` may already hold the
+    /// caller's conditions (its listeners, not bound yet).
+    pub async fn start(
+        validated: &Validated,
+        metrics: Option<PrometheusHandle>,
+        readiness: Readiness,
+    ) -> anyhow::Result<Self> {
+        let config = &validated.config;
+        let loading = readiness.register("identity");
+        let drain = Drain::new();
+        let admin_listener = bind("admin", config.admin).await?;
+        if let Some(handle) = &metrics {
+            tokio::spawn(upkeep(handle.clone(), UPKEEP_EVERY));
+        }
+        let reports = Arc::new(Reports::default());
+        let admin = crate::admin::server(
+            readiness.clone(),
+            metrics,
+            serde_json::to_string_pretty(config).unwrap_or_default(),
+            reports.clone(),
+        );
+        tokio::spawn(admin.serve(admin_listener, drain.clone()));
+
+        let source = IdentitySource::start(validated, &reports).await?;
+        crate::identity::report_expiry(&source.identity);
+        let _ = reports.identity.set(source.identity.clone());
+        drop(loading);
+
+        let audit = AuditLog::start(&config.audit)
+            .await
+            .with_context(|| format!("audit.log: cannot open {}", config.audit.log))?;
+        let (namespace, labels) = source.workload.clone();
+        let authz = Authorizer::new(namespace, labels, source.own_id.to_string(), audit);
+        let inputs = Self {
+            identity: source.identity.clone(),
+            own_id: source.own_id.clone(),
+            authz,
+            limits: config.limits.clone(),
+            servers: Servers::new(&config.limits),
+            access_log: config.access_log,
+            drain,
+            readiness,
+        };
+        inputs.follow(validated, source.control);
+        Ok(inputs)
+    }
+
+    /// Policy from the configured directory or else the control plane; with a control
+    /// plane, renewal and the trust bundle too. Until a valid policy set is in force the
+    /// proxy is not ready and denies every inbound call.
+    fn follow(&self, validated: &Validated, control: Option<ControlPlane>) {
+        let config = &validated.config;
+        if let Some(policy) = &config.policy {
+            tokio::spawn(watch_policy_dir(
+                policy.dir.clone(),
+                self.authz.clone(),
+                Some(self.readiness.register("policy")),
+                self.drain.clone(),
+            ));
+        }
+        if let Some(cp) = control {
+            let identity = self.identity.clone();
+            tokio::spawn(
+                cp.clone()
+                    .renew_forever(identity.clone(), self.own_id.clone()),
+            );
+            tokio::spawn(cp.clone().follow_bundle(identity.clone()));
+            if config.policy.is_none() {
+                let not_ready = self.readiness.register("policy");
+                tokio::spawn(cp.follow_policy(identity, self.authz.clone(), Some(not_ready)));
+            }
+        }
+    }
+
+    /// Serves `listener` with `handle` for each connection, at most `limits.max_connections`
+    /// at once: each listener has its own budget, so peers filling the inbound side never
+    /// starve the app's outbound listener, nor the reverse.
+    pub fn serve<F, Fut>(&self, name: &'static str, listener: TcpListener, handle: F)
+    where
+        F: Fn(tokio::net::TcpStream, Drain) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let budget = Arc::new(Semaphore::new(self.limits.max_connections));
+        let accept = Accept::new(name).limit(budget);
+        tokio::spawn(accept.serve(listener, self.drain.clone(), handle));
+    }
+
+    /// Waits for SIGTERM or SIGINT, then drains for at most `limits.drain_timeout`.
+    pub async fn serve_until_shutdown(self) {
+        ward_runtime::signal::shutdown().await;
+        tracing::info!(timeout = ?self.limits.drain_timeout, "draining");
+        self.drain.start();
+        let left = self.drain.finish(self.limits.drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(open = left, "drain timeout reached; closing what is left");
+        }
+    }
+}
+
+/// Where the identity came from, and the workload it is for.
+struct IdentitySource {
+    identity: MeshIdentity,
+    own_id: SpiffeId,
+    /// Namespace and labels: with a control plane, what attestation says, not the config.
+    workload: (String, std::collections::BTreeMap<String, String>),
+    control: Option<ControlPlane>,
+}
+
+impl IdentitySource {
+    async fn start(validated: &Validated, reports: &Reports) -> anyhow::Result<Self> {
+        let config = &validated.config;
+        let td = &validated.trust_domain;
+        if config.identity.control_plane.is_some() {
+            let cp = ControlPlane::new(&config.identity, td)?;
+            let _ = reports.control_plane.set(cp.health.clone());
+            let boot = cp.bootstrap().await;
+            Ok(Self {
+                identity: boot.identity,
+                own_id: boot.spiffe_id,
+                workload: (boot.namespace, boot.labels),
+                control: Some(cp),
+            })
+        } else {
+            let (identity, own_id) = crate::identity::load_static(&config.identity, td)?;
+            Ok(Self {
+                identity,
+                own_id,
+                workload: (
+                    config.workload.namespace.clone(),
+                    config.workload.labels.clone(),
+                ),
+                control: None,
+            })
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Where an outbound connection goes: a resolver maps what is known of a connection the
+//! app opened to a destination — the peer sidecar's address and the SPIFFE ID it must
+//! present. Today a listener has one static upstream; original-destination capture and
+//! the control plane's discovery, and the gateway's routes, are further resolvers.
+
+use std::net::SocketAddr;
+
+use ward_certs::SpiffeId;
+
+/// A peer sidecar to reach over mTLS, and who it must be.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    pub addr: SocketAddr,
+    pub identity: SpiffeId,
+}
+
+/// What is known of a connection the app opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target {
+    /// Its original destination, when it was captured transparently.
+    pub original_dst: Option<SocketAddr>,
+}
+
+/// Maps targets to destinations. `None`: nowhere to send it (the connection is closed).
+pub trait Resolve: Send + Sync + 'static {
+    fn resolve(&self, target: &Target) -> Option<Destination>;
+}
+
+/// One destination for every connection (an `outbound` listener's `upstream`).
+#[derive(Debug, Clone)]
+pub struct Static(pub Destination);
+
+impl Resolve for Static {
+    fn resolve(&self, _: &Target) -> Option<Destination> {
+        Some(self.0.clone())
+    }
+}
