@@ -146,9 +146,11 @@ impl Inbound {
         inputs: &ProxyInputs,
     ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
         let limits = &inputs.limits;
-        let tls = inputs
-            .identity
-            .server_config(&[ALPN_WARD_H2, ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
+        let tls =
+            inputs
+                .identity
+                .mesh
+                .server_config(&[ALPN_WARD_H2, ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
         let app_dialer = Dialer::Tcp {
             addr: config.app,
             timeout: limits.connect_timeout,

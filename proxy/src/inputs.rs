@@ -10,7 +10,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use ward_certs::{MeshIdentity, SpiffeId};
+use ward_certs::{SpiffeId, TrustBundle};
 use ward_runtime::accept::{Accept, bind};
 use ward_runtime::telemetry::{UPKEEP_EVERY, upkeep};
 use ward_runtime::{Drain, Readiness};
@@ -18,12 +18,15 @@ use ward_runtime::{Drain, Readiness};
 use crate::admin::Reports;
 use crate::authz::{AuditLog, Authorizer, watch_policy_dir};
 use crate::config::{Limits, Validated};
-use crate::control::ControlPlane;
+use crate::control::identity::ControlPlaneIdentity;
+use crate::control::{ControlPlane, Health};
 use crate::http::server::Servers;
+use crate::identity::files::Files;
+use crate::identity::{Identity, IdentityError, Workload};
 
 /// The shared inputs of every listener of one proxy.
 pub struct ProxyInputs {
-    pub identity: MeshIdentity,
+    pub identity: Identity,
     pub own_id: SpiffeId,
     pub authz: Arc<Authorizer>,
     pub limits: Limits,
@@ -59,19 +62,23 @@ impl ProxyInputs {
         );
         tokio::spawn(admin.serve(admin_listener, drain.clone()));
 
-        let source = IdentitySource::start(validated, &reports).await?;
-        crate::identity::report_expiry(&source.identity);
-        let _ = reports.identity.set(source.identity.clone());
+        let (identity, workload, control) = start_identity(validated, &reports).await?;
+        let _ = reports.identity.set(identity.mesh.clone());
         drop(loading);
 
         let audit = AuditLog::start(&config.audit)
             .await
             .with_context(|| format!("audit.log: cannot open {}", config.audit.log))?;
-        let (namespace, labels) = source.workload.clone();
-        let authz = Authorizer::new(namespace, labels, source.own_id.to_string(), audit);
+        let own_id = identity.id.clone();
+        let authz = Authorizer::new(
+            workload.namespace,
+            workload.labels,
+            own_id.to_string(),
+            audit,
+        );
         let inputs = Self {
-            identity: source.identity.clone(),
-            own_id: source.own_id.clone(),
+            identity,
+            own_id,
             authz,
             limits: config.limits.clone(),
             servers: Servers::new(&config.limits),
@@ -79,14 +86,14 @@ impl ProxyInputs {
             drain,
             readiness,
         };
-        inputs.follow(validated, source.control);
+        inputs.follow(validated, control);
         Ok(inputs)
     }
 
     /// Policy from the configured directory or else the control plane; with a control
     /// plane, renewal and the trust bundle too. Until a valid policy set is in force the
     /// proxy is not ready and denies every inbound call.
-    fn follow(&self, validated: &Validated, control: Option<ControlPlane>) {
+    fn follow(&self, validated: &Validated, control: Option<(ControlPlane, Arc<Health>)>) {
         let config = &validated.config;
         if let Some(policy) = &config.policy {
             tokio::spawn(watch_policy_dir(
@@ -96,17 +103,17 @@ impl ProxyInputs {
                 self.drain.clone(),
             ));
         }
-        if let Some(cp) = control {
-            let identity = self.identity.clone();
-            tokio::spawn(
-                cp.clone()
-                    .renew_forever(identity.clone(), self.own_id.clone()),
-            );
-            tokio::spawn(cp.clone().follow_bundle(identity.clone()));
-            if config.policy.is_none() {
-                let not_ready = self.readiness.register("policy");
-                tokio::spawn(cp.follow_policy(identity, self.authz.clone(), Some(not_ready)));
-            }
+        if let Some((client, health)) = control
+            && config.policy.is_none()
+        {
+            let not_ready = self.readiness.register("policy");
+            tokio::spawn(crate::control::policy::follow(
+                client,
+                self.identity.mesh.clone(),
+                health,
+                self.authz.clone(),
+                Some(not_ready),
+            ));
         }
     }
 
@@ -135,40 +142,42 @@ impl ProxyInputs {
     }
 }
 
-/// Where the identity came from, and the workload it is for.
-struct IdentitySource {
-    identity: MeshIdentity,
-    own_id: SpiffeId,
-    /// Namespace and labels: with a control plane, what attestation says, not the config.
-    workload: (String, std::collections::BTreeMap<String, String>),
-    control: Option<ControlPlane>,
-}
-
-impl IdentitySource {
-    async fn start(validated: &Validated, reports: &Reports) -> anyhow::Result<Self> {
-        let config = &validated.config;
-        let td = &validated.trust_domain;
-        if config.identity.control_plane.is_some() {
-            let cp = ControlPlane::new(&config.identity, td)?;
-            let _ = reports.control_plane.set(cp.health.clone());
-            let boot = cp.bootstrap().await;
-            Ok(Self {
-                identity: boot.identity,
-                own_id: boot.spiffe_id,
-                workload: (boot.namespace, boot.labels),
-                control: Some(cp),
-            })
-        } else {
-            let (identity, own_id) = crate::identity::load_static(&config.identity, td)?;
-            Ok(Self {
-                identity,
-                own_id,
-                workload: (
-                    config.workload.namespace.clone(),
-                    config.workload.labels.clone(),
-                ),
-                control: None,
-            })
-        }
-    }
+/// Gets the identity from its source (files, or the control plane: then this waits for
+/// the first SVID) and follows it; with a control plane, also the client and the streams'
+/// health for the policy stream.
+async fn start_identity(
+    validated: &Validated,
+    reports: &Reports,
+) -> anyhow::Result<(Identity, Workload, Option<(ControlPlane, Arc<Health>)>)> {
+    let (files, td) = (&validated.config.identity, &validated.trust_domain);
+    let Some(url) = &files.control_plane else {
+        let (identity, _) = crate::identity::start(Files::new(files, td)?).await?;
+        let workload = &validated.config.workload;
+        let workload = Workload {
+            namespace: workload.namespace.clone(),
+            labels: workload.labels.clone(),
+        };
+        return Ok((identity, workload, None));
+    };
+    let bootstrap = TrustBundle::read(td.clone(), &files.bundle).map_err(IdentityError::from)?;
+    let client = ControlPlane::new(url, td, bootstrap)?;
+    let token_file = files
+        .token_file
+        .clone()
+        .ok_or_else(|| IdentityError::ControlPlane("no token_file".into()))?;
+    let health = Arc::new(Health::default());
+    let _ = reports.control_plane.set(health.clone());
+    let source = ControlPlaneIdentity::new(
+        Arc::new(client.clone()),
+        td.clone(),
+        token_file,
+        health.clone(),
+    );
+    // With a control plane the workload is what attestation says, not what the config says.
+    let (identity, workload) = crate::identity::start(source).await?;
+    Ok((
+        identity,
+        workload.unwrap_or_default(),
+        Some((client, health)),
+    ))
 }

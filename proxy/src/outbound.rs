@@ -90,7 +90,7 @@ impl Outbound {
             limits: inputs.limits.clone(),
             servers: inputs.servers.clone(),
             access_log: inputs.access_log,
-            identity: inputs.identity.clone(),
+            identity: inputs.identity.mesh.clone(),
             resolver,
             upstreams: Mutex::default(),
         };

@@ -1,14 +1,23 @@
-//! The workload's identity: an SVID (chain and key; the key never leaves this process)
-//! and the trust bundle, from static files (`ward cert issue`) or from the control plane
-//! ([`crate::control`]).
+//! The workload's identity: an SVID (chain and key; the key is made in this process and
+//! never leaves it) and the trust bundle.
+//!
+//! It comes from a [`Source`]: static files, hot-reloaded when they change ([`files`]), or
+//! the control plane with a join token ([`crate::control::identity`]); a SPIRE agent or a
+//! Kubernetes service-account token are further sources. A source gets the first SVID,
+//! then keeps it current through a [`Publisher`], which puts each new SVID or bundle in
+//! force for TLS at once (the [`MeshIdentity`] the listeners' configs read) and publishes
+//! it on a `watch` for anything else that follows the identity ([`Identity`]).
 
+pub mod files;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use metrics::gauge;
-use ward_certs::verify::{Purpose, unix_time};
-use ward_certs::{MeshIdentity, SpiffeId, Svid, TrustBundle, TrustDomain, verify_svid};
-
-use crate::config::IdentityFiles;
+use tokio::sync::watch;
+use ward_certs::{MeshIdentity, SpiffeId, Svid, TrustBundle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -25,30 +34,114 @@ pub enum IdentityError {
     ControlPlane(String),
 }
 
-/// Loads and cross-checks static SVID files and the bundle.
-pub fn load_static(
-    files: &IdentityFiles,
-    trust_domain: &TrustDomain,
-) -> Result<(MeshIdentity, SpiffeId), IdentityError> {
-    let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
-        return Err(IdentityError::ControlPlane(
-            "no static identity configured".into(),
-        ));
-    };
-    let svid = Svid::read(cert, key)?;
-    let bundle = TrustBundle::read(trust_domain.clone(), &files.bundle)?;
-    report_roots(&bundle);
-    let id = verify_svid(
-        svid.chain(),
-        &bundle,
-        unix_time(SystemTime::now()),
-        Purpose::Both,
-    )
-    .map_err(|rule| IdentityError::Invalid {
-        path: cert.display().to_string(),
-        rule,
-    })?;
-    Ok((MeshIdentity::new(&svid, bundle)?, id))
+/// The workload an identity was issued for, when the source attests it (the control
+/// plane does; with static files the configuration says).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A source's first identity.
+pub struct Issued {
+    pub svid: Svid,
+    pub bundle: TrustBundle,
+    pub workload: Option<Workload>,
+}
+
+/// Where the identity comes from.
+pub trait Source: Send + Sync + 'static {
+    /// The first SVID and bundle. A source that can wait for them (the control plane)
+    /// retries until it has them; one that cannot (files) fails.
+    fn first(&self) -> impl Future<Output = Result<Issued, IdentityError>> + Send;
+
+    /// Keeps the identity current, for ever: each new SVID or bundle goes to `publisher`.
+    fn follow(self: Arc<Self>, publisher: Publisher) -> impl Future<Output = ()> + Send;
+}
+
+/// The identity as the rest of the proxy holds it.
+#[derive(Clone)]
+pub struct Identity {
+    /// What TLS configs read: always the SVID and bundle in force.
+    pub mesh: MeshIdentity,
+    pub id: SpiffeId,
+    svid: watch::Receiver<Arc<Svid>>,
+    bundle: watch::Receiver<Arc<TrustBundle>>,
+}
+
+impl Identity {
+    /// The SVID in force, and each one after it.
+    pub fn svid(&self) -> watch::Receiver<Arc<Svid>> {
+        self.svid.clone()
+    }
+
+    /// The trust bundle in force, and each one after it.
+    pub fn bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
+        self.bundle.clone()
+    }
+}
+
+/// What a source puts new SVIDs and bundles in force through.
+#[derive(Clone)]
+pub struct Publisher {
+    mesh: MeshIdentity,
+    svid: Arc<watch::Sender<Arc<Svid>>>,
+    bundle: Arc<watch::Sender<Arc<TrustBundle>>>,
+}
+
+impl Publisher {
+    /// Puts `first` in force.
+    pub fn new(first: Issued) -> Result<(Self, Identity), IdentityError> {
+        let mesh = MeshIdentity::new(&first.svid, first.bundle.clone())?;
+        report_expiry(&first.svid);
+        report_roots(&first.bundle);
+        let id = first.svid.spiffe_id().clone();
+        let (svid_tx, svid) = watch::channel(Arc::new(first.svid));
+        let (bundle_tx, bundle) = watch::channel(Arc::new(first.bundle));
+        let identity = Identity {
+            mesh: mesh.clone(),
+            id,
+            svid,
+            bundle,
+        };
+        let publisher = Self {
+            mesh,
+            svid: Arc::new(svid_tx),
+            bundle: Arc::new(bundle_tx),
+        };
+        Ok((publisher, identity))
+    }
+
+    /// The identity in force (what a renewal authenticates with).
+    pub fn current(&self) -> &MeshIdentity {
+        &self.mesh
+    }
+
+    /// Puts a new SVID in force; refused (and the current one kept) if its key does not
+    /// belong to its certificate.
+    pub fn svid(&self, svid: Svid) -> Result<(), IdentityError> {
+        self.mesh.svid.swap(&svid)?;
+        report_expiry(&svid);
+        self.svid.send_replace(Arc::new(svid));
+        Ok(())
+    }
+
+    /// Puts a new trust bundle in force.
+    pub fn bundle(&self, bundle: TrustBundle) {
+        report_roots(&bundle);
+        self.mesh.bundle.swap(bundle.clone());
+        self.bundle.send_replace(Arc::new(bundle));
+    }
+}
+
+/// Gets a source's first identity, then follows it in a task of its own.
+pub async fn start<S: Source>(source: S) -> Result<(Identity, Option<Workload>), IdentityError> {
+    let source = Arc::new(source);
+    let mut first = source.first().await?;
+    let workload = first.workload.take();
+    let (publisher, identity) = Publisher::new(first)?;
+    tokio::spawn(source.follow(publisher));
+    Ok((identity, workload))
 }
 
 /// Reports what is wrong (or soon will be) with a bundle's roots: one WARN each, and
@@ -61,14 +154,9 @@ pub fn report_roots(bundle: &TrustBundle) {
     gauge!("ward_bundle_root_warnings").set(warnings.len() as f64);
 }
 
-/// Sets `ward_cert_expiry_timestamp_seconds` from the SVID in use.
-pub fn report_expiry(identity: &MeshIdentity) {
-    if let Some(info) = identity
-        .svid
-        .current_chain()
-        .first()
-        .and_then(|leaf| ward_certs::CertInfo::parse(leaf).ok())
-    {
+/// Sets `ward_cert_expiry_timestamp_seconds` from the SVID in force.
+fn report_expiry(svid: &Svid) {
+    if let Ok(info) = svid.leaf_info() {
         crate::metrics::cert_expiry(info.not_after);
     }
 }

@@ -1,0 +1,78 @@
+//! Policy from the control plane: this workload's snapshots, put in force in the
+//! authorizer as they come; one that does not load is refused and the last good stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use metrics::gauge;
+use tokio_stream::StreamExt;
+use ward_certs::MeshIdentity;
+use ward_runtime::Pending;
+use ward_runtime::backoff::Backoff;
+
+use super::{ControlPlane, Health, Stream, status_text};
+use crate::authz::Authorizer;
+
+/// Follows this workload's policy snapshots into `authz`, for ever; `not_ready` is cleared
+/// by the first snapshot put in force.
+pub async fn follow(
+    client: ControlPlane,
+    identity: MeshIdentity,
+    health: Arc<Health>,
+    authz: Arc<Authorizer>,
+    not_ready: Option<Pending>,
+) {
+    let not_ready = std::sync::Mutex::new(not_ready);
+    let session = || async {
+        let mut stream = client
+            .watch_policy(&identity)
+            .await
+            .map_err(|s| status_text(&s))?;
+        health.connected(Stream::Policy, true);
+        while let Some(snapshot) = stream.next().await {
+            let snapshot = snapshot.map_err(|s| status_text(&s))?;
+            if apply(snapshot, &authz).await {
+                health.updated(Stream::Policy);
+                not_ready.lock().map(|mut p| p.take()).ok();
+            }
+        }
+        Ok::<(), String>(())
+    };
+    ward_runtime::follow::reconnect(
+        Stream::Policy.label(),
+        Backoff::control_plane(),
+        || health.connected(Stream::Policy, false),
+        session,
+    )
+    .await
+}
+
+/// Loads a snapshot (off the async workers) and puts it in force; false if refused.
+async fn apply(snapshot: ward_api::v1::PolicySnapshot, authz: &Authorizer) -> bool {
+    let sources: Vec<(PathBuf, String)> = snapshot
+        .documents
+        .into_iter()
+        .map(|d| (PathBuf::from(d.source), d.yaml))
+        .collect();
+    let loaded = tokio::task::spawn_blocking(move || ward_policy::load_sources(&sources))
+        .await
+        .unwrap_or_else(|e| Err(crate::authz::load_failed(Path::new("control plane"), &e)));
+    match loaded {
+        Ok(set) => {
+            let applying = authz.install(&set);
+            gauge!("ward_policy_version").set(snapshot.version as f64);
+            gauge!("ward_policy_updated_timestamp_seconds")
+                .set(ward_runtime::time::unix_secs(std::time::SystemTime::now()) as f64);
+            tracing::info!(
+                version = snapshot.version,
+                applying,
+                "policy from the control plane in force"
+            );
+            true
+        }
+        Err(errors) => {
+            tracing::error!(%errors, "refused a policy snapshot; the last good one stays");
+            false
+        }
+    }
+}
