@@ -1,5 +1,4 @@
-//! Generates the tonic client and server for `proto/ward/v1/*.proto` (and the demo's
-//! `proto/demo/ledger/v1/ledger.proto`) with the protoc binary
+//! Generates the tonic client and server for `proto/ward/v1/*.proto` with the protoc binary
 //! vendored by `protoc-bin-vendored`, so a fresh machine needs no system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,15 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_with_config(config, &protos, &["proto"])?;
-    // The demo's own service keeps tonic's default codec: it is an ordinary app.
-    let demo = ["proto/demo/ledger/v1/ledger.proto"];
-    let mut config = prost_build::Config::new();
-    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_with_config(config, &demo, &["proto"])?;
-    for proto in protos.iter().chain(&demo) {
+    for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }
     Ok(())

@@ -47,15 +47,6 @@ pub mod v1 {
     tonic::include_proto!("ward.v1");
 }
 
-/// The `ledger.v1.Ledger` service of `ward demo`'s banking example (not part of the API).
-pub mod demo {
-    pub mod ledger {
-        pub mod v1 {
-            tonic::include_proto!("ledger.v1");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::v1::{CertifyRequest, CertifyResponse};

@@ -1,5 +1,22 @@
-//! ward-control-plane: the control plane server and the operator CLI (`ward`).
+//! ward-control-plane: issues SVIDs to proxies that prove who they are, and streams each
+//! proxy the policy for its own workload and the trust bundle.
+//!
+//! - [`server`]: the process assembled (`ward control-plane`);
+//! - [`api`]: the gRPC API over TLS 1.3 with the control plane's own SVID
+//!   (`spiffe://TD/ns/ward-system/sa/control-plane`);
+//! - [`attest`]: how a proxy proves who it is on its first Certify (join tokens today);
+//! - [`policy_source`]: where policy comes from (a directory today);
+//! - [`state`] and [`registry`]: what is held while running, and the proxies known;
+//! - [`datadir`] and [`rotation`]: the CA files, the rotation journal and `status.json`,
+//!   shared with the `ward` CLI;
+//! - [`metrics`]: the control plane's metric names.
 
-pub mod cli;
-pub mod demo;
+pub mod api;
+pub mod attest;
+pub mod datadir;
+pub mod metrics;
+pub mod policy_source;
+pub mod registry;
+pub mod rotation;
 pub mod server;
+pub mod state;

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::pb;
+use crate::pb::ledger_client::LedgerClient;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, StatusCode};
@@ -13,8 +15,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
-use ward_api::demo::ledger::v1 as pb;
-use ward_api::demo::ledger::v1::ledger_client::LedgerClient;
 
 /// How long one call may take before it counts as an error.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);

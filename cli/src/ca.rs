@@ -55,7 +55,7 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<Outcome> {
     match cmd {
         CaCommand::Init(args) => init(args),
         CaCommand::Rotate { data_dir, step } => {
-            use crate::server::rotation::{Phase, advance};
+            use ward_control_plane::rotation::{Phase, advance};
             let step = step.map(|s| match s.as_str() {
                 "prepare" => Phase::Prepared,
                 "activate" => Phase::Activated,
@@ -67,7 +67,7 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Success)
         }
         CaCommand::Status { data_dir } => {
-            for line in crate::server::rotation::describe(&data_dir)? {
+            for line in ward_control_plane::rotation::describe(&data_dir)? {
                 println!("{line}");
             }
             Ok(Outcome::Success)

@@ -330,7 +330,7 @@ pub fn describe(dir: &Path) -> anyhow::Result<Report> {
             "  {} ({})  expires {}",
             info.subject,
             key_id(root),
-            crate::cli::rfc3339(info.not_after)
+            ward_runtime::time::rfc3339(info.not_after)
         ));
     }
     match read_status(dir) {
@@ -344,7 +344,7 @@ pub fn describe(dir: &Path) -> anyhow::Result<Report> {
                     "  {id}  bundle v{}  leaf from {}  leaf expires {}",
                     p.bundle_version,
                     p.leaf_issuer,
-                    crate::cli::rfc3339(expiry)
+                    ward_runtime::time::rfc3339(expiry)
                 ));
             }
         }

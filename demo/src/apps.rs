@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::pb;
+use crate::pb::ledger_server::{Ledger, LedgerServer};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,8 +18,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
-use ward_api::demo::ledger::v1 as pb;
-use ward_api::demo::ledger::v1::ledger_server::{Ledger, LedgerServer};
 
 /// Which app to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -6,6 +6,10 @@
 //! refreshing table. Every process is the real binary with the flags a user would give it.
 
 pub mod apps;
+/// The `ledger.v1.Ledger` service of the demo's bank.
+pub mod pb {
+    tonic::include_proto!("ledger.v1");
+}
 mod procs;
 mod traffic;
 
@@ -23,10 +27,10 @@ use hyper::Method;
 use tokio::time::{Instant, MissedTickBehavior};
 use ward_certs::pem::{FileMode, write_atomic};
 
-use crate::cli::{Outcome, human, parse_duration};
 use apps::AppKind;
 use procs::Procs;
 use traffic::{Expect, HttpClient, LedgerCall, Scenario};
+use ward_runtime::time::{human, parse_duration};
 
 const TRUST_DOMAIN: &str = "bank.local";
 const NAMESPACE: &str = "bank";
@@ -66,18 +70,19 @@ pub struct DemoAppArgs {
 }
 
 /// `ward demo-app`: one of the demo's apps (started by `ward demo`).
-pub fn demo_app(args: DemoAppArgs) -> anyhow::Result<Outcome> {
+pub fn demo_app(args: DemoAppArgs) -> anyhow::Result<()> {
     ward_runtime::telemetry::init_logs(ward_runtime::telemetry::LogFormat::Text);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(apps::serve(args.app, args.listen))?;
-    Ok(Outcome::Success)
+    Ok(())
 }
 
 /// `ward demo`.
-pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
+/// Runs the demo; `Ok(false)` when it ran but something it checks went wrong (exit 1).
+pub fn run(args: DemoArgs) -> anyhow::Result<bool> {
     // One thread: the children's parent-death signal is tied to the thread that spawned
     // them, and this one lives as long as the demo.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -304,7 +309,7 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<Outcome> {
+async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<bool> {
     let ward = std::env::current_exe().context("locating the ward binary")?;
     let proxy = match &args.proxy_bin {
         Some(path) => path.clone(),
@@ -439,7 +444,7 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
         println!(
             "ward demo: PASS: {calls} calls; every allowed call succeeded and every forbidden call was denied"
         );
-        Ok(Outcome::Success)
+        Ok(true)
     } else {
         println!(
             "ward demo: FAIL: {unexpected} of {calls} calls not as the demo policy says{}; logs in {}",
@@ -450,7 +455,7 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
             },
             layout.logs.display()
         );
-        Ok(Outcome::Negative)
+        Ok(false)
     }
 }
 
@@ -548,14 +553,10 @@ async fn start_mesh(
     Ok(())
 }
 
-/// Stopped by a signal: fine for an interactive demo, a failure for a timed self-check
-/// (`--duration`), which did not get to check what it promised.
-fn interrupted_outcome(args: &DemoArgs) -> Outcome {
-    if args.duration.is_some() {
-        Outcome::Negative
-    } else {
-        Outcome::Success
-    }
+/// Whether being stopped by a signal passes: yes for an interactive demo, no for a timed
+/// self-check (`--duration`), which did not get to check what it promised.
+fn interrupted_outcome(args: &DemoArgs) -> bool {
+    args.duration.is_none()
 }
 
 fn say(terminal: bool, line: &str) {

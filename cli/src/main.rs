@@ -1,4 +1,5 @@
-//! The operator CLI of the `ward` binary: argument parsing and the exit-code contract.
+//! `ward`: the control plane and the operator CLI — argument parsing and the exit-code
+//! contract.
 //!
 //! Scripts depend on the exit codes: 0 success, 1 a failure (including "this certificate is
 //! not a valid SVID"), 2 a usage error. Every error is one line on stderr that names the
@@ -11,7 +12,6 @@ mod serve;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -40,10 +40,10 @@ enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Run a whole mesh on this machine: control plane, three workloads, live traffic.
-    Demo(crate::demo::DemoArgs),
+    Demo(ward_demo::DemoArgs),
     /// One of the demo's apps (started by `ward demo`).
     #[command(hide = true)]
-    DemoApp(crate::demo::DemoAppArgs),
+    DemoApp(ward_demo::DemoAppArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +62,15 @@ pub enum Outcome {
     Denied,
 }
 
+fn main() -> ExitCode {
+    // A bug must still end in one line and exit 1, not a backtrace on an operator's screen.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ward: internal error: {info}");
+    }));
+    ward_certs::tls::install_default_provider();
+    run(std::env::args_os())
+}
+
 /// Parses `args` and runs the command, returning the process exit code.
 pub fn run<I, T>(args: I) -> ExitCode
 where
@@ -78,8 +87,14 @@ where
         Command::Policy(cmd) => policy::run(cmd),
         Command::ControlPlane(args) => serve::control_plane(args),
         Command::Token(TokenCommand::Create(args)) => serve::token_create(args),
-        Command::Demo(args) => crate::demo::run(args),
-        Command::DemoApp(args) => crate::demo::demo_app(args),
+        Command::Demo(args) => ward_demo::run(args).map(|passed| {
+            if passed {
+                Outcome::Success
+            } else {
+                Outcome::Negative
+            }
+        }),
+        Command::DemoApp(args) => ward_demo::demo_app(args).map(|()| Outcome::Success),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -125,14 +140,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
 }
 
-/// Parses a duration such as `90s`, `30m`, `24h` or `8760h`.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 90s, 30m, 24h)"))?;
-    if d < Duration::from_secs(1) {
-        return Err("must be at least 1s".into());
-    }
-    Ok(d)
-}
+pub(crate) use ward_runtime::time::{human, parse_duration, rfc3339};
 
 /// Parses a SPIFFE ID strictly (see `ward_certs::id`).
 pub(crate) fn parse_spiffe_id(s: &str) -> Result<ward_certs::SpiffeId, String> {
@@ -142,37 +150,4 @@ pub(crate) fn parse_spiffe_id(s: &str) -> Result<ward_certs::SpiffeId, String> {
 /// Parses a trust domain name strictly.
 pub(crate) fn parse_trust_domain(s: &str) -> Result<ward_certs::TrustDomain, String> {
     ward_certs::parse_trust_domain(s).map_err(|e| e.to_string())
-}
-
-/// Formats a duration to the second, e.g. `23h 59m 58s`.
-pub(crate) fn human(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
-pub(crate) use ward_runtime::time::rfc3339;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_take_s_m_h() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(
-            parse_duration("8760h"),
-            Ok(Duration::from_secs(8760 * 3600))
-        );
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("abc").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("-5m").is_err());
-    }
-
-    #[test]
-    fn human_and_rfc3339_formats() {
-        assert_eq!(human(Duration::from_millis(86_399_900)), "23h 59m 59s");
-        let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        assert_eq!(rfc3339(t), "2027-01-15T08:00:00Z");
-    }
 }

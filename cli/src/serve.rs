@@ -11,7 +11,8 @@ use ward_certs::{SpiffeId, TrustDomain};
 use ward_runtime::telemetry::LogFormat;
 
 use super::{Outcome, parse_duration, parse_spiffe_id, parse_trust_domain};
-use crate::server::{self, Settings, tokens};
+use ward_control_plane::attest::tokens;
+use ward_control_plane::server::{self, Settings};
 
 #[derive(Debug, Args)]
 pub struct ControlPlaneArgs {
@@ -46,7 +47,7 @@ pub struct ControlPlaneArgs {
 
 pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
     ward_runtime::telemetry::init_logs(args.log_format);
-    let metrics = server::admin::install_metrics().context("metrics")?;
+    let metrics = ward_control_plane::metrics::install_metrics().context("metrics")?;
     let settings = Settings {
         data_dir: args.data_dir,
         trust_domain: args.trust_domain,
@@ -86,7 +87,7 @@ pub struct TokenCreateArgs {
 }
 
 pub fn token_create(args: TokenCreateArgs) -> anyhow::Result<Outcome> {
-    let td = server::data_dir_trust_domain(&args.data_dir)?;
+    let td = ward_control_plane::datadir::data_dir_trust_domain(&args.data_dir)?;
     if !args.spiffe_id.is_member_of(&td) {
         eprintln!(
             "ward: warning: {} is not in this control plane's trust domain {td}; Certify will refuse it",

@@ -1,0 +1,75 @@
+//! `Policy.Watch`: each proxy's policy snapshots.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use crate::api::*;
+use crate::attest::tokens::{self};
+use crate::metrics as admin;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use ward_api::v1::{self, PolicyDocument, PolicySnapshot, PolicyWatchRequest};
+use ward_policy::PolicySet;
+
+pub(crate) type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PolicySnapshot, Status>> + Send>>;
+
+pub(crate) fn snapshot(
+    version: u64,
+    set: &PolicySet,
+    reg: &tokens::Registration,
+) -> PolicySnapshot {
+    let labels: BTreeMap<String, String> = reg.labels.clone();
+    PolicySnapshot {
+        version,
+        documents: set
+            .documents_for(&reg.namespace, &labels)
+            .into_iter()
+            .map(|(source, yaml)| PolicyDocument { source, yaml })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::policy_server::Policy for Api {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        req: Request<PolicyWatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = caller_svid(&req)?;
+        let registration = self.0.registration(&id)?;
+        let slot = self.0.watch_slot(&id)?;
+        let mut updates = self.0.policy.subscribe();
+        // Capacity 1: a slow watcher only ever waits for its own previous snapshot, and
+        // skips straight to the newest one when it catches up.
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut first = true;
+            loop {
+                let current = updates.borrow_and_update().clone();
+                if tx
+                    .send(Ok(snapshot(current.0, &current.1, &registration)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if !first {
+                    metrics::histogram!(admin::PUSH_FANOUT)
+                        .record(current.2.elapsed().as_secs_f64());
+                }
+                first = false;
+                // A watcher that went away gives its slot back now, not at the next change.
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

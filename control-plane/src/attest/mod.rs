@@ -1,0 +1,3 @@
+//! How a proxy proves who it is when it has no SVID yet.
+
+pub mod tokens;
