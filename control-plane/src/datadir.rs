@@ -1,122 +1,67 @@
-//! The data directory: the CA (`ca.pem`, `ca.key`, `bundle.pem`) that `ward ca rotate`
-//! changes under a running control plane, and the control plane's own SVID from it.
+//! The data directory: the CA (`ca.pem`, `ca.key`, `bundle.pem`, which `ward ca rotate`
+//! changes under a running control plane), the token store, the rotation journal and
+//! `status.json`. Shared by the server and the `ward` CLI.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use crate::server::*;
-use crate::state::*;
 use anyhow::Context;
-use ward_certs::ca::{self, CertificateAuthority};
-use ward_certs::{MeshIdentity, SpiffeId, TrustBundle, TrustDomain};
+use ward_certs::ca::{self, CaOptions, CertificateAuthority};
+use ward_certs::{TrustBundle, TrustDomain};
 
-/// Re-issues the control plane's own SVID at half-life.
-pub(crate) async fn renew_own_svid(state: Arc<State>, identity: MeshIdentity, id: SpiffeId) {
-    loop {
-        let chain = identity.svid.current_chain();
-        let wait = chain
-            .first()
-            .and_then(|leaf| ward_certs::CertInfo::parse(leaf).ok())
-            .map(|info| {
-                ward_certs::rotation::renew_in(
-                    SystemTime::now(),
-                    info.not_before,
-                    info.not_after,
-                    0.5,
-                )
-            })
-            .unwrap_or(Duration::from_secs(10));
-        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
-        match state
-            .ca
-            .load()
-            .issue(&id, state.settings.svid_ttl, SystemTime::now())
-        {
-            Ok(svid) => {
-                if let Err(e) = identity.svid.swap(&svid) {
-                    tracing::error!(error = %e, "cannot use the renewed control-plane SVID");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot renew the control-plane SVID"),
-        }
+/// Opens the data directory for `td`, creating it (owner only: it holds the CA key and
+/// the token store) and a CA on first use. Returns the signer and the trust bundle, which
+/// must hold the signer's root.
+pub fn open(dir: &Path, td: &TrustDomain) -> anyhow::Result<(CertificateAuthority, TrustBundle)> {
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
+    let ca = if dir.join(ca::CA_CERT_FILE).exists() {
+        CertificateAuthority::load(dir).context("loading the CA")?
+    } else {
+        let ca =
+            CertificateAuthority::create(td.clone(), &CaOptions::default(), SystemTime::now())?;
+        ca.save(dir, false)?;
+        tracing::info!(dir = %dir.display(), "created a new CA");
+        ca
+    };
+    if ca.trust_domain() != td {
+        anyhow::bail!(
+            "{}: the CA is for trust domain {}, not {td}",
+            dir.display(),
+            ca.trust_domain(),
+        );
+    }
+    let bundle = read_bundle(dir, td).context("reading bundle.pem")?;
+    for w in bundle.root_warnings(SystemTime::now()) {
+        tracing::warn!(target: "ward::bundle", "{w}");
+    }
+    if !bundle.contains(ca.root()) {
+        anyhow::bail!("{}: bundle.pem does not hold the CA's root", dir.display());
+    }
+    Ok((ca, bundle))
 }
 
-/// Follows `ward ca rotate`'s changes to the data directory: a new `bundle.pem` is pushed
-/// to every proxy; a new `ca.pem`/`ca.key` becomes the signer (and our own SVID is
-/// re-issued by it so that proxies which already dropped the old root can still reach us).
-pub(crate) async fn watch_data_dir(state: Arc<State>, identity: MeshIdentity) {
-    let dir = state.settings.data_dir.clone();
-    let stamp = |f: &str| {
+/// The trust bundle in the data directory.
+pub fn read_bundle(
+    dir: &Path,
+    td: &TrustDomain,
+) -> Result<TrustBundle, ward_certs::bundle::BundleError> {
+    TrustBundle::read(td.clone(), &dir.join(ca::BUNDLE_FILE))
+}
+
+/// Size and modification time of the CA files: what a rotation step shows in.
+pub fn ca_fingerprint(dir: &Path) -> [Option<(u64, Option<SystemTime>)>; 3] {
+    [ca::BUNDLE_FILE, ca::CA_CERT_FILE, ca::CA_KEY_FILE].map(|f| {
         std::fs::metadata(dir.join(f))
             .ok()
             .map(|m| (m.len(), m.modified().ok()))
-    };
-    let mut seen = (
-        stamp(ca::BUNDLE_FILE),
-        stamp(ca::CA_CERT_FILE),
-        stamp(ca::CA_KEY_FILE),
-    );
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = (
-            stamp(ca::BUNDLE_FILE),
-            stamp(ca::CA_CERT_FILE),
-            stamp(ca::CA_KEY_FILE),
-        );
-        if now == seen {
-            continue;
-        }
-        let bundle = match TrustBundle::read(
-            state.settings.trust_domain.clone(),
-            &dir.join(ca::BUNDLE_FILE),
-        ) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "bundle.pem unreadable; keeping the current bundle");
-                continue;
-            }
-        };
-        let ca = match CertificateAuthority::load(&dir) {
-            Ok(ca) => ca,
-            Err(e) => {
-                // Mid-way through a rotation step; the next poll sees it whole.
-                tracing::warn!(error = %e, "CA unreadable; keeping the current signer");
-                continue;
-            }
-        };
-        if !bundle.contains(ca.root()) {
-            tracing::warn!("bundle.pem lacks the signing root; keeping the current state");
-            continue;
-        }
-        seen = now;
-        let active_root = root_subject(&ca);
-        let signer_changed = active_root != state.bundle.borrow().active_root;
-        state.ca.store(Arc::new(ca));
-        if signer_changed {
-            let own = control_plane_id(&state.settings.trust_domain);
-            match state
-                .ca
-                .load()
-                .issue(&own, state.settings.svid_ttl, SystemTime::now())
-            {
-                Ok(svid) => {
-                    let _ = identity.svid.swap(&svid);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot re-issue the control-plane SVID"),
-            }
-        }
-        identity.bundle.swap(bundle.clone());
-        state.bundle.send_modify(|t| {
-            *t = Arc::new(Trust {
-                version: bundle_version(&bundle),
-                bundle,
-                active_root: active_root.clone(),
-            });
-        });
-        tracing::info!(version = state.bundle.borrow().version, %active_root, "trust bundle updated");
-    }
+    })
 }
 
 /// The data directory's CA trust domain, for `ward token create`.

@@ -6,7 +6,8 @@
 //!   (`spiffe://TD/ns/ward-system/sa/control-plane`);
 //! - [`attest`]: how a proxy proves who it is on its first Certify (join tokens today);
 //! - [`policy_source`]: where policy comes from (a directory today);
-//! - [`state`] and [`registry`]: what is held while running, and the proxies known;
+//! - [`state`], [`trust`] and [`registry`]: what is held while running, and the proxies
+//!   known; [`tasks`]: the background work;
 //! - [`datadir`] and [`rotation`]: the CA files, the rotation journal and `status.json`,
 //!   shared with the `ward` CLI;
 //! - [`metrics`]: the control plane's metric names.
@@ -19,4 +20,7 @@ pub mod policy_source;
 pub mod registry;
 pub mod rotation;
 pub mod server;
+pub mod settings;
 pub mod state;
+pub mod tasks;
+pub mod trust;

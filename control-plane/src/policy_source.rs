@@ -1,39 +1,74 @@
-//! Where policy comes from: a directory of YAML files today (Kubernetes CRDs next).
+//! Where policy comes from. A [`PolicySource`] gives the policy set at start and then each
+//! valid change; a change that does not load is refused with every error logged and the
+//! last good set stays. A directory of YAML files today; Kubernetes CRDs next.
 
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
-use crate::state::*;
-use ward_policy::PolicySet;
-use ward_runtime::Drain;
+use ward_policy::{PolicyErrors, PolicySet};
 
-/// Polls the policy directory; a valid change is pushed to every watcher, a broken one is
-/// refused with every error logged and the last good set stays.
-pub(crate) async fn watch_policy(dir: PathBuf, state: Arc<State>, drain: Drain) {
-    let seen = ward_policy::load::fingerprint(&dir);
-    let (fp, load) = (dir.clone(), dir);
-    let apply = move |loaded: Result<PolicySet, ward_policy::PolicyErrors>| match loaded {
-        Ok(set) => {
-            state.policy.send_modify(|current| {
-                *current = Arc::new((current.0 + 1, set, Instant::now()));
-            });
-            tracing::info!(version = state.policy.borrow().0, "policy updated");
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                tracing::error!(target: "ward::policy", "{e}");
+/// A source of the mesh's policy set.
+pub trait PolicySource: Send + 'static {
+    /// The policy set now (at start: an error stops the start).
+    fn load(&self) -> Result<PolicySet, PolicyErrors>;
+
+    /// Follows changes until `stop` resolves, calling `apply` with each valid new set.
+    fn follow(
+        self,
+        apply: impl FnMut(PolicySet) + Send + 'static,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// A directory of policy files, polled for changes.
+pub struct Directory(pub PathBuf);
+
+impl PolicySource for Directory {
+    fn load(&self) -> Result<PolicySet, PolicyErrors> {
+        ward_policy::load_dir(&self.0)
+    }
+
+    async fn follow(
+        self,
+        mut apply: impl FnMut(PolicySet) + Send + 'static,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let seen = ward_policy::load::fingerprint(&self.0);
+        let (fp, load) = (self.0.clone(), self.0);
+        let apply = move |loaded: Result<PolicySet, PolicyErrors>| match loaded {
+            Ok(set) => apply(set),
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(target: "ward::policy", "{e}");
+                }
+                tracing::warn!("policy refused; the last good policy stays in force");
             }
-            tracing::warn!("policy refused; the last good policy stays in force");
-        }
-    };
-    ward_runtime::poll::poll_changes(
-        ward_runtime::poll::POLL_EVERY,
-        Some(seen),
-        move || ward_policy::load::fingerprint(&fp),
-        move || ward_policy::load_dir(&load),
-        apply,
-        async move { drain.signaled().await },
-    )
-    .await
+        };
+        ward_runtime::poll::poll_changes(
+            ward_runtime::poll::POLL_EVERY,
+            Some(seen),
+            move || ward_policy::load::fingerprint(&fp),
+            move || ward_policy::load_dir(&load),
+            apply,
+            stop,
+        )
+        .await
+    }
+}
+
+/// No policy (every proxy gets the empty set: default deny).
+pub struct Empty;
+
+impl PolicySource for Empty {
+    fn load(&self) -> Result<PolicySet, PolicyErrors> {
+        Ok(PolicySet::default())
+    }
+
+    async fn follow(
+        self,
+        _apply: impl FnMut(PolicySet) + Send + 'static,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) {
+        stop.await
+    }
 }

@@ -2,14 +2,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use crate::api::*;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use ward_api::v1::{self, BundleAck, TrustBundle as BundleMsg};
+
+use super::{Api, caller_svid};
 
 pub(crate) type BundleStream = Pin<Box<dyn Stream<Item = Result<BundleMsg, Status>> + Send>>;
 
@@ -22,7 +22,7 @@ impl v1::bundle_server::Bundle for Api {
         req: Request<tonic::Streaming<BundleAck>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let spiffe_id = caller_svid(&req)?;
-        let slot = self.0.watch_slot(&spiffe_id)?;
+        let slot = self.0.registry.watch_slot(&spiffe_id)?;
         let id = spiffe_id.to_string();
         let mut acks = req.into_inner();
         let mut updates = self.0.bundle.subscribe();
@@ -52,28 +52,9 @@ impl v1::bundle_server::Bundle for Api {
         });
         tokio::spawn(async move {
             while let Ok(Some(ack)) = acks.message().await {
-                let mut proxies = state.proxies.lock().unwrap_or_else(|p| p.into_inner());
-                proxies.insert(
-                    id.clone(),
-                    ProxyState {
-                        bundle_version: ack.applied_version,
-                        leaf_not_after_unix: ack.leaf_not_after_unix,
-                        leaf_issuer: ack.leaf_issuer_root,
-                        last_seen: SystemTime::now(),
-                        connected: true,
-                    },
-                );
-                drop(proxies);
+                state.registry.acknowledged(&id, &ack);
             }
-            if let Some(p) = state
-                .proxies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&id)
-            {
-                p.connected = false;
-                p.last_seen = SystemTime::now();
-            }
+            state.registry.disconnected(&id);
             acks_done.notify_one();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

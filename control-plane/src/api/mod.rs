@@ -4,21 +4,22 @@
 
 use std::sync::Arc;
 
-use crate::api::transport::*;
-use crate::attest::tokens::TokenError;
-use crate::registry::*;
-use crate::state::*;
 use tonic::{Request, Status};
 use ward_certs::SpiffeId;
 use ward_certs::ca::CaError;
+
+use self::transport::PeerInfo;
+use crate::attest::AttestError;
+use crate::state::State;
 
 pub mod bundle;
 pub mod identity;
 pub mod policy;
 pub mod transport;
 
+/// The three services, over one state.
 #[derive(Clone)]
-pub(crate) struct Api(pub(crate) Arc<State>);
+pub struct Api(pub Arc<State>);
 
 /// What the TLS layer learned about the caller (tonic puts it in the request extensions).
 pub(crate) fn peer<T>(req: &Request<T>) -> PeerInfo {
@@ -37,10 +38,10 @@ pub(crate) fn caller_svid<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
         .ok_or_else(|| Status::unauthenticated("this call needs the caller's SVID (mTLS)"))
 }
 
-pub(crate) fn token_status(e: TokenError) -> Status {
+pub(crate) fn attest_status(e: AttestError) -> Status {
     match e {
-        TokenError::Store(msg) => Status::internal(msg),
-        other => Status::unauthenticated(other.to_string()),
+        AttestError::Unavailable(msg) => Status::internal(msg),
+        AttestError::Refused(msg) => Status::unauthenticated(msg),
     }
 }
 

@@ -3,9 +3,6 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 
-use crate::api::*;
-use crate::attest::tokens::{self};
-use crate::metrics as admin;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,13 +10,13 @@ use tonic::{Request, Response, Status};
 use ward_api::v1::{self, PolicyDocument, PolicySnapshot, PolicyWatchRequest};
 use ward_policy::PolicySet;
 
+use super::{Api, caller_svid};
+use crate::attest::Registration;
+use crate::metrics as m;
+
 pub(crate) type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PolicySnapshot, Status>> + Send>>;
 
-pub(crate) fn snapshot(
-    version: u64,
-    set: &PolicySet,
-    reg: &tokens::Registration,
-) -> PolicySnapshot {
+pub(crate) fn snapshot(version: u64, set: &PolicySet, reg: &Registration) -> PolicySnapshot {
     let labels: BTreeMap<String, String> = reg.labels.clone();
     PolicySnapshot {
         version,
@@ -40,8 +37,8 @@ impl v1::policy_server::Policy for Api {
         req: Request<PolicyWatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = caller_svid(&req)?;
-        let registration = self.0.registration(&id)?;
-        let slot = self.0.watch_slot(&id)?;
+        let registration = self.0.registry.workload(&id, self.0.attestor.as_ref())?;
+        let slot = self.0.registry.watch_slot(&id)?;
         let mut updates = self.0.policy.subscribe();
         // Capacity 1: a slow watcher only ever waits for its own previous snapshot, and
         // skips straight to the newest one when it catches up.
@@ -52,15 +49,15 @@ impl v1::policy_server::Policy for Api {
             loop {
                 let current = updates.borrow_and_update().clone();
                 if tx
-                    .send(Ok(snapshot(current.0, &current.1, &registration)))
+                    .send(Ok(snapshot(current.version, &current.set, &registration)))
                     .await
                     .is_err()
                 {
                     return;
                 }
                 if !first {
-                    metrics::histogram!(admin::PUSH_FANOUT)
-                        .record(current.2.elapsed().as_secs_f64());
+                    metrics::histogram!(m::PUSH_FANOUT)
+                        .record(current.changed.elapsed().as_secs_f64());
                 }
                 first = false;
                 // A watcher that went away gives its slot back now, not at the next change.
