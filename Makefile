@@ -59,7 +59,7 @@ bench-micro:
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (default 60), on nightly with
 ## AddressSanitizer; new inputs go to fuzz/corpus/<target>, crashes to fuzz/artifacts/
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := spiffe_id policy_yaml path_and_authority h1_guard detect csr
+FUZZ_TARGETS := spiffe_id policy_yaml policy_wire path_and_authority h1_guard detect csr
 fuzz:
 	./fuzz/setup.sh
 	$(CARGO) +nightly fuzz build --target-dir target/fuzz

@@ -28,11 +28,9 @@ pub struct Policy {
     /// `None`: every workload of the namespace.
     pub selector: Option<BTreeMap<String, String>>,
     pub rules: Vec<Rule>,
-    /// Where it was defined.
+    /// Where it was defined (a file, or the origin the control plane named).
     pub file: PathBuf,
     pub line: usize,
-    /// The YAML document as written, to hand on (the control plane sends it to proxies).
-    pub source: String,
 }
 
 impl Policy {
@@ -41,7 +39,6 @@ impl Policy {
         namespace: String,
         file: PathBuf,
         line: usize,
-        source: String,
     ) -> Self {
         Self {
             namespace,
@@ -51,7 +48,6 @@ impl Policy {
             rules: doc.spec.rules,
             file,
             line,
-            source,
         }
     }
 
@@ -76,40 +72,14 @@ impl Policy {
 pub struct PolicySet {
     policies: Vec<Policy>,
     mesh_default: MeshDefault,
-    /// The MeshPolicy document as written, if there is one.
-    mesh_source: Option<(PathBuf, String)>,
 }
 
 impl PolicySet {
-    pub fn new(
-        policies: Vec<Policy>,
-        mesh_default: MeshDefault,
-        mesh_source: Option<(PathBuf, String)>,
-    ) -> Self {
+    pub fn new(policies: Vec<Policy>, mesh_default: MeshDefault) -> Self {
         Self {
             policies,
             mesh_default,
-            mesh_source,
         }
-    }
-
-    /// The documents (source name, YAML) a workload needs to decide its own calls: the
-    /// MeshPolicy and every policy that applies to it — and nothing about other workloads.
-    pub fn documents_for(
-        &self,
-        namespace: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Vec<(String, String)> {
-        let mesh = self
-            .mesh_source
-            .iter()
-            .map(|(file, yaml)| (file.display().to_string(), yaml.clone()));
-        let applying = self
-            .policies
-            .iter()
-            .filter(|p| p.applies_to(namespace, labels))
-            .map(|p| (format!("{}:{}", p.file.display(), p.line), p.source.clone()));
-        mesh.chain(applying).collect()
     }
 
     pub fn policies(&self) -> &[Policy] {

@@ -2,7 +2,8 @@
 //! `ward policy` commands (offline), so what a test or a review says is what the mesh does.
 //!
 //! [`model`] is the schema as written, [`load`] turns a directory into a [`PolicySet`] or
-//! `file:line:column` errors, [`compile`] decides calls, [`path`] normalizes request paths.
+//! `file:line:column` errors, [`compile`] decides calls, [`path`] normalizes request paths,
+//! [`wire`] is the model as the control plane sends it to proxies.
 
 pub mod compile;
 pub mod lint;
@@ -11,6 +12,7 @@ pub mod model;
 pub mod path;
 pub mod pattern;
 pub mod request;
+pub mod wire;
 
 pub use compile::{Call, Decider, Decision, Headers, HttpCall, PolicySet, WorkloadPolicy};
 pub use load::{PolicyError, PolicyErrors, load_dir, load_sources};

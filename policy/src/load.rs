@@ -131,7 +131,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
 /// [`MAX_SOURCE_BYTES`] or nested deeper than the limits are refused before parsing.
 pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyErrors> {
     let mut policies = Vec::new();
-    let mut mesh_default: Option<(MeshDefault, PathBuf, usize, String)> = None;
+    let mut mesh_default: Option<(MeshDefault, PathBuf, usize)> = None;
     let mut errors = Vec::new();
     for (file, text) in sources {
         if let Err((line, column, reason)) = within_limits(text) {
@@ -144,7 +144,6 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
             continue;
         }
         for (first_line, doc) in split_documents(text) {
-            let doc_text = doc;
             let at = |line: usize, column: usize, reason: String| PolicyError {
                 file: file.clone(),
                 line: first_line + line.saturating_sub(1),
@@ -176,14 +175,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
                         ));
                         continue;
                     }
-                    let source = doc_text.to_owned();
-                    policies.push(Policy::new(
-                        doc,
-                        namespace,
-                        file.clone(),
-                        first_line,
-                        source,
-                    ));
+                    policies.push(Policy::new(doc, namespace, file.clone(), first_line));
                 }
                 Ok(Some(Parsed::Mesh(doc))) => {
                     let ns = doc.metadata.namespace.as_deref().unwrap_or(ROOT_NAMESPACE);
@@ -193,7 +185,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
                             1,
                             format!("MeshPolicy belongs in namespace {ROOT_NAMESPACE}, not {ns}"),
                         ));
-                    } else if let Some((_, prev_file, prev_line, _)) = &mesh_default {
+                    } else if let Some((_, prev_file, prev_line)) = &mesh_default {
                         errors.push(at(
                             1,
                             1,
@@ -203,12 +195,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
                             ),
                         ));
                     } else {
-                        mesh_default = Some((
-                            doc.spec.default,
-                            file.clone(),
-                            first_line,
-                            doc_text.to_owned(),
-                        ));
+                        mesh_default = Some((doc.spec.default, file.clone(), first_line));
                     }
                 }
                 Err((line, column, reason)) => errors.push(at(line, column, reason)),
@@ -217,8 +204,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
     }
     if errors.is_empty() {
         let default = mesh_default.as_ref().map(|m| m.0).unwrap_or_default();
-        let mesh_source = mesh_default.map(|(_, file, _, text)| (file, text));
-        Ok(PolicySet::new(policies, default, mesh_source))
+        Ok(PolicySet::new(policies, default))
     } else {
         Err(PolicyErrors(errors))
     }

@@ -1,32 +1,17 @@
 //! `Policy.Watch`: each proxy's policy snapshots.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use ward_api::v1::{self, PolicyDocument, PolicySnapshot, PolicyWatchRequest};
-use ward_policy::PolicySet;
+use ward_api::v1::{self, PolicySnapshot, PolicyWatchRequest};
 
 use super::{Api, caller_svid};
-use crate::attest::Registration;
 use crate::metrics as m;
 
 pub(crate) type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PolicySnapshot, Status>> + Send>>;
-
-pub(crate) fn snapshot(version: u64, set: &PolicySet, reg: &Registration) -> PolicySnapshot {
-    let labels: BTreeMap<String, String> = reg.labels.clone();
-    PolicySnapshot {
-        version,
-        documents: set
-            .documents_for(&reg.namespace, &labels)
-            .into_iter()
-            .map(|(source, yaml)| PolicyDocument { source, yaml })
-            .collect(),
-    }
-}
 
 #[tonic::async_trait]
 impl v1::policy_server::Policy for Api {
@@ -49,7 +34,12 @@ impl v1::policy_server::Policy for Api {
             loop {
                 let current = updates.borrow_and_update().clone();
                 if tx
-                    .send(Ok(snapshot(current.version, &current.set, &registration)))
+                    .send(Ok(ward_policy::wire::snapshot(
+                        current.version,
+                        &current.set,
+                        &registration.namespace,
+                        &registration.labels,
+                    )))
                     .await
                     .is_err()
                 {

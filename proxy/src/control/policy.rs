@@ -1,7 +1,7 @@
 //! Policy from the control plane: this workload's snapshots, put in force in the
 //! authorizer as they come; one that does not load is refused and the last good stays.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use metrics::gauge;
@@ -47,27 +47,20 @@ pub async fn follow(
     .await
 }
 
-/// Loads a snapshot (off the async workers) and puts it in force; false if refused.
+/// Checks a snapshot's policies as a file's would be (off the async workers) and puts
+/// them in force; false if refused.
 async fn apply(snapshot: ward_api::v1::PolicySnapshot, authz: &Authorizer) -> bool {
-    let sources: Vec<(PathBuf, String)> = snapshot
-        .documents
-        .into_iter()
-        .map(|d| (PathBuf::from(d.source), d.yaml))
-        .collect();
-    let loaded = tokio::task::spawn_blocking(move || ward_policy::load_sources(&sources))
+    let version = snapshot.version;
+    let loaded = tokio::task::spawn_blocking(move || ward_policy::wire::policy_set(&snapshot))
         .await
         .unwrap_or_else(|e| Err(crate::authz::load_failed(Path::new("control plane"), &e)));
     match loaded {
         Ok(set) => {
             let applying = authz.install(&set);
-            gauge!("ward_policy_version").set(snapshot.version as f64);
+            gauge!("ward_policy_version").set(version as f64);
             gauge!("ward_policy_updated_timestamp_seconds")
                 .set(ward_runtime::time::unix_secs(std::time::SystemTime::now()) as f64);
-            tracing::info!(
-                version = snapshot.version,
-                applying,
-                "policy from the control plane in force"
-            );
+            tracing::info!(version, applying, "policy from the control plane in force");
             true
         }
         Err(errors) => {
