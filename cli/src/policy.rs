@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use ward_policy::compile::{grpc_route, namespace_of};
 use ward_policy::model::{Action, Operation, Rule, Source};
-use ward_policy::request::{check_header_name, check_method};
-use ward_policy::{Authority, Call, Decision, HttpCall, PolicySet, normalize_path};
+use ward_policy::request::{Admitted, Incoming};
+use ward_policy::{Call, Decision, HttpCall, PolicySet};
 
 use super::Outcome;
 use super::serve::parse_labels;
@@ -221,32 +221,43 @@ fn decide(
             req.path.clone().unwrap_or_else(|| "/".into()),
         ),
     };
-    // What the sidecar refuses with 400 before authorization, refused here the same way.
-    if let Err(e) = check_method(&method) {
-        return Ok(Verdict::Refused(e.to_string()));
+    // What the sidecar refuses with 400 before authorization, refused here the same way:
+    // the same admission, in the same order.
+    let raw_path = raw_path.split('?').next().unwrap_or("/");
+    let admitted = Incoming {
+        method: &method,
+        path: raw_path,
+        target_authority: None,
+        // `--host`, and any `host` header given with `--header`: each is a Host line.
+        hosts: req.host.iter().map(|h| h.as_bytes()).chain(
+            req.headers
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
+                .flat_map(|(_, values)| values.values().iter().map(|v| v.as_bytes())),
+        ),
+        default_port: 80,
+        header_names: req.headers.keys().map(String::as_str),
+        allow_header_underscores: false,
     }
-    let raw_path = raw_path.split('?').next().unwrap_or("/").to_owned();
-    let path = match normalize_path(&raw_path) {
-        Ok(p) => p,
+    .admit();
+    let Admitted { path, authority } = match admitted {
+        Ok(admitted) => admitted,
         Err(e) => return Ok(Verdict::Refused(e.to_string())),
     };
     if let Some(route) = &req.grpc {
         grpc_route(&path).with_context(|| format!("--grpc {route:?} is not SERVICE/METHOD"))?;
     }
-    let authority = match req.host.as_deref().map(|h| Authority::parse(h, 80)) {
-        None => None,
-        Some(Ok(a)) => Some(a),
-        Some(Err(e)) => return Ok(Verdict::Refused(e.to_string())),
-    };
-    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-    for (name, values) in &req.headers {
-        if let Err(e) = check_header_name(name, false) {
-            return Ok(Verdict::Refused(e.to_string()));
-        }
-        for v in values.values() {
-            headers.push((name.to_ascii_lowercase(), v.as_bytes().to_vec()));
-        }
-    }
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers
+        .iter()
+        .flat_map(|(name, values)| {
+            let name = name.to_ascii_lowercase();
+            values
+                .values()
+                .iter()
+                .map(move |v| (name.clone(), v.as_bytes().to_vec()))
+        })
+        .collect();
     let call = Call {
         principal: from,
         namespace: namespace_of(from),

@@ -12,6 +12,10 @@
 //!   signs and characters outside a host name are refused.
 //! - header names with `_` are refused unless allowed (CGI-style apps read `x_role` as
 //!   `x-role`).
+//!
+//! [`Incoming::admit`] applies all of it, with path normalization, in one order: the
+//! sidecar admits every request through it and `ward policy check`/`test` describe theirs
+//! through it, so the CLI refuses and decides exactly as the sidecar does.
 
 use std::fmt;
 
@@ -28,6 +32,10 @@ pub enum RequestError {
     ConflictingHost,
     /// A header name with `_`.
     HeaderUnderscore(String),
+    /// CONNECT: a tunnel, which no policy could judge.
+    Connect,
+    /// A path that does not normalize.
+    Path(crate::path::PathError),
 }
 
 impl fmt::Display for RequestError {
@@ -45,6 +53,8 @@ impl fmt::Display for RequestError {
                 f.write_str("more than one Host, or Host differs from the request's authority")
             }
             RequestError::HeaderUnderscore(n) => write!(f, "header name {n:?} contains '_'"),
+            RequestError::Connect => f.write_str("CONNECT is not carried"),
+            RequestError::Path(e) => write!(f, "{e}"),
         }
     }
 }
@@ -149,6 +159,68 @@ impl fmt::Display for Authority {
     }
 }
 
+/// A request as it arrived, before anything about it is judged.
+pub struct Incoming<'a, H, N> {
+    pub method: &'a str,
+    /// The path of the request target, without the query.
+    pub path: &'a str,
+    /// The authority of the request target (absolute form, or HTTP/2 `:authority`).
+    pub target_authority: Option<&'a [u8]>,
+    /// Every `Host` header line.
+    pub hosts: H,
+    /// The scheme's default port: 443 for an `https` target, else 80.
+    pub default_port: u16,
+    /// Every header name.
+    pub header_names: N,
+    pub allow_header_underscores: bool,
+}
+
+/// What admission found: the facts a decision is made on and the request is forwarded with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The normalized path.
+    pub path: String,
+    /// The canonical authority, from the target or else `Host`.
+    pub authority: Option<Authority>,
+}
+
+impl<'a, H, N> Incoming<'a, H, N>
+where
+    H: Iterator<Item = &'a [u8]>,
+    N: Iterator<Item = &'a str>,
+{
+    /// Request hygiene, in the order the sidecar applies it: the method's spelling,
+    /// CONNECT, header names, the path, then the authority (one `Host` at most, agreeing
+    /// with the target's).
+    pub fn admit(self) -> Result<Admitted, RequestError> {
+        check_method(self.method)?;
+        if self.method == "CONNECT" {
+            return Err(RequestError::Connect);
+        }
+        for name in self.header_names {
+            check_header_name(name, self.allow_header_underscores)?;
+        }
+        let path = crate::path::normalize_path(self.path).map_err(RequestError::Path)?;
+        let mut hosts = self.hosts;
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(RequestError::ConflictingHost);
+        }
+        let parse = |raw: &[u8]| {
+            let text = std::str::from_utf8(raw)
+                .map_err(|_| RequestError::BadAuthority(String::from_utf8_lossy(raw).into()))?;
+            Authority::parse(text, self.default_port)
+        };
+        let from_target = self.target_authority.map(parse).transpose()?;
+        let from_host = host.map(parse).transpose()?;
+        let authority = match (from_target, from_host) {
+            (Some(a), Some(h)) if a != h => return Err(RequestError::ConflictingHost),
+            (a, h) => a.or(h),
+        };
+        Ok(Admitted { path, authority })
+    }
+}
+
 /// The elements of a header value read as a comma-separated list (RFC 9110 §5.6.1), each
 /// without the optional whitespace around it.
 pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -249,6 +321,71 @@ mod tests {
     fn list_elements_are_trimmed() {
         let e: Vec<_> = list_elements(b"eu-1, us-1 ,\tx").collect();
         assert_eq!(e, vec![&b"eu-1"[..], b"us-1", b"x"]);
+    }
+
+    fn admit<'a>(
+        method: &'a str,
+        path: &'a str,
+        target: Option<&'a str>,
+        hosts: &'a [&'a str],
+        names: &'a [&'a str],
+    ) -> Result<Admitted, RequestError> {
+        Incoming {
+            method,
+            path,
+            target_authority: target.map(str::as_bytes),
+            hosts: hosts.iter().map(|h| h.as_bytes()),
+            default_port: 80,
+            header_names: names.iter().copied(),
+            allow_header_underscores: false,
+        }
+        .admit()
+    }
+
+    #[test]
+    fn admission_refuses_in_one_order_and_gives_the_facts_judged() {
+        let ok = admit(
+            "GET",
+            "/a/./b/../c",
+            None,
+            &["API.example.org:80"],
+            &["x-a"],
+        )
+        .unwrap();
+        assert_eq!(ok.path, "/a/c");
+        assert_eq!(ok.authority.unwrap().canonical(), "api.example.org");
+        let target = admit("GET", "/", Some("a.example"), &["A.EXAMPLE."], &[]).unwrap();
+        assert_eq!(target.authority.unwrap().host, "a.example");
+        assert_eq!(admit("GET", "/", None, &[], &[]).unwrap().authority, None);
+        // The first rule broken is the one reported.
+        assert!(matches!(
+            admit("get", "/%2e%2e/x", None, &["a", "b"], &["x_y"]),
+            Err(RequestError::MethodNotUpperCase(_))
+        ));
+        assert_eq!(
+            admit("CONNECT", "/", None, &[], &[]),
+            Err(RequestError::Connect)
+        );
+        assert!(matches!(
+            admit("GET", "/", None, &[], &["x_role"]),
+            Err(RequestError::HeaderUnderscore(_))
+        ));
+        assert!(matches!(
+            admit("GET", "/a/%2F", None, &[], &[]),
+            Err(RequestError::Path(_))
+        ));
+        assert_eq!(
+            admit("GET", "/", None, &["a", "a"], &[]),
+            Err(RequestError::ConflictingHost)
+        );
+        assert_eq!(
+            admit("GET", "/", Some("a"), &["b"], &[]),
+            Err(RequestError::ConflictingHost)
+        );
+        assert_eq!(
+            admit("GET", "/", None, &["u@a"], &[]),
+            Err(RequestError::Userinfo)
+        );
     }
 
     #[test]

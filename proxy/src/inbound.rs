@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use ward_certs::SpiffeId;
 use ward_policy::compile::namespace_of;
-use ward_policy::request::{check_header_name, check_method};
+use ward_policy::request::Admitted as Judged;
 use ward_policy::{Authority, Call, HttpCall, RequestError};
 
 use crate::authz::{Authorizer, Facts};
@@ -427,25 +427,32 @@ impl Inbound {
         ward_peer: bool,
         grpc: bool,
     ) -> Result<Admitted, (Failure, String)> {
-        let raw_path = req.uri().path().to_owned();
-        let bad = |path: String, why: &dyn std::fmt::Display| {
-            tracing::debug!(peer = %peer.name, path = %path, reason = %why, "request refused (400)");
-            (Failure::BadRequest, path)
-        };
-        if let Err(e) = check_method(req.method().as_str()) {
-            return Err(bad(raw_path, &e));
+        let admitted = ward_policy::request::Incoming {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            target_authority: req.uri().authority().map(|a| a.as_str().as_bytes()),
+            hosts: req
+                .headers()
+                .get_all(header::HOST)
+                .iter()
+                .map(|h| h.as_bytes()),
+            default_port: if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+                443
+            } else {
+                80
+            },
+            header_names: req.headers().keys().map(|n| n.as_str()),
+            allow_header_underscores: self.limits.allow_header_underscores,
         }
-        if req.method() == http::Method::CONNECT {
-            return Err(bad(raw_path, &"CONNECT is not carried"));
-        }
-        for name in req.headers().keys() {
-            if let Err(e) = check_header_name(name.as_str(), self.limits.allow_header_underscores) {
-                return Err(bad(raw_path, &e));
+        .admit();
+        let Judged { path, authority } = match admitted {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                let raw = req.uri().path();
+                let path = ward_policy::normalize_path(raw).unwrap_or_else(|_| raw.to_owned());
+                tracing::debug!(peer = %peer.name, %path, reason = %why, "request refused (400)");
+                return Err((Failure::BadRequest, path));
             }
-        }
-        let path = match ward_policy::normalize_path(&raw_path) {
-            Ok(p) => p,
-            Err(e) => return Err(bad(raw_path, &e)),
         };
         let upgrade = allowed_upgrade(&req, &self.upgrades);
         let original_http1 = ward_peer
@@ -454,10 +461,10 @@ impl Inbound {
             .map(|v| v.as_bytes() == b"http/1.1");
         crate::http::strip_hop_by_hop(req.headers_mut());
         crate::http::strip_mesh_only(req.headers_mut());
-        let authority = match canonical_authority(&mut req, &path) {
-            Ok(a) => a,
-            Err(e) => return Err(bad(path, &e)),
-        };
+        if let Err(e) = carry_judged_target(&mut req, &path, authority.as_ref()) {
+            tracing::debug!(peer = %peer.name, %path, reason = %e, "request refused (400)");
+            return Err((Failure::BadRequest, path));
+        }
         let request_id = match req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => {
@@ -556,56 +563,26 @@ impl Inbound {
     }
 }
 
-/// The request's canonical authority (see [`Authority`]), from the request target or
-/// `:authority`, or else `Host`; two that disagree, or more than one `Host`, are refused.
-/// The request is rewritten to carry exactly what was judged.
-fn canonical_authority(
+/// Rewrites the request to carry exactly what was judged: the normalized path (with the
+/// query) and the canonical authority as the target, and no `Host` line of its own.
+fn carry_judged_target(
     req: &mut Request<Incoming>,
     path: &str,
-) -> Result<Option<Authority>, RequestError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(RequestError::ConflictingHost);
-    }
-    let default_port = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-        443
-    } else {
-        80
-    };
-    let parse = |raw: &[u8]| {
-        let text = std::str::from_utf8(raw)
-            .map_err(|_| RequestError::BadAuthority(String::from_utf8_lossy(raw).into()))?;
-        Authority::parse(text, default_port)
-    };
-    let from_target = req
-        .uri()
-        .authority()
-        .map(|a| parse(a.as_str().as_bytes()))
-        .transpose()?;
-    let from_host = host.map(|h| parse(h.as_bytes())).transpose()?;
-    let authority = match (from_target, from_host) {
-        (Some(a), Some(h)) if a != h => return Err(RequestError::ConflictingHost),
-        (a, h) => a.or(h),
-    };
+    authority: Option<&Authority>,
+) -> Result<(), RequestError> {
     req.headers_mut().remove(header::HOST);
     let pq = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     };
     let mut uri = Uri::builder();
-    if let Some(a) = &authority {
+    if let Some(a) = authority {
         uri = uri.scheme("http").authority(a.canonical());
     }
-    *req.uri_mut() = uri
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| RequestError::BadAuthority(authority_text(&authority)))?;
-    Ok(authority)
-}
-
-fn authority_text(a: &Option<Authority>) -> String {
-    a.as_ref().map(Authority::canonical).unwrap_or_default()
+    *req.uri_mut() = uri.path_and_query(pq).build().map_err(|_| {
+        RequestError::BadAuthority(authority.map(Authority::canonical).unwrap_or_default())
+    })?;
+    Ok(())
 }
 
 /// Sets the identity headers from the verified peer; any the caller sent were removed at

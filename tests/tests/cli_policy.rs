@@ -180,6 +180,25 @@ fn check_prints_the_decision_and_who_made_it() {
         out.stdout
     );
 
+    // What the sidecar refuses before authorization, the CLI refuses too (one admission).
+    for refused in [
+        &["--method", "CONNECT"][..],
+        &["--method", "delete"],
+        &["--host", "a.example", "--header", "host=b.example"],
+        &["--header", "x_role=admin"],
+        &["--host", "user@a.example"],
+    ] {
+        let mut args = vec!["--from", web, "--port", "8080", "--path", "/accounts/1"];
+        args.extend_from_slice(refused);
+        let out = check(&args);
+        assert_eq!(out.code, 3, "{refused:?}: {out:?}");
+        assert!(
+            out.stdout.contains("refused before authorization (400)"),
+            "{refused:?}: {}",
+            out.stdout
+        );
+    }
+
     let ledger = "spiffe://bank.example/ns/ledger/sa/api";
     let out = check(&[
         "--from",
