@@ -7,10 +7,12 @@
 
 pub mod bundle;
 pub mod ca;
+mod crypto;
 pub mod id;
 mod path;
 pub mod pem;
 pub mod rotation;
+mod rules;
 pub mod svid;
 pub mod tls;
 pub mod verified;

@@ -17,7 +17,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::X509Certificate;
 
 use crate::id::parse_spiffe_id;
-use crate::verify::{Purpose, SvidError};
+use crate::rules::{Purpose, SvidError};
 
 /// The longest path looked for: leaf, intermediates and root.
 const MAX_PATH: usize = 8;

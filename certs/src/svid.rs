@@ -130,7 +130,7 @@ impl Svid {
 
     /// The chain and key loaded for rustls signing.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, SvidFileError> {
-        let provider = crate::tls::provider();
+        let provider = crate::crypto::provider();
         let key = CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider)
             .map_err(|e| SvidFileError::Key(e.to_string()))?;
         Ok(Arc::new(key))

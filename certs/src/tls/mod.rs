@@ -8,24 +8,18 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{
-    ClientConfig, ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Resumption,
-};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::client::{ClientConfig, ResolvesClientCert, Resumption};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{
-    ClientHello, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache, StoresServerSessions,
-};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, NamedGroup, OtherError,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -35,24 +29,10 @@ use crate::svid::{Svid, SvidFileError};
 use crate::verified::VerifiedChains;
 use crate::verify::{Purpose, SvidError, spiffe_id_of, verify_with_window};
 
-/// The one crypto provider of the workspace: aws-lc-rs (fast ECDSA and AES-GCM on x86-64).
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
-}
+mod sessions;
 
-/// Installs [`provider`] as the process default. Call once at the start of every binary;
-/// later calls (and calls in tests) are harmless.
-pub fn install_default_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// The signature algorithms used to verify certificate chains and handshakes.
-pub fn signature_algorithms() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
-}
+use self::sessions::{TrustBoundSessions, client_session_cache, server_session_cache};
+pub use crate::crypto::{install_default_provider, provider, signature_algorithms};
 
 /// The SVID this process presents, swappable while listeners run.
 pub struct SvidResolver {
@@ -282,136 +262,6 @@ fn rustls_error(e: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(BrokenRule(e)))))
 }
 
-/// How many TLS sessions each side remembers for resumption.
-const SESSION_CACHE_SIZE: usize = 1024;
-
-/// How long a TLS session may be resumed at most. A resumed session skips certificate
-/// verification, so this bounds how long a peer whose certificate has since expired can
-/// still resume. rustls itself would keep stateful sessions for 24 hours.
-pub const SESSION_MAX_AGE: Duration = Duration::from_secs(5 * 60);
-
-/// Which session cache is current: a new one for every bundle swap and every
-/// [`SESSION_MAX_AGE`] period. Sessions therefore never outlive the bundle they were verified
-/// under, nor the age limit.
-fn session_epoch(bundle_generation: u64, now: SystemTime, max_age: Duration) -> (u64, u64) {
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    (bundle_generation, secs / max_age.as_secs().max(1))
-}
-
-/// A TLS session cache that starts empty again whenever the trust bundle changes, and at
-/// least every [`SESSION_MAX_AGE`].
-///
-/// A resumed session skips certificate verification. Without this, a peer whose root was
-/// just dropped from the bundle could keep resuming a session verified under the old bundle;
-/// with it, every handshake after a swap verifies the peer against the bundle in force.
-struct TrustBoundSessions<C> {
-    bundle: Arc<BundleStore>,
-    cache: ArcSwap<((u64, u64), C)>,
-    make: fn() -> C,
-}
-
-impl<C> TrustBoundSessions<C> {
-    fn new(bundle: Arc<BundleStore>, make: fn() -> C) -> Self {
-        let epoch = session_epoch(bundle.generation(), SystemTime::now(), SESSION_MAX_AGE);
-        Self {
-            bundle,
-            cache: ArcSwap::from_pointee((epoch, make())),
-            make,
-        }
-    }
-
-    fn current(&self) -> arc_swap::Guard<Arc<((u64, u64), C)>> {
-        let epoch = session_epoch(self.bundle.generation(), SystemTime::now(), SESSION_MAX_AGE);
-        let cache = self.cache.load();
-        if cache.0 == epoch {
-            return cache;
-        }
-        self.cache.store(Arc::new((epoch, (self.make)())));
-        self.cache.load()
-    }
-}
-
-impl<C> fmt::Debug for TrustBoundSessions<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrustBoundSessions")
-            .field("epoch", &self.cache.load().0)
-            .finish()
-    }
-}
-
-fn server_session_cache() -> Arc<ServerSessionMemoryCache> {
-    ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)
-}
-
-fn client_session_cache() -> ClientSessionMemoryCache {
-    ClientSessionMemoryCache::new(SESSION_CACHE_SIZE)
-}
-
-impl StoresServerSessions for TrustBoundSessions<Arc<ServerSessionMemoryCache>> {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.current().1.put(key, value)
-    }
-
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.current().1.get(key)
-    }
-
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.current().1.take(key)
-    }
-
-    fn can_cache(&self) -> bool {
-        true
-    }
-}
-
-impl ClientSessionStore for TrustBoundSessions<ClientSessionMemoryCache> {
-    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.current().1.set_kx_hint(server_name, group);
-    }
-
-    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.current().1.kx_hint(server_name)
-    }
-
-    fn set_tls12_session(
-        &self,
-        server_name: ServerName<'static>,
-        value: rustls::client::Tls12ClientSessionValue,
-    ) {
-        self.current().1.set_tls12_session(server_name, value);
-    }
-
-    fn tls12_session(
-        &self,
-        server_name: &ServerName<'_>,
-    ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.current().1.tls12_session(server_name)
-    }
-
-    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.current().1.remove_tls12_session(server_name);
-    }
-
-    fn insert_tls13_ticket(
-        &self,
-        server_name: ServerName<'static>,
-        value: rustls::client::Tls13ClientSessionValue,
-    ) {
-        self.current().1.insert_tls13_ticket(server_name, value);
-    }
-
-    fn take_tls13_ticket(
-        &self,
-        server_name: &ServerName<'static>,
-    ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        self.current().1.take_tls13_ticket(server_name)
-    }
-}
-
 /// Verifies client SVIDs against the current bundle; a client certificate is mandatory
 /// unless `optional` (the control plane, whose first callers attest with a token).
 #[derive(Debug)]
@@ -639,37 +489,4 @@ pub fn peer_spiffe_id(peer_certificates: Option<&[CertificateDer<'_>]>) -> Optio
     peer_certificates
         .and_then(|c| c.first())
         .and_then(|leaf| spiffe_id_of(leaf).ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    #[test]
-    fn session_epochs_turn_over_with_the_bundle_and_the_age_limit() {
-        let age = Duration::from_secs(300);
-        assert_eq!(
-            session_epoch(0, at(600), age),
-            session_epoch(0, at(899), age)
-        );
-        assert_ne!(
-            session_epoch(0, at(899), age),
-            session_epoch(0, at(900), age)
-        );
-        assert_ne!(
-            session_epoch(0, at(600), age),
-            session_epoch(1, at(600), age)
-        );
-        // No session is resumed longer than the age limit.
-        for start in [600, 750, 899] {
-            assert_ne!(
-                session_epoch(0, at(start), age),
-                session_epoch(0, at(start + 300), age)
-            );
-        }
-    }
 }
