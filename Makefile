@@ -22,10 +22,13 @@ test: deps
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-## lint: formatting and clippy with warnings as errors
+## lint: formatting, clippy with warnings as errors, and the layout rules (no file over
+## 600 lines, no function over 100, no import cycle in or between crates)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	python3 scripts/test_layout_check.py
+	python3 scripts/layout_check.py
 
 ## build: release binaries in target/release
 build:

@@ -10,13 +10,13 @@ pub mod apps;
 pub mod pb {
     tonic::include_proto!("ledger.v1");
 }
+mod layout;
 mod procs;
 mod traffic;
+mod view;
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,9 +28,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use ward_certs::pem::{FileMode, write_atomic};
 
 use apps::AppKind;
+use layout::{Layout, Workload, sibling_binary, write_policies};
 use procs::Procs;
 use traffic::{Expect, HttpClient, LedgerCall, Scenario};
-use ward_runtime::time::{human, parse_duration};
+use view::{CertWatch, render};
+use ward_runtime::time::parse_duration;
 
 const TRUST_DOMAIN: &str = "bank.local";
 const NAMESPACE: &str = "bank";
@@ -109,206 +111,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<bool> {
     })
 }
 
-/// Where one demo workload listens.
-struct Workload {
-    kind: AppKind,
-    app: SocketAddr,
-    inbound: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Workload {
-    fn name(&self) -> &'static str {
-        self.kind.name()
-    }
-
-    fn spiffe_id(&self) -> String {
-        spiffe_id(self.kind)
-    }
-
-    fn label(&self) -> String {
-        format!("app={}", self.name())
-    }
-}
-
-fn spiffe_id(kind: AppKind) -> String {
-    format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{}", kind.name())
-}
-
-/// The sidecar outbound listeners: (source, destination) → local address.
-struct Outbounds {
-    web_accounts: SocketAddr,
-    web_ledger: SocketAddr,
-    accounts_ledger: SocketAddr,
-}
-
-struct Layout {
-    dir: PathBuf,
-    logs: PathBuf,
-    policies: PathBuf,
-    cp_data: PathBuf,
-    cp_listen: SocketAddr,
-    cp_admin: SocketAddr,
-    workloads: Vec<Workload>,
-    outbounds: Outbounds,
-}
-
-impl Layout {
-    fn new(dir: &Path) -> anyhow::Result<Self> {
-        let mut ports = free_ports(15)?.into_iter();
-        let mut next = || ports.next().context("ran out of free ports");
-        let workloads = AppKind::ALL
-            .into_iter()
-            .map(|kind| {
-                Ok(Workload {
-                    kind,
-                    app: next()?,
-                    inbound: next()?,
-                    admin: next()?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            logs: dir.join("logs"),
-            policies: dir.join("policies"),
-            cp_data: dir.join("control-plane"),
-            cp_listen: next()?,
-            cp_admin: next()?,
-            outbounds: Outbounds {
-                web_accounts: next()?,
-                web_ledger: next()?,
-                accounts_ledger: next()?,
-            },
-            workloads,
-        })
-    }
-
-    fn workload(&self, kind: AppKind) -> &Workload {
-        // ALL holds every kind, so the search cannot fail; index 0 keeps it total.
-        self.workloads
-            .iter()
-            .find(|w| w.kind == kind)
-            .unwrap_or(&self.workloads[0])
-    }
-
-    fn sidecar_config(&self, w: &Workload) -> String {
-        let outbound = |listen: SocketAddr, to: AppKind| {
-            format!(
-                "  - {{ listen: {listen}, upstream: {}, server_identity: \"{}\" }}\n",
-                self.workload(to).inbound,
-                spiffe_id(to)
-            )
-        };
-        let outbounds = match w.kind {
-            AppKind::Web => {
-                outbound(self.outbounds.web_accounts, AppKind::Accounts)
-                    + &outbound(self.outbounds.web_ledger, AppKind::Ledger)
-            }
-            AppKind::Accounts => outbound(self.outbounds.accounts_ledger, AppKind::Ledger),
-            AppKind::Ledger => String::new(),
-        };
-        let outbounds = if outbounds.is_empty() {
-            String::new()
-        } else {
-            format!("outbound:\n{outbounds}")
-        };
-        format!(
-            "# Written by `ward demo`: the sidecar of the `{name}` workload.\n\
-             trust_domain: {TRUST_DOMAIN}\n\
-             identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n\
-             inbound:\n  - {{ listen: {inbound}, app: {app} }}\n\
-             {outbounds}\
-             audit: {{ decisions: denied, log: \"{audit}\" }}\n\
-             admin: {admin}\n",
-            name = w.name(),
-            cp = self.cp_listen,
-            token = self.dir.join(format!("{}.token", w.name())).display(),
-            bundle = self.cp_data.join("bundle.pem").display(),
-            inbound = w.inbound,
-            app = w.app,
-            audit = self.logs.join(format!("{}-audit.log", w.name())).display(),
-            admin = w.admin,
-        )
-    }
-}
-
-/// `n` distinct free loopback ports (all held at once while choosing, so they differ).
-fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("finding free ports")?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().context("reading a port"))
-        .collect()
-}
-
-const MESH_POLICY: &str = "\
-# The mesh default: a call no policy allows is denied.
-apiVersion: ward.dev/v1alpha1
-kind: MeshPolicy
-metadata: { name: mesh, namespace: ward-system }
-spec: { default: deny }
-";
-
-fn accounts_policy() -> String {
-    format!(
-        "# web may read accounts; nothing else may call accounts.\n\
-         apiVersion: ward.dev/v1alpha1\n\
-         kind: AuthorizationPolicy\n\
-         metadata: {{ name: web-reads-accounts, namespace: {NAMESPACE} }}\n\
-         spec:\n  selector: {{ matchLabels: {{ app: accounts }} }}\n  action: ALLOW\n  rules:\n\
-         \x20 - from: [ {{ principals: [\"{web}\"] }} ]\n\
-         \x20   to: [ {{ methods: [GET], paths: [\"/accounts/*\"] }} ]\n",
-        web = spiffe_id(AppKind::Web)
-    )
-}
-
-fn ledger_policy() -> String {
-    format!(
-        "# accounts may read the ledger (Get* methods); nobody may Post.\n\
-         apiVersion: ward.dev/v1alpha1\n\
-         kind: AuthorizationPolicy\n\
-         metadata: {{ name: accounts-reads-ledger, namespace: {NAMESPACE} }}\n\
-         spec:\n  selector: {{ matchLabels: {{ app: ledger }} }}\n  action: ALLOW\n  rules:\n\
-         \x20 - from: [ {{ principals: [\"{accounts}\"] }} ]\n\
-         \x20   to: [ {{ grpc: {{ service: ledger.v1.Ledger, methods: [\"Get*\"] }} }} ]\n",
-        accounts = spiffe_id(AppKind::Accounts)
-    )
-}
-
-/// Writes the demo policies, keeping any file the user already has (and may have edited).
-fn write_policies(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, text) in [
-        ("mesh.yaml", MESH_POLICY.to_owned()),
-        ("accounts.yaml", accounts_policy()),
-        ("ledger.yaml", ledger_policy()),
-    ] {
-        let path = dir.join(name);
-        if !path.exists() {
-            write_atomic(&path, text.as_bytes(), FileMode::Public)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the ward binary")?;
-    let path = exe.with_file_name(name);
-    if !path.is_file() {
-        bail!(
-            "{} not found next to {} (build it with `cargo build --bins`, or pass --proxy-bin)",
-            name,
-            exe.display()
-        );
-    }
-    Ok(path)
-}
-
 async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<bool> {
     let ward = std::env::current_exe().context("locating the ward binary")?;
     let proxy = match &args.proxy_bin {
@@ -344,44 +146,7 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
         ),
     );
 
-    let o = &layout.outbounds;
-    let mut scenarios = vec![
-        Scenario::http(
-            "web",
-            "accounts",
-            Method::GET,
-            o.web_accounts,
-            Expect::Allow,
-        ),
-        Scenario::http(
-            "web",
-            "accounts",
-            Method::DELETE,
-            o.web_accounts,
-            Expect::Deny,
-        ),
-        Scenario::grpc(
-            "accounts",
-            "ledger",
-            LedgerCall::GetBalance,
-            o.accounts_ledger,
-            Expect::Allow,
-        )?,
-        Scenario::grpc(
-            "accounts",
-            "ledger",
-            LedgerCall::Post,
-            o.accounts_ledger,
-            Expect::Deny,
-        )?,
-        Scenario::grpc(
-            "web",
-            "ledger",
-            LedgerCall::GetBalance,
-            o.web_ledger,
-            Expect::Deny,
-        )?,
-    ];
+    let mut scenarios = scenarios(&layout)?;
     let mut certs = CertWatch::default();
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut round = tokio::time::interval(ROUND);
@@ -429,34 +194,13 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
         "{}",
         render(&layout, &scenarios, &certs, &ward, started, deadline)
     );
-    let calls: u64 = scenarios.iter().map(Scenario::total).sum();
-    let unexpected: u64 = scenarios.iter().map(|s| s.unexpected).sum();
-    let untried: Vec<String> = scenarios
-        .iter()
-        .filter(|s| s.total() == 0)
-        .map(|s| format!("{} -> {} {}", s.source, s.destination, s.call))
-        .collect();
     if interrupted {
+        let calls: u64 = scenarios.iter().map(Scenario::total).sum();
+        let unexpected: u64 = scenarios.iter().map(|s| s.unexpected).sum();
         println!("ward demo: stopped; {calls} calls, {unexpected} not as the demo policy says");
         return Ok(interrupted_outcome(args));
     }
-    if unexpected == 0 && untried.is_empty() {
-        println!(
-            "ward demo: PASS: {calls} calls; every allowed call succeeded and every forbidden call was denied"
-        );
-        Ok(true)
-    } else {
-        println!(
-            "ward demo: FAIL: {unexpected} of {calls} calls not as the demo policy says{}; logs in {}",
-            if untried.is_empty() {
-                String::new()
-            } else {
-                format!("; never tried: {}", untried.join(", "))
-            },
-            layout.logs.display()
-        );
-        Ok(false)
-    }
+    Ok(verdict(&scenarios, &layout))
 }
 
 /// Starts the control plane, the join tokens, the apps and their sidecars, and waits
@@ -670,184 +414,75 @@ async fn get(http: &HttpClient, addr: SocketAddr, path: &str) -> Option<(u16, by
         .flatten()
 }
 
-/// What each sidecar's `/certs` says, and how many times its serial changed.
-#[derive(Default)]
-struct CertWatch {
-    by_workload: BTreeMap<&'static str, CertState>,
-}
-
-#[derive(Default, Clone)]
-struct CertState {
-    serial: String,
-    seconds_left: u64,
-    rotations: u32,
-}
-
-impl CertWatch {
-    async fn refresh(&mut self, http: &HttpClient, layout: &Layout) {
-        for w in &layout.workloads {
-            let Some((200, body)) = get(http, w.admin, "/certs").await else {
-                continue;
-            };
-            let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
-                continue;
-            };
-            let serial = json["serial"].as_str().unwrap_or_default().to_owned();
-            let seconds_left = json["seconds_left"].as_u64().unwrap_or(0);
-            let state = self.by_workload.entry(w.name()).or_default();
-            if !state.serial.is_empty() && state.serial != serial {
-                state.rotations += 1;
-            }
-            state.serial = serial;
-            state.seconds_left = seconds_left;
-        }
-    }
-}
-
-fn short_serial(serial: &str) -> String {
-    let hex: String = serial.chars().filter(|c| *c != ':').collect();
-    if hex.len() > 16 {
-        format!("{}…", &hex[..16])
-    } else {
-        hex
-    }
-}
-
-fn render(
-    layout: &Layout,
-    scenarios: &[Scenario],
-    certs: &CertWatch,
-    ward: &Path,
-    started: Instant,
-    deadline: Option<Instant>,
-) -> String {
-    let mut out = String::new();
-    let elapsed = human(started.elapsed());
-    let left = deadline
-        .map(|d| {
-            format!(
-                ", {} left",
-                human(d.saturating_duration_since(Instant::now()))
-            )
-        })
-        .unwrap_or_else(|| ", Ctrl-C to stop".into());
-    let _ = writeln!(
-        out,
-        "ward demo — trust domain {TRUST_DOMAIN}, running {elapsed}{left}\n"
-    );
-    let _ = writeln!(
-        out,
-        "{:<20} {:<30} {:<6} {:>8} {:>8} {:>7}  LAST",
-        "EDGE", "CALL", "POLICY", "ALLOWED", "DENIED", "ERRORS"
-    );
-    for s in scenarios {
-        let last = s.last.as_ref().map_or("-", traffic::Outcome::status);
-        let mark = if s.unexpected > 0 {
-            "  <- unexpected"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            out,
-            "{:<20} {:<30} {:<6} {:>8} {:>8} {:>7}  {last}{mark}",
-            format!("{} → {}", s.source, s.destination),
-            s.call,
-            s.expect.label(),
-            s.allowed,
-            s.denied,
-            s.failed,
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n{:<10} {:<40} {:<18} {:>10} {:>9}",
-        "WORKLOAD", "SPIFFE ID", "SERIAL", "EXPIRES IN", "ROTATED"
-    );
-    for w in &layout.workloads {
-        let state = certs.by_workload.get(w.name()).cloned().unwrap_or_default();
-        let expires = if state.serial.is_empty() {
-            "-".to_owned()
-        } else {
-            human(Duration::from_secs(state.seconds_left))
-        };
-        let _ = writeln!(
-            out,
-            "{:<10} {:<40} {:<18} {:>10} {:>9}",
-            w.name(),
-            w.spiffe_id(),
-            short_serial(&state.serial),
-            expires,
-            state.rotations
-        );
-    }
-    let _ = writeln!(out, "\nadmin:");
-    let _ = writeln!(
-        out,
-        "  control plane     http://{}/metrics",
-        layout.cp_admin
-    );
-    for w in &layout.workloads {
-        let _ = writeln!(
-            out,
-            "  {:<17} http://{}/certs   http://{}/metrics",
-            format!("{} sidecar", w.name()),
-            w.admin,
-            w.admin
-        );
-    }
-    let accounts = layout.workload(AppKind::Accounts);
-    let via = layout.outbounds.web_accounts;
-    let _ = writeln!(out, "\ntry (as web, through its sidecar):");
-    let _ = writeln!(
-        out,
-        "  curl -s http://{via}/accounts/42              # allowed"
-    );
-    let _ = writeln!(
-        out,
-        "  curl -s -X DELETE http://{via}/accounts/42    # denied: 403 forbidden"
-    );
-    let _ = writeln!(out, "why is it denied:");
-    let _ = writeln!(
-        out,
-        "  {} policy check --dir {} --to-namespace {NAMESPACE} --to-labels app=accounts --from {} --port {} --method DELETE --path /accounts/42",
-        ward.display(),
-        layout.policies.display(),
-        spiffe_id(AppKind::Web),
-        accounts.app.port()
-    );
-    let _ = writeln!(
-        out,
-        "\npolicies: {} (edit them while the demo runs)\nlogs:     {}",
-        layout.policies.display(),
-        layout.logs.display()
-    );
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    #[test]
-    fn demo_policies_load() {
-        let sources: Vec<(PathBuf, String)> = [
-            ("mesh.yaml", MESH_POLICY.to_owned()),
-            ("accounts.yaml", accounts_policy()),
-            ("ledger.yaml", ledger_policy()),
-        ]
-        .into_iter()
-        .map(|(name, text)| (PathBuf::from(name), text))
+/// The demo's traffic: every edge, allowed and forbidden calls.
+fn scenarios(layout: &Layout) -> anyhow::Result<Vec<Scenario>> {
+    let o = &layout.outbounds;
+    Ok(vec![
+        Scenario::http(
+            "web",
+            "accounts",
+            Method::GET,
+            o.web_accounts,
+            Expect::Allow,
+        ),
+        Scenario::http(
+            "web",
+            "accounts",
+            Method::DELETE,
+            o.web_accounts,
+            Expect::Deny,
+        ),
+        Scenario::grpc(
+            "accounts",
+            "ledger",
+            LedgerCall::GetBalance,
+            o.accounts_ledger,
+            Expect::Allow,
+        )?,
+        Scenario::grpc(
+            "accounts",
+            "ledger",
+            LedgerCall::Post,
+            o.accounts_ledger,
+            Expect::Deny,
+        )?,
+        Scenario::grpc(
+            "web",
+            "ledger",
+            LedgerCall::GetBalance,
+            o.web_ledger,
+            Expect::Deny,
+        )?,
+    ])
+}
+
+/// Prints the verdict of a timed run; true if every call went as the policy says.
+fn verdict(scenarios: &[Scenario], layout: &Layout) -> bool {
+    let calls: u64 = scenarios.iter().map(Scenario::total).sum();
+    let unexpected: u64 = scenarios.iter().map(|s| s.unexpected).sum();
+    let untried: Vec<String> = scenarios
+        .iter()
+        .filter(|s| s.total() == 0)
+        .map(|s| format!("{} -> {} {}", s.source, s.destination, s.call))
         .collect();
-        let set = ward_policy::load::load_sources(&sources);
-        assert!(set.is_ok(), "{:?}", set.err());
-    }
-
-    #[test]
-    fn serials_are_shortened_for_the_table() {
-        assert_eq!(short_serial("0a:1b"), "0a1b");
-        assert_eq!(
-            short_serial("00112233445566778899aabbccddeeff"),
-            "0011223344556677…"
+    if unexpected == 0 && untried.is_empty() {
+        println!(
+            "ward demo: PASS: {calls} calls; every allowed call succeeded and every forbidden call was denied"
         );
+        true
+    } else {
+        println!(
+            "ward demo: FAIL: {unexpected} of {calls} calls not as the demo policy says{}; logs in {}",
+            if untried.is_empty() {
+                String::new()
+            } else {
+                format!("; never tried: {}", untried.join(", "))
+            },
+            layout.logs.display()
+        );
+        false
     }
 }

@@ -11,31 +11,29 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use ward_certs::SpiffeId;
 use ward_policy::compile::namespace_of;
 use ward_policy::request::Admitted as Judged;
-use ward_policy::{Authority, Call, HttpCall, RequestError};
+use ward_policy::{Call, HttpCall};
 
 use crate::authz::{Authorizer, Facts};
 use crate::config::{Inbound as InboundConfig, Limits, Protocol, UpgradeToken};
+use crate::http::forward::from_upstream;
 use crate::http::forward::{self, NextHop};
-use crate::http::forward::{authority_of, from_upstream};
 use crate::http::guard::{SwitchSignal, may_switch, switched};
 use crate::http::pool::H2Pool;
 use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
-use crate::http::{
-    Body, Failure, ORIGINAL_PROTOCOL, PEER_IDENTITY, XFCC, allowed_upgrade, failure_response,
-    is_grpc,
-};
+use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
 use crate::inputs::ProxyInputs;
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::record;
 use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2};
 use crate::transport::connect::Dialer;
+use crate::transport::detect::Prefixed;
 use crate::transport::handshake_kind;
 use crate::transport::idle::{Activity, Tracked};
 use ward_runtime::Drain;
@@ -101,43 +99,11 @@ pub struct Inbound {
     peers: PeerSlots,
 }
 
-/// Open connections per peer identity, capped at `limits.max_connections_per_peer`.
-#[derive(Default)]
-struct PeerSlots(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+mod peers;
+mod rewrite;
 
-/// One peer's connection slot, given back on drop.
-struct PeerSlot<'a> {
-    slots: &'a PeerSlots,
-    peer: String,
-}
-
-impl PeerSlots {
-    fn take(&self, peer: &str, max: usize) -> Option<PeerSlot<'_>> {
-        let mut open = self.0.lock().ok()?;
-        let count = open.entry(peer.to_owned()).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(PeerSlot {
-            slots: self,
-            peer: peer.to_owned(),
-        })
-    }
-}
-
-impl Drop for PeerSlot<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.slots.0.lock()
-            && let Some(count) = open.get_mut(&self.peer)
-        {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.peer);
-            }
-        }
-    }
-}
+use self::peers::PeerSlots;
+use self::rewrite::{carry_judged_target, set_identity_headers, to_app_request};
 
 impl Inbound {
     /// An inbound listener in front of `config.app`, authorizing with `inputs.authz`.
@@ -177,32 +143,8 @@ impl Inbound {
     pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain) {
         let _open = OpenConnection::new(Direction::Inbound);
         let activity = Activity::new();
-        let handshake = async {
-            let io = crate::transport::tls_alerts::first_record_checked(tcp).await?;
-            let accepted = self
-                .acceptor
-                .accept(Tracked::new(io, activity.clone()))
-                .into_fallible()
-                .await;
-            match accepted {
-                Ok(tls) => Ok(tls),
-                Err((e, mut io)) => {
-                    crate::transport::tls_alerts::after_failed_handshake(&e, &mut io).await;
-                    Err(e)
-                }
-            }
-        };
-        let tls = match tokio::time::timeout(self.limits.header_read_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                metrics::handshake(Direction::Inbound, handshake_failure(&e));
-                tracing::debug!(error = %e, "inbound TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                metrics::handshake(Direction::Inbound, "timeout");
-                return;
-            }
+        let Some(tls) = self.handshake(tcp, &activity).await else {
+            return;
         };
         let (_, conn) = tls.get_ref();
         let Some(peer) = ward_certs::tls::peer_spiffe_id(conn.peer_certificates()) else {
@@ -273,6 +215,42 @@ impl Inbound {
                     limits,
                 )
                 .await
+            }
+        }
+    }
+
+    /// The TLS handshake, bounded by `header_read_timeout`; a failure is counted, and
+    /// answered with an alert where rustls sends none.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        activity: &Activity,
+    ) -> Option<tokio_rustls::server::TlsStream<Tracked<Prefixed<TcpStream>>>> {
+        let handshake = async {
+            let io = crate::transport::tls_alerts::first_record_checked(tcp).await?;
+            let accepted = self
+                .acceptor
+                .accept(Tracked::new(io, activity.clone()))
+                .into_fallible()
+                .await;
+            match accepted {
+                Ok(tls) => Ok(tls),
+                Err((e, mut io)) => {
+                    crate::transport::tls_alerts::after_failed_handshake(&e, &mut io).await;
+                    Err(e)
+                }
+            }
+        };
+        match tokio::time::timeout(self.limits.header_read_timeout, handshake).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                metrics::handshake(Direction::Inbound, handshake_failure(&e));
+                tracing::debug!(error = %e, "inbound TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                metrics::handshake(Direction::Inbound, "timeout");
+                None
             }
         }
     }
@@ -561,75 +539,6 @@ impl Inbound {
         };
         result.map(|resp| from_upstream(resp, caller_http1))
     }
-}
-
-/// Rewrites the request to carry exactly what was judged: the normalized path (with the
-/// query) and the canonical authority as the target, and no `Host` line of its own.
-fn carry_judged_target(
-    req: &mut Request<Incoming>,
-    path: &str,
-    authority: Option<&Authority>,
-) -> Result<(), RequestError> {
-    req.headers_mut().remove(header::HOST);
-    let pq = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    let mut uri = Uri::builder();
-    if let Some(a) = authority {
-        uri = uri.scheme("http").authority(a.canonical());
-    }
-    *req.uri_mut() = uri.path_and_query(pq).build().map_err(|_| {
-        RequestError::BadAuthority(authority.map(Authority::canonical).unwrap_or_default())
-    })?;
-    Ok(())
-}
-
-/// Sets the identity headers from the verified peer; any the caller sent were removed at
-/// admission, after hop-by-hop headers, so nothing can name these away.
-fn set_identity_headers(headers: &mut http::HeaderMap, peer: &Peer, own_id: &str) {
-    if let Ok(v) = HeaderValue::from_str(&peer.name) {
-        headers.insert(PEER_IDENTITY, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("By={own_id};URI={}", peer.name)) {
-        headers.insert(XFCC, v);
-    }
-}
-
-/// Rewrites a request for the app: HTTP/1.1 with a Host header, or HTTP/2 with :authority.
-fn to_app_request(
-    mut req: Request<Incoming>,
-    app: SocketAddr,
-    app_http1: bool,
-) -> Result<Request<Incoming>, Failure> {
-    let authority = authority_of(&req).unwrap_or_else(|| app.to_string());
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    let connect_to = if app_http1 {
-        app.to_string()
-    } else {
-        authority.clone()
-    };
-    *req.uri_mut() = Uri::builder()
-        .scheme("http")
-        .authority(connect_to.as_str())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| Failure::BadRequest)?;
-    // Hop-by-hop and mesh-only headers were removed at admission.
-    let headers = req.headers_mut();
-    if app_http1 {
-        let host = HeaderValue::from_str(&authority).map_err(|_| Failure::BadRequest)?;
-        headers.insert(header::HOST, host);
-        *req.version_mut() = Version::HTTP_11;
-    } else {
-        headers.remove(header::HOST);
-        *req.version_mut() = Version::HTTP_2;
-    }
-    Ok(req)
 }
 
 /// A metrics label for a failed inbound handshake.

@@ -1,0 +1,210 @@
+//! Where everything of the demo lives: ports, files, the workloads and their policies.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ward_certs::pem::{FileMode, write_atomic};
+
+use crate::apps::AppKind;
+use crate::{NAMESPACE, TRUST_DOMAIN};
+
+/// Where one demo workload listens.
+pub(crate) struct Workload {
+    pub(crate) kind: AppKind,
+    pub(crate) app: SocketAddr,
+    pub(crate) inbound: SocketAddr,
+    pub(crate) admin: SocketAddr,
+}
+
+impl Workload {
+    pub(crate) fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    pub(crate) fn spiffe_id(&self) -> String {
+        spiffe_id(self.kind)
+    }
+
+    pub(crate) fn label(&self) -> String {
+        format!("app={}", self.name())
+    }
+}
+
+pub(crate) fn spiffe_id(kind: AppKind) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{}", kind.name())
+}
+
+/// The sidecar outbound listeners: (source, destination) → local address.
+pub(crate) struct Outbounds {
+    pub(crate) web_accounts: SocketAddr,
+    pub(crate) web_ledger: SocketAddr,
+    pub(crate) accounts_ledger: SocketAddr,
+}
+
+pub(crate) struct Layout {
+    pub(crate) dir: PathBuf,
+    pub(crate) logs: PathBuf,
+    pub(crate) policies: PathBuf,
+    pub(crate) cp_data: PathBuf,
+    pub(crate) cp_listen: SocketAddr,
+    pub(crate) cp_admin: SocketAddr,
+    pub(crate) workloads: Vec<Workload>,
+    pub(crate) outbounds: Outbounds,
+}
+
+impl Layout {
+    pub(crate) fn new(dir: &Path) -> anyhow::Result<Self> {
+        let mut ports = free_ports(15)?.into_iter();
+        let mut next = || ports.next().context("ran out of free ports");
+        let workloads = AppKind::ALL
+            .into_iter()
+            .map(|kind| {
+                Ok(Workload {
+                    kind,
+                    app: next()?,
+                    inbound: next()?,
+                    admin: next()?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            logs: dir.join("logs"),
+            policies: dir.join("policies"),
+            cp_data: dir.join("control-plane"),
+            cp_listen: next()?,
+            cp_admin: next()?,
+            outbounds: Outbounds {
+                web_accounts: next()?,
+                web_ledger: next()?,
+                accounts_ledger: next()?,
+            },
+            workloads,
+        })
+    }
+
+    pub(crate) fn workload(&self, kind: AppKind) -> &Workload {
+        // ALL holds every kind, so the search cannot fail; index 0 keeps it total.
+        self.workloads
+            .iter()
+            .find(|w| w.kind == kind)
+            .unwrap_or(&self.workloads[0])
+    }
+
+    pub(crate) fn sidecar_config(&self, w: &Workload) -> String {
+        let outbound = |listen: SocketAddr, to: AppKind| {
+            format!(
+                "  - {{ listen: {listen}, upstream: {}, server_identity: \"{}\" }}\n",
+                self.workload(to).inbound,
+                spiffe_id(to)
+            )
+        };
+        let outbounds = match w.kind {
+            AppKind::Web => {
+                outbound(self.outbounds.web_accounts, AppKind::Accounts)
+                    + &outbound(self.outbounds.web_ledger, AppKind::Ledger)
+            }
+            AppKind::Accounts => outbound(self.outbounds.accounts_ledger, AppKind::Ledger),
+            AppKind::Ledger => String::new(),
+        };
+        let outbounds = if outbounds.is_empty() {
+            String::new()
+        } else {
+            format!("outbound:\n{outbounds}")
+        };
+        format!(
+            "# Written by `ward demo`: the sidecar of the `{name}` workload.\n\
+             trust_domain: {TRUST_DOMAIN}\n\
+             identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n\
+             inbound:\n  - {{ listen: {inbound}, app: {app} }}\n\
+             {outbounds}\
+             audit: {{ decisions: denied, log: \"{audit}\" }}\n\
+             admin: {admin}\n",
+            name = w.name(),
+            cp = self.cp_listen,
+            token = self.dir.join(format!("{}.token", w.name())).display(),
+            bundle = self.cp_data.join("bundle.pem").display(),
+            inbound = w.inbound,
+            app = w.app,
+            audit = self.logs.join(format!("{}-audit.log", w.name())).display(),
+            admin = w.admin,
+        )
+    }
+}
+
+/// `n` distinct free loopback ports (all held at once while choosing, so they differ).
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free ports")?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().context("reading a port"))
+        .collect()
+}
+
+pub(crate) const MESH_POLICY: &str = "\
+# The mesh default: a call no policy allows is denied.
+apiVersion: ward.dev/v1alpha1
+kind: MeshPolicy
+metadata: { name: mesh, namespace: ward-system }
+spec: { default: deny }
+";
+
+pub(crate) fn accounts_policy() -> String {
+    format!(
+        "# web may read accounts; nothing else may call accounts.\n\
+         apiVersion: ward.dev/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{ name: web-reads-accounts, namespace: {NAMESPACE} }}\n\
+         spec:\n  selector: {{ matchLabels: {{ app: accounts }} }}\n  action: ALLOW\n  rules:\n\
+         \x20 - from: [ {{ principals: [\"{web}\"] }} ]\n\
+         \x20   to: [ {{ methods: [GET], paths: [\"/accounts/*\"] }} ]\n",
+        web = spiffe_id(AppKind::Web)
+    )
+}
+
+pub(crate) fn ledger_policy() -> String {
+    format!(
+        "# accounts may read the ledger (Get* methods); nobody may Post.\n\
+         apiVersion: ward.dev/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{ name: accounts-reads-ledger, namespace: {NAMESPACE} }}\n\
+         spec:\n  selector: {{ matchLabels: {{ app: ledger }} }}\n  action: ALLOW\n  rules:\n\
+         \x20 - from: [ {{ principals: [\"{accounts}\"] }} ]\n\
+         \x20   to: [ {{ grpc: {{ service: ledger.v1.Ledger, methods: [\"Get*\"] }} }} ]\n",
+        accounts = spiffe_id(AppKind::Accounts)
+    )
+}
+
+/// Writes the demo policies, keeping any file the user already has (and may have edited).
+pub(crate) fn write_policies(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in [
+        ("mesh.yaml", MESH_POLICY.to_owned()),
+        ("accounts.yaml", accounts_policy()),
+        ("ledger.yaml", ledger_policy()),
+    ] {
+        let path = dir.join(name);
+        if !path.exists() {
+            write_atomic(&path, text.as_bytes(), FileMode::Public)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the ward binary")?;
+    let path = exe.with_file_name(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found next to {} (build it with `cargo build --bins`, or pass --proxy-bin)",
+            name,
+            exe.display()
+        );
+    }
+    Ok(path)
+}

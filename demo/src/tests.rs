@@ -1,0 +1,27 @@
+//! Unit tests of the parent module.
+use super::*;
+use crate::layout::{MESH_POLICY, accounts_policy, ledger_policy};
+use crate::view::short_serial;
+
+#[test]
+fn demo_policies_load() {
+    let sources: Vec<(PathBuf, String)> = [
+        ("mesh.yaml", MESH_POLICY.to_owned()),
+        ("accounts.yaml", accounts_policy()),
+        ("ledger.yaml", ledger_policy()),
+    ]
+    .into_iter()
+    .map(|(name, text)| (PathBuf::from(name), text))
+    .collect();
+    let set = ward_policy::load::load_sources(&sources);
+    assert!(set.is_ok(), "{:?}", set.err());
+}
+
+#[test]
+fn serials_are_shortened_for_the_table() {
+    assert_eq!(short_serial("0a:1b"), "0a1b");
+    assert_eq!(
+        short_serial("00112233445566778899aabbccddeeff"),
+        "0011223344556677…"
+    );
+}
