@@ -45,13 +45,15 @@ pub async fn reconnect<S, Fut, E>(
 }
 
 /// A stream of values turned into a `watch`: the receiver holds `initial` until the first
-/// value arrives, then always the latest; a failed or ended stream is opened again by
-/// `open` (see [`reconnect`]) and meanwhile the last value stays. The returned future does
-/// the work (spawn it); dropping it closes the channel.
+/// value arrives, then always the latest (a slow reader skips to the newest); a failed or
+/// ended stream is opened again by `open` (see [`reconnect`]) and meanwhile the last value
+/// stays. `connected` hears `true` when a stream opens and `false` when it ends. The
+/// returned future does the work (spawn it); dropping it closes the channel.
 pub fn stream_to_watch<T, O, Fut, St, E>(
     name: &'static str,
     initial: T,
     backoff: Backoff,
+    connected: impl Fn(bool),
     mut open: O,
 ) -> (watch::Receiver<T>, impl Future<Output = ()>)
 where
@@ -63,15 +65,16 @@ where
 {
     let (tx, rx) = watch::channel(initial);
     let run = async move {
-        let tx = &tx;
+        let (tx, connected) = (&tx, &connected);
         reconnect(
             name,
             backoff,
-            || {},
+            || connected(false),
             || {
                 let opened = open();
                 async move {
                     let stream = opened.await?;
+                    connected(true);
                     tokio::pin!(stream);
                     while let Some(item) = stream.next().await {
                         tx.send_replace(item?);
@@ -97,24 +100,32 @@ mod tests {
     async fn keeps_the_last_value_across_failures_and_reconnects() {
         let opens = Arc::new(AtomicUsize::new(0));
         let counted = opens.clone();
-        let (mut rx, run) = stream_to_watch("test", 0u32, Backoff::control_plane(), move || {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                let items: Vec<Result<u32, String>> = match n {
-                    0 => vec![Ok(1), Ok(2), Err("reset by peer".into())],
-                    1 => return Err("connection refused".to_owned()),
-                    2 => vec![],
-                    _ => vec![Ok(3)],
-                };
-                let tail: std::pin::Pin<Box<dyn Stream<Item = Result<u32, String>> + Send>> =
-                    if n >= 3 {
-                        Box::pin(tokio_stream::pending())
-                    } else {
-                        Box::pin(tokio_stream::empty())
-                    };
-                Ok(tokio_stream::iter(items).chain(tail))
+        let ups = Arc::new(AtomicUsize::new(0));
+        let counted_ups = ups.clone();
+        let state = move |up: bool| {
+            if up {
+                counted_ups.fetch_add(1, Ordering::SeqCst);
             }
-        });
+        };
+        let (mut rx, run) =
+            stream_to_watch("test", 0u32, Backoff::control_plane(), state, move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let items: Vec<Result<u32, String>> = match n {
+                        0 => vec![Ok(1), Ok(2), Err("reset by peer".into())],
+                        1 => return Err("connection refused".to_owned()),
+                        2 => vec![],
+                        _ => vec![Ok(3)],
+                    };
+                    let tail: std::pin::Pin<Box<dyn Stream<Item = Result<u32, String>> + Send>> =
+                        if n >= 3 {
+                            Box::pin(tokio_stream::pending())
+                        } else {
+                            Box::pin(tokio_stream::empty())
+                        };
+                    Ok(tokio_stream::iter(items).chain(tail))
+                }
+            });
         assert_eq!(*rx.borrow(), 0, "the initial value");
         let task = tokio::spawn(run);
         rx.wait_for(|v| *v == 2).await.unwrap();
@@ -123,6 +134,7 @@ mod tests {
         assert_eq!(*rx.borrow(), 2);
         rx.wait_for(|v| *v == 3).await.unwrap();
         assert_eq!(opens.load(Ordering::SeqCst), 4);
+        assert_eq!(ups.load(Ordering::SeqCst), 3, "one open failed");
         task.abort();
         assert!(task.await.unwrap_err().is_cancelled());
         assert!(

@@ -14,37 +14,45 @@ use super::{ControlPlane, Health, Stream, status_text};
 use crate::authz::Authorizer;
 
 /// Follows this workload's policy snapshots into `authz`, for ever; `not_ready` is cleared
-/// by the first snapshot put in force.
+/// by the first snapshot put in force. Snapshots arrive through a `watch`, so one that
+/// takes long to compile is followed by the newest, never by a queue of stale ones.
 pub async fn follow(
     client: ControlPlane,
     identity: MeshIdentity,
     health: Arc<Health>,
     authz: Arc<Authorizer>,
-    not_ready: Option<Pending>,
+    mut not_ready: Option<Pending>,
 ) {
-    let not_ready = std::sync::Mutex::new(not_ready);
-    let session = || async {
-        let mut stream = client
+    let open = || async {
+        let stream = client
             .watch_policy(&identity)
             .await
             .map_err(|s| status_text(&s))?;
-        health.connected(Stream::Policy, true);
-        while let Some(snapshot) = stream.next().await {
-            let snapshot = snapshot.map_err(|s| status_text(&s))?;
-            if apply(snapshot, &authz).await {
-                health.updated(Stream::Policy);
-                not_ready.lock().map(|mut p| p.take()).ok();
+        Ok::<_, String>(stream.map(|m| m.map(Some).map_err(|s| status_text(&s))))
+    };
+    let (mut snapshots, run) = ward_runtime::follow::stream_to_watch(
+        Stream::Policy.label(),
+        None,
+        Backoff::control_plane(),
+        |up| health.connected(Stream::Policy, up),
+        open,
+    );
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            () = &mut run => return,
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+                if apply(snapshot, &authz).await {
+                    health.updated(Stream::Policy);
+                    not_ready.take();
+                }
             }
         }
-        Ok::<(), String>(())
-    };
-    ward_runtime::follow::reconnect(
-        Stream::Policy.label(),
-        Backoff::control_plane(),
-        || health.connected(Stream::Policy, false),
-        session,
-    )
-    .await
+    }
 }
 
 /// Checks a snapshot's policies as a file's would be (off the async workers) and puts
