@@ -8,7 +8,7 @@ A short warm-up per build and case runs first and is not counted. Prints every r
 per case, each build's p99 values sorted, with their median.
 
     python3 bench/compare.py --base target/baseline/release [--new target/release]
-        [--cases http1,http2,grpc] [--rounds 6] [--seconds 10] [--rate 2000]
+        [--cases http1,http2,grpc] [--rounds 6] [--seconds 10] [--rate 2000] [--saturation]
 
 The base build is any release build of an earlier commit, e.g. built with
 CARGO_TARGET_DIR=target/baseline in a git worktree (a separate target directory, so that
@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--saturation", action="store_true",
+                    help="also req/s at saturation and sidecar CPU per 1k requests, alternating")
     args = ap.parse_args()
     builds = {"base": args.base.resolve(), "new": args.new.resolve()}
     cases = [c for c in args.cases.split(",") if c]
@@ -43,6 +45,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ward-compare-"))
     workdir.chmod(0o755)  # nginx workers read www/ in it
     p99: dict = {c: {b: [] for b in builds} for c in cases}
+    rps: dict = {c: {b: [] for b in builds} for c in cases}
+    cpu: dict = {c: {b: [] for b in builds} for c in cases}
     try:
         pki = bench.Pki(builds["new"] / "ward", workdir)
         app = bench.Nginx(workdir, 16)
@@ -62,6 +66,12 @@ def main() -> int:
             order = list(builds) if r % 2 == 0 else list(reversed(builds))
             for case in cases:
                 for name in order:
+                    if args.saturation:
+                        sat = bench.saturate(case, stacks[name], args.seconds, grpc_body, app)
+                        rps[case][name].append(sat["rps"])
+                        cpu[case][name].append(sat["cpu_s_per_1k"])
+                        print(f"round {r + 1} {case} {name}: {sat['rps']:.0f} req/s, "
+                              f"{sat['cpu_s_per_1k']:.4f} CPU s/1k, {sat['failed']} failed", flush=True)
                     res = bench.latency(case, stacks[name], args.seconds, args.rate, grpc_body, app)
                     p99[case][name].append(res["p99_ms"])
                     print(f"round {r + 1} {case} {name}: p50 {res['p50_ms']} p99 {res['p99_ms']} "
@@ -74,6 +84,9 @@ def main() -> int:
             v = sorted(x for x in p99[case][name] if x is not None)
             med = statistics.median(v) if v else None
             print(f"{case} {name}: p99 ms {v}, median {med}")
+            if rps[case][name]:
+                print(f"{case} {name}: req/s median {statistics.median(rps[case][name]):.0f}, "
+                      f"CPU s/1k median {statistics.median(cpu[case][name]):.4f}")
     return 0
 
 
