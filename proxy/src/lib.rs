@@ -16,6 +16,7 @@ pub mod control;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod init;
 pub mod inputs;
 pub mod metrics;
 pub mod outbound;

@@ -31,6 +31,101 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Install the rules that send the pod's TCP through its sidecar (run as root or with
+    /// NET_ADMIN in the pod's network namespace, before the app starts).
+    Init(InitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// UID the proxy runs as: its own connections are never captured.
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// GID the proxy runs as.
+    #[arg(long, default_value_t = 1337)]
+    proxy_gid: u32,
+    /// Where inbound connections are sent.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Where outbound connections are sent.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Where outbound connections to opaque ports are sent.
+    #[arg(long, default_value_t = 15002)]
+    outbound_opaque_port: u16,
+    /// The proxy's admin port (reached directly, e.g. by probes).
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Inbound ports that reach the app uncaptured.
+    #[arg(long, value_delimiter = ',', value_name = "PORT,...")]
+    exclude_inbound_ports: Vec<u16>,
+    /// Outbound ports left uncaptured.
+    #[arg(long, value_delimiter = ',', value_name = "PORT,...")]
+    exclude_outbound_ports: Vec<u16>,
+    /// Destinations left uncaptured.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    exclude_outbound_cidrs: Vec<ward_proxy::init::Cidr>,
+    /// Sources whose inbound connections reach the app uncaptured.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    exclude_inbound_cidrs: Vec<ward_proxy::init::Cidr>,
+    /// The control plane's address, left uncaptured.
+    #[arg(long, value_name = "IP:PORT")]
+    control_plane: Option<std::net::SocketAddr>,
+    /// Destination ports carried as opaque TCP, never sniffed.
+    #[arg(long, value_delimiter = ',', value_name = "PORT,...")]
+    opaque_ports: Vec<u16>,
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the rules.
+    #[arg(long)]
+    undo: bool,
+}
+
+/// `ward-proxy init`: exit 0 when the rules are in force (or printed), 1 with one line when
+/// they could not be (and then nothing was changed).
+fn init(args: InitArgs) -> ExitCode {
+    use ward_proxy::init::{Plan, control_plane_cidr, run_nft};
+    let mut plan = Plan {
+        proxy_uid: args.proxy_uid,
+        proxy_gid: args.proxy_gid,
+        inbound_capture_port: args.inbound_port,
+        outbound_capture_port: args.outbound_port,
+        outbound_opaque_port: args.outbound_opaque_port,
+        admin_port: args.admin_port,
+        opaque_ports: args.opaque_ports,
+        exclude_inbound_ports: args.exclude_inbound_ports,
+        exclude_outbound_ports: args.exclude_outbound_ports,
+        exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+        exclude_inbound_cidrs: args.exclude_inbound_cidrs,
+    };
+    if let Some(cp) = &args.control_plane {
+        plan.exclude_outbound_cidrs.push(control_plane_cidr(cp));
+    }
+    if let Err(e) = plan.check() {
+        eprintln!("ward-proxy init: {e}");
+        return ExitCode::from(2);
+    }
+    let script = if args.undo {
+        Plan::undo_script()
+    } else {
+        plan.apply_script()
+    };
+    if args.dry_run {
+        print!("{script}");
+        return ExitCode::SUCCESS;
+    }
+    match run_nft(&script) {
+        Ok(()) => {
+            let done = if args.undo { "removed" } else { "installed" };
+            eprintln!("ward-proxy init: capture rules {done} (nftables table inet ward)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ward-proxy init: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -50,6 +145,7 @@ fn main() -> ExitCode {
         LogFormat::Json => ward_runtime::telemetry::LogFormat::Json,
     });
     match cli.command {
+        Command::Init(args) => init(args),
         Command::Sidecar { config } => {
             let validated = match SidecarConfig::load(&config, std::env::vars()) {
                 Ok(v) => v,

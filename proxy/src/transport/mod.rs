@@ -7,6 +7,7 @@ pub mod connect;
 pub mod detect;
 pub mod idle;
 pub(crate) mod io;
+pub mod orig_dst;
 pub mod tcp;
 pub mod tls_alerts;
 
