@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod capture;
 pub mod config;
 pub mod control;
 pub mod http;

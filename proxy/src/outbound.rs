@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use ward_certs::{ExpectedPeer, MeshIdentity};
 
-use crate::config::{Limits, Outbound as OutboundConfig, Protocol, UpgradeToken};
+use crate::config::{Limits, Protocol, UpgradeToken};
 use crate::http::forward::{self, NextHop, authority_of, from_upstream};
 use crate::http::guard::{SwitchSignal, may_switch, switched};
 use crate::http::pool::H2Pool;
@@ -80,13 +80,14 @@ impl Outbound {
     /// An outbound listener sending where `resolver` says. A destination known without a
     /// connection (a static upstream) is prepared now, so its errors stop the start.
     pub fn new(
-        config: &OutboundConfig,
+        protocol: Protocol,
+        upgrades: &[UpgradeToken],
         resolver: Arc<dyn Resolve>,
         inputs: &ProxyInputs,
     ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
         let this = Self {
-            protocol: config.protocol,
-            upgrades: config.upgrades.clone(),
+            protocol,
+            upgrades: upgrades.to_vec(),
             limits: inputs.limits.clone(),
             servers: inputs.servers.clone(),
             access_log: inputs.access_log,
@@ -121,8 +122,18 @@ impl Outbound {
         }
     }
 
-    /// Handles one connection from the app.
+    /// Whether connections to `target` have a mesh destination.
+    pub fn resolves(&self, target: &Target) -> bool {
+        self.resolver.resolve(target).is_some()
+    }
+
+    /// Handles one connection from the app (to the listener's destination).
     pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain) {
+        self.connection_to(tcp, drain, Target::default()).await
+    }
+
+    /// Handles one connection from the app going to `target`.
+    pub async fn connection_to(self: Arc<Self>, tcp: TcpStream, drain: Drain, target: Target) {
         let _open = OpenConnection::new(Direction::Outbound);
         let activity = Activity::new();
         let mut io = Tracked::new(tcp, activity.clone());
@@ -146,7 +157,7 @@ impl Outbound {
             },
         };
         let io = Prefixed::new(prefix, io);
-        let Some(up) = self.upstream(&Target::default()) else {
+        let Some(up) = self.upstream(&target) else {
             tracing::debug!("outbound connection with no destination; closing");
             return;
         };

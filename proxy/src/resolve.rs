@@ -35,3 +35,14 @@ impl Resolve for Static {
         Some(self.0.clone())
     }
 }
+
+/// The mesh workloads a captured connection may be going to, by the address the app
+/// dialled (the original destination).
+#[derive(Debug, Clone, Default)]
+pub struct Registry(pub std::collections::HashMap<SocketAddr, Destination>);
+
+impl Resolve for Registry {
+    fn resolve(&self, target: &Target) -> Option<Destination> {
+        self.0.get(&target.original_dst?).cloned()
+    }
+}

@@ -5,6 +5,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use ward_runtime::Readiness;
 use ward_runtime::accept::bind;
 
+use crate::capture::Capture;
 use crate::config::Validated;
 use crate::inbound::Inbound;
 use crate::inputs::ProxyInputs;
@@ -27,6 +28,10 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
                 .map(|l| readiness.register(format!("outbound {}", l.listen))),
         )
         .collect();
+    let capture = config
+        .capture
+        .as_ref()
+        .map(|_| readiness.register("capture"));
     pending.reverse();
     let inputs = ProxyInputs::start(&validated, metrics, readiness).await?;
 
@@ -44,12 +49,33 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             addr: cfg.upstream,
             identity: validated.server_identities[i].clone(),
         };
-        let outbound = Outbound::new(cfg, std::sync::Arc::new(Static(to)), &inputs)?;
+        let resolver = std::sync::Arc::new(Static(to));
+        let outbound = Outbound::new(cfg.protocol, &cfg.upgrades, resolver, &inputs)?;
         inputs.serve("outbound", listener, move |tcp, drain| {
             outbound.clone().connection(tcp, drain)
         });
         drop(pending.pop());
     }
+    if let Some(capture) = &config.capture {
+        let ids = capture
+            .destinations
+            .iter()
+            .map(|d| ward_certs::parse_spiffe_id(&d.spiffe_id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("capture.destinations: {e}"))?;
+        let captured = Capture::new(config, capture, ids, &inputs)?;
+        for (setting, addr, opaque) in [
+            ("capture.outbound", capture.outbound, false),
+            ("capture.outbound_opaque", capture.outbound_opaque, true),
+        ] {
+            let listener = bind(setting, addr).await?;
+            let captured = captured.clone();
+            inputs.serve("capture", listener, move |tcp, drain| {
+                captured.clone().connection(tcp, drain, opaque)
+            });
+        }
+    }
+    drop(capture);
     tracing::info!(spiffe_id = %inputs.own_id, admin = %config.admin,
         inbound = config.inbound.len(), outbound = config.outbound.len(), "sidecar ready");
     inputs.serve_until_shutdown().await;

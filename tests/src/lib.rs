@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod bin;
 pub mod mesh;
+pub mod net;
 pub mod netns;
 pub mod pki;
 pub mod tls;

@@ -2,64 +2,14 @@
 //! a user would start them, waited on through `/ready`, killed on drop, and their logs
 //! printed when a test fails.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::pki::TestPki;
 
-/// A loopback address for a listener a test's process will bind.
-///
-/// Tests run in parallel processes, and "bind port 0, read it, close it" lets two of them
-/// get the same port before either binds it. Ports are therefore taken from 20000-32767,
-/// below the kernel's ephemeral range (so no `bind(0)` elsewhere lands on them), and each
-/// is claimed with an exclusive lock on `/tmp/ward-test-ports/<port>.lock` that this
-/// process holds until it exits.
-pub fn free_addr() -> SocketAddr {
-    use std::sync::Mutex;
-    static CLAIMED: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
-    let dir = std::env::temp_dir().join("ward-test-ports");
-    std::fs::create_dir_all(&dir).expect("port lock dir");
-    let mut seed = [0u8; 2];
-    loop {
-        let _ = aws_lc_rs::rand::fill(&mut seed);
-        let port = 20_000 + u16::from_le_bytes(seed) % 12_768;
-        let Ok(lock) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{port}.lock")))
-        else {
-            continue;
-        };
-        if lock.try_lock().is_err() {
-            continue;
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if TcpListener::bind(addr).is_ok() {
-            CLAIMED.lock().unwrap_or_else(|p| p.into_inner()).push(lock);
-            return addr;
-        }
-    }
-}
-
-/// A blocking `GET path` over HTTP/1.1; `None` if nothing answers.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).ok()?;
-    let status = raw.split(' ').nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
+pub use crate::net::{free_addr, http_get};
 
 /// A running `ward-proxy sidecar`.
 pub struct Proxy {
@@ -67,6 +17,8 @@ pub struct Proxy {
     pub name: String,
     pub admin: SocketAddr,
     log: PathBuf,
+    /// The network namespace it runs in (its admin is reached from inside), if not ours.
+    netns: Option<String>,
 }
 
 impl Proxy {
@@ -83,12 +35,35 @@ impl Proxy {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Self {
+        Self::spawn_prefixed(dir, name, config, env, args, &[], None)
+    }
+
+    /// [`Proxy::spawn_with`] run through `prefix` (e.g. `ip netns exec NS setpriv …`), its
+    /// admin reached inside network namespace `netns`.
+    pub fn spawn_prefixed(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        prefix: &[&str],
+        netns: Option<&str>,
+    ) -> Self {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write config");
         let admin = yaml_admin(config).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(crate::bin::path("ward-proxy"))
+        let proxy = crate::bin::path("ward-proxy");
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&proxy);
+                cmd
+            }
+            None => Command::new(&proxy),
+        };
+        let child = cmd
             .args(args)
             .args(["sidecar", "--config"])
             .arg(&path)
@@ -103,6 +78,7 @@ impl Proxy {
             name: name.to_owned(),
             admin,
             log,
+            netns: netns.map(str::to_owned),
         }
     }
 
@@ -118,7 +94,7 @@ impl Proxy {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some((200, _)) = http_get(self.admin, "/ready") {
+            if let Some((200, _)) = self.get(self.admin, "/ready") {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -136,7 +112,19 @@ impl Proxy {
 
     /// GET on the admin server.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
-        http_get(self.admin, path).unwrap_or_else(|| panic!("{}: admin did not answer", self.name))
+        self.get(self.admin, path)
+            .unwrap_or_else(|| panic!("{}: admin did not answer", self.name))
+    }
+
+    /// An HTTP GET from where the proxy runs (its network namespace, if it has one).
+    fn get(&self, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+        match &self.netns {
+            None => http_get(addr, path),
+            Some(ns) => {
+                let path = path.to_owned();
+                crate::netns::in_named(ns, move || http_get(addr, &path))
+            }
+        }
     }
 
     pub fn logs(&self) -> String {

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::net::TcpListener;
+use std::time::Duration;
 
 use ward_tests::bin;
 use ward_tests::netns::{self, Netns};
@@ -179,5 +180,200 @@ fn a_captured_connection_keeps_its_destination_and_the_proxy_is_never_captured()
     assert_eq!(
         excluded_seen.join().expect("excluded thread"),
         "10.77.0.1:8081"
+    );
+}
+
+/// An HTTP/1.1 server that answers every request with its own head (so the caller sees
+/// the headers the app received), on a listener made inside a namespace.
+fn echo_heads(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match std::io::Read::read(&mut conn, &mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let body = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+}
+
+/// Answers every connection with one line.
+fn say(listener: TcpListener, line: &'static str) {
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(line.as_bytes());
+        }
+    });
+}
+
+fn curl(ns: &Netns, args: &[&str]) -> String {
+    let mut argv = vec!["curl", "-s", "--max-time", "10"];
+    argv.extend_from_slice(args);
+    let out = ns.exec(&argv);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
+    if skip() {
+        return;
+    }
+    use ward_tests::mesh::Proxy;
+    use ward_tests::pki::TestPki;
+
+    let pki = TestPki::new("example.org");
+    let dir = pki.dir().to_owned();
+    let (web_id, orders_id) = (pki.id("default", "web"), pki.id("default", "orders"));
+    for (sa, id) in [("web", &web_id), ("orders", &orders_id)] {
+        let svid = pki.svid_ttl(id, Duration::from_secs(3600));
+        svid.write(
+            &dir.join(format!("{sa}.pem")),
+            &dir.join(format!("{sa}.key")),
+        )
+        .expect("write svid");
+    }
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    std::fs::write(
+        policies.join("p.yaml"),
+        format!(
+            "{}---\napiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+             metadata: {{ name: web-reads, namespace: default }}\n\
+             spec: {{ action: ALLOW, rules: [ {{ from: [ {{ principals: [\"{web_id}\"] }} ], to: [ {{ methods: [GET] }} ] }} ] }}\n",
+            ward_tests::mesh::mesh_default("deny")
+        ),
+    )
+    .expect("policy");
+    // The web sidecar runs as the proxy's UID and reads its files as it.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "1337:1337"])
+        .arg(&dir)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+
+    let (web, orders) = (Netns::create(), Netns::create());
+    netns::link(&web, "10.77.0.1/24", &orders, "10.77.0.2/24");
+    echo_heads(orders.in_thread(|| TcpListener::bind("127.0.0.1:8080").expect("app")));
+    say(
+        orders.in_thread(|| TcpListener::bind("10.77.0.2:9000").expect("plain")),
+        "plain\n",
+    );
+    let orders_cfg = String::from(
+        "trust_domain: example.org\n\
+         identity: { cert: orders.pem, key: orders.key, bundle: ca/bundle.pem }\n\
+         workload: { namespace: default, labels: { app: orders } }\n\
+         inbound:\n  - { listen: \"10.77.0.2:15006\", app: \"127.0.0.1:8080\" }\n\
+         policy: { dir: policies }\nadmin: \"127.0.0.1:15000\"\n",
+    );
+    let in_orders = ["ip", "netns", "exec", orders.name.as_str()];
+    let mut orders_proxy = Proxy::spawn_prefixed(
+        &dir,
+        "orders",
+        &orders_cfg,
+        &[],
+        &[],
+        &in_orders,
+        Some(&orders.name),
+    );
+    orders_proxy.wait_ready();
+
+    let out = init(&web, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let web_cfg = |policy: &str| {
+        format!(
+            "trust_domain: example.org\n\
+             identity: {{ cert: web.pem, key: web.key, bundle: ca/bundle.pem }}\n\
+             admin: \"127.0.0.1:15000\"\n\
+             capture:\n  outbound_traffic_policy: {policy}\n  destinations:\n\
+             \x20   - {{ address: \"10.77.0.2:8080\", spiffe_id: \"{orders_id}\", inbound_port: 15006 }}\n"
+        )
+    };
+    let as_proxy = [
+        "ip",
+        "netns",
+        "exec",
+        web.name.as_str(),
+        "setpriv",
+        "--reuid",
+        "1337",
+        "--regid",
+        "1337",
+        "--clear-groups",
+    ];
+    let mut web_proxy = Proxy::spawn_prefixed(
+        &dir,
+        "web",
+        &web_cfg("ALLOW_ANY"),
+        &[],
+        &[],
+        &as_proxy,
+        Some(&web.name),
+    );
+    web_proxy.wait_ready();
+
+    // The app calls the other pod's address; the server app sees who called, over mTLS.
+    let seen = curl(&web, &["http://10.77.0.2:8080/accounts/1"]);
+    assert!(
+        seen.contains(&format!("x-ward-peer-identity: {web_id}")),
+        "{seen}\n{}\n{}",
+        web_proxy.logs(),
+        orders_proxy.logs()
+    );
+    // Policy still decides: DELETE is not allowed.
+    let denied = curl(
+        &web,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            "http://10.77.0.2:8080/accounts/1",
+        ],
+    );
+    assert_eq!(denied, "403");
+    // Not a mesh destination: passed through as it came.
+    assert_eq!(call(&web, None, "10.77.0.2:9000"), "plain");
+
+    // REGISTRY_ONLY: the mesh still works, anything else is refused and counted.
+    web_proxy.terminate();
+    let _ = web_proxy.wait_exit(Duration::from_secs(10));
+    let mut web_proxy = Proxy::spawn_prefixed(
+        &dir,
+        "web-registry-only",
+        &web_cfg("REGISTRY_ONLY"),
+        &[],
+        &[],
+        &as_proxy,
+        Some(&web.name),
+    );
+    web_proxy.wait_ready();
+    assert_eq!(call(&web, None, "10.77.0.2:9000"), "");
+    let metrics = web_proxy.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("ward_capture_refused_total{reason=\"not_in_registry\"} 1"),
+        "{metrics}"
+    );
+    let seen = curl(&web, &["http://10.77.0.2:8080/accounts/1"]);
+    assert!(
+        seen.contains(&format!("x-ward-peer-identity: {web_id}")),
+        "{seen}"
+    );
+    let metrics = web_proxy.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("ward_capture_total{route=\"mesh\"} 1"),
+        "{metrics}"
     );
 }

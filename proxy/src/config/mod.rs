@@ -67,6 +67,66 @@ pub struct SidecarConfig {
     pub policy: Option<PolicySource>,
     #[serde(default)]
     pub audit: Audit,
+    /// Transparent capture (after `ward-proxy init`): the app's connections arrive with
+    /// their original destination.
+    #[serde(default)]
+    pub capture: Option<Capture>,
+}
+
+/// Transparent capture of the app's outbound connections.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// Where `ward-proxy init` sends outbound connections.
+    #[serde(default = "default_capture_outbound")]
+    pub outbound: SocketAddr,
+    /// Where it sends outbound connections to opaque ports (carried as TCP, never sniffed).
+    #[serde(default = "default_capture_opaque")]
+    pub outbound_opaque: SocketAddr,
+    /// What the app's connections speak (detected by default).
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<UpgradeToken>,
+    /// A destination that is not a mesh workload: passed through as it came
+    /// (`ALLOW_ANY`, the default) or refused (`REGISTRY_ONLY`).
+    #[serde(default)]
+    pub outbound_traffic_policy: TrafficPolicy,
+    /// The mesh workloads this pod may call, by the address the app dials (the control
+    /// plane's discovery replaces this list).
+    #[serde(default)]
+    pub destinations: Vec<CaptureDestination>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TrafficPolicy {
+    #[default]
+    #[serde(rename = "ALLOW_ANY")]
+    AllowAny,
+    #[serde(rename = "REGISTRY_ONLY")]
+    RegistryOnly,
+}
+
+/// A mesh workload as the app addresses it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureDestination {
+    /// `IP:PORT` the app connects to.
+    pub address: SocketAddr,
+    /// The identity its sidecar must present.
+    pub spiffe_id: String,
+    /// The port its sidecar takes mTLS on (default: the address's own port, for a pod
+    /// whose inbound is captured too).
+    #[serde(default)]
+    pub inbound_port: Option<u16>,
+}
+
+fn default_capture_outbound() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15001))
+}
+
+fn default_capture_opaque() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15002))
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -30,6 +30,7 @@ impl SidecarConfig {
         resolve_identity_files(&mut config.identity, base, &at)?;
         config.resolve_policy_and_audit(base, &at)?;
         let server_identities = config.server_identities(&trust_domain, &at)?;
+        config.check_capture(&trust_domain, &at)?;
         config.check_listeners(&at)?;
         config.check_limits(&at)?;
         Ok(Validated {
@@ -80,6 +81,22 @@ impl SidecarConfig {
         Ok(ids)
     }
 
+    /// Each capture destination's identity must be in the trust domain.
+    fn check_capture(&self, td: &TrustDomain, at: &At) -> Result<(), ConfigError> {
+        let Some(capture) = &self.capture else {
+            return Ok(());
+        };
+        for (i, d) in capture.destinations.iter().enumerate() {
+            let field = format!("capture.destinations[{i}].spiffe_id");
+            let id = ward_certs::parse_spiffe_id(&d.spiffe_id)
+                .map_err(|e| at.err(&field, &format!("{:?}: {e}", d.spiffe_id)))?;
+            if !id.is_member_of(td) {
+                return Err(at.err(&field, &format!("{id} is not in trust domain {td}")));
+            }
+        }
+        Ok(())
+    }
+
     /// No two listeners on one address (port 0 excepted: the kernel picks).
     fn check_listeners(&self, at: &At) -> Result<(), ConfigError> {
         let named = |kind: &'static str, addrs: Vec<SocketAddr>| {
@@ -96,7 +113,13 @@ impl SidecarConfig {
             .chain(named(
                 "outbound",
                 self.outbound.iter().map(|l| l.listen).collect(),
-            ));
+            ))
+            .chain(self.capture.iter().flat_map(|c| {
+                [
+                    ("capture.outbound".to_owned(), c.outbound),
+                    ("capture.outbound_opaque".to_owned(), c.outbound_opaque),
+                ]
+            }));
         let mut seen = HashSet::new();
         for (field, addr) in listens {
             if addr.port() != 0 && !seen.insert(addr) {

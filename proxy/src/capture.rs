@@ -1,0 +1,156 @@
+//! Transparent capture: the app's outbound connections arrive (redirected by
+//! `ward-proxy init`) with their original destination. One that goes to a mesh workload is
+//! carried over mTLS to that workload's sidecar, as through an `outbound` listener; any
+//! other leaves as it came (passthrough), unless `outbound_traffic_policy: REGISTRY_ONLY`
+//! refuses it. A connection without an original destination, or one that points back at
+//! the proxy itself, is refused: capturing it would loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use ward_certs::SpiffeId;
+use ward_runtime::Drain;
+
+use crate::config::{Capture as CaptureConfig, Protocol, SidecarConfig, TrafficPolicy};
+use crate::inputs::ProxyInputs;
+use crate::metrics::Direction;
+use crate::outbound::Outbound;
+use crate::record;
+use crate::resolve::{Destination, Registry, Target};
+
+pub const CAPTURE_TOTAL: &str = "ward_capture_total";
+pub const CAPTURE_REFUSED_TOTAL: &str = "ward_capture_refused_total";
+
+/// The capture listeners' shared state.
+pub struct Capture {
+    detected: Arc<Outbound>,
+    opaque: Arc<Outbound>,
+    registry_only: bool,
+    /// Ports the proxy itself listens on: a destination on one of them, on a local
+    /// address, is the proxy.
+    own_ports: Vec<u16>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    access_log: bool,
+}
+
+impl Capture {
+    /// The capture of `config.capture`, with `ids` the destinations' parsed identities.
+    pub fn new(
+        config: &SidecarConfig,
+        capture: &CaptureConfig,
+        ids: Vec<SpiffeId>,
+        inputs: &ProxyInputs,
+    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+        let registry: HashMap<SocketAddr, Destination> = capture
+            .destinations
+            .iter()
+            .zip(ids)
+            .map(|(d, identity)| {
+                let port = d.inbound_port.unwrap_or(d.address.port());
+                let addr = SocketAddr::new(d.address.ip(), port);
+                (d.address, Destination { addr, identity })
+            })
+            .collect();
+        let registry = Arc::new(Registry(registry));
+        let detected = Outbound::new(
+            capture.protocol,
+            &capture.upgrades,
+            registry.clone(),
+            inputs,
+        )?;
+        let opaque = Outbound::new(Protocol::Tcp, &[], registry, inputs)?;
+        let mut own_ports = vec![
+            capture.outbound.port(),
+            capture.outbound_opaque.port(),
+            config.admin.port(),
+        ];
+        own_ports.extend(config.inbound.iter().map(|l| l.listen.port()));
+        own_ports.extend(config.outbound.iter().map(|l| l.listen.port()));
+        Ok(Arc::new(Self {
+            detected,
+            opaque,
+            registry_only: capture.outbound_traffic_policy == TrafficPolicy::RegistryOnly,
+            own_ports,
+            connect_timeout: config.limits.connect_timeout,
+            idle_timeout: config.limits.idle_timeout,
+            access_log: config.access_log,
+        }))
+    }
+
+    /// One captured connection; `opaque` when it came through the opaque port.
+    pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain, opaque: bool) {
+        let Ok(local) = tcp.local_addr() else { return };
+        let orig = match crate::transport::orig_dst::original_dst(&tcp, local) {
+            Ok(orig) => orig,
+            Err(e) => {
+                refused("no_original_destination");
+                tracing::debug!(error = %e, "captured connection without an original destination");
+                return;
+            }
+        };
+        if self.is_proxy(orig, local) {
+            refused("loop");
+            tracing::warn!(%orig, "captured connection points back at the proxy; refused");
+            return;
+        }
+        let target = Target {
+            original_dst: Some(orig),
+        };
+        let outbound = if opaque { &self.opaque } else { &self.detected };
+        if outbound.resolves(&target) {
+            metrics::counter!(CAPTURE_TOTAL, "route" => "mesh").increment(1);
+            return outbound.clone().connection_to(tcp, drain, target).await;
+        }
+        if self.registry_only {
+            refused("not_in_registry");
+            tracing::debug!(%orig, "not a mesh destination, and the mesh allows only those");
+            return;
+        }
+        metrics::counter!(CAPTURE_TOTAL, "route" => "passthrough").increment(1);
+        self.passthrough(tcp, orig).await;
+    }
+
+    /// Whether `orig` is the proxy itself (where the connection was redirected to, or one
+    /// of its ports on a loopback address).
+    fn is_proxy(&self, orig: SocketAddr, local: SocketAddr) -> bool {
+        orig == local
+            || (orig.ip().is_loopback() || orig.ip().is_unspecified())
+                && self.own_ports.contains(&orig.port())
+    }
+
+    /// Carries the connection to where it was going, unchanged.
+    async fn passthrough(&self, tcp: TcpStream, orig: SocketAddr) {
+        let started = Instant::now();
+        let connected = tokio::time::timeout(self.connect_timeout, TcpStream::connect(orig)).await;
+        let other = match connected {
+            Ok(Ok(other)) => other,
+            Ok(Err(e)) => {
+                tracing::debug!(%orig, error = %e, "passthrough: destination unavailable");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%orig, "passthrough: connect timed out");
+                return;
+            }
+        };
+        let _ = other.set_nodelay(true);
+        if let Ok(carried) = crate::transport::tcp::splice(tcp, other, self.idle_timeout).await {
+            let peer = orig.to_string();
+            let record = record::Tcp {
+                direction: Direction::Outbound,
+                peer: &peer,
+                carried,
+                elapsed: started.elapsed(),
+            };
+            record.write(self.access_log);
+        }
+    }
+}
+
+fn refused(reason: &'static str) {
+    metrics::counter!(CAPTURE_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
