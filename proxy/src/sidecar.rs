@@ -64,6 +64,11 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("capture.destinations: {e}"))?;
         let captured = Capture::new(config, capture, ids, &inputs)?;
+        let listener = bind("capture.inbound", capture.inbound).await?;
+        let inbound = Inbound::captured(capture.protocol, &capture.upgrades, &inputs)?;
+        inputs.serve("inbound", listener, move |tcp, drain| {
+            inbound.clone().connection(tcp, drain)
+        });
         for (setting, addr, opaque) in [
             ("capture.outbound", capture.outbound, false),
             ("capture.outbound_opaque", capture.outbound_opaque, true),

@@ -264,19 +264,45 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
 
     let (web, orders) = (Netns::create(), Netns::create());
     netns::link(&web, "10.77.0.1/24", &orders, "10.77.0.2/24");
-    echo_heads(orders.in_thread(|| TcpListener::bind("127.0.0.1:8080").expect("app")));
+    echo_heads(orders.in_thread(|| TcpListener::bind("0.0.0.0:8080").expect("app")));
     say(
         orders.in_thread(|| TcpListener::bind("10.77.0.2:9000").expect("plain")),
         "plain\n",
     );
+    // Both pods are captured; the orders pod's plain server port is excluded.
+    for (pod, args) in [
+        (&orders, &["--exclude-inbound-ports", "9000"][..]),
+        (&web, &[]),
+    ] {
+        let out = init(pod, args);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let as_proxy = |ns: &Netns| -> Vec<String> {
+        let name = ns.name.as_str();
+        [
+            "ip",
+            "netns",
+            "exec",
+            name,
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let in_orders = as_proxy(&orders);
+    let in_orders: Vec<&str> = in_orders.iter().map(String::as_str).collect();
     let orders_cfg = String::from(
         "trust_domain: example.org\n\
          identity: { cert: orders.pem, key: orders.key, bundle: ca/bundle.pem }\n\
          workload: { namespace: default, labels: { app: orders } }\n\
-         inbound:\n  - { listen: \"10.77.0.2:15006\", app: \"127.0.0.1:8080\" }\n\
+         capture: {}\n\
          policy: { dir: policies }\nadmin: \"127.0.0.1:15000\"\n",
     );
-    let in_orders = ["ip", "netns", "exec", orders.name.as_str()];
     let mut orders_proxy = Proxy::spawn_prefixed(
         &dir,
         "orders",
@@ -288,29 +314,18 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
     );
     orders_proxy.wait_ready();
 
-    let out = init(&web, &[]);
-    assert!(out.status.success(), "{out:?}");
     let web_cfg = |policy: &str| {
         format!(
             "trust_domain: example.org\n\
              identity: {{ cert: web.pem, key: web.key, bundle: ca/bundle.pem }}\n\
-             admin: \"127.0.0.1:15000\"\n\
+             workload: {{ namespace: default, labels: {{ app: web }} }}\n\
+             policy: {{ dir: policies }}\nadmin: \"127.0.0.1:15000\"\n\
              capture:\n  outbound_traffic_policy: {policy}\n  destinations:\n\
-             \x20   - {{ address: \"10.77.0.2:8080\", spiffe_id: \"{orders_id}\", inbound_port: 15006 }}\n"
+             \x20   - {{ address: \"10.77.0.2:8080\", spiffe_id: \"{orders_id}\" }}\n"
         )
     };
-    let as_proxy = [
-        "ip",
-        "netns",
-        "exec",
-        web.name.as_str(),
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-    ];
+    let as_proxy = as_proxy(&web);
+    let as_proxy: Vec<&str> = as_proxy.iter().map(String::as_str).collect();
     let mut web_proxy = Proxy::spawn_prefixed(
         &dir,
         "web",
@@ -344,7 +359,28 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
         ],
     );
     assert_eq!(denied, "403");
-    // Not a mesh destination: passed through as it came.
+    // A caller outside the mesh (here: plaintext, as the uncaptured proxy UID) never
+    // reaches the captured app: its inbound takes mTLS only.
+    let outsider = web.exec(&[
+        "setpriv",
+        "--reuid",
+        "1337",
+        "--regid",
+        "1337",
+        "--clear-groups",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+        "http://10.77.0.2:8080/accounts/1",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&outsider.stdout), "000");
+    // Not a mesh destination: passed through as it came (its port is excluded from capture
+    // in the orders pod, so it reaches the plain server there).
     assert_eq!(call(&web, None, "10.77.0.2:9000"), "plain");
 
     // REGISTRY_ONLY: the mesh still works, anything else is refused and counted.

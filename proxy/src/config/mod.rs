@@ -77,6 +77,10 @@ pub struct SidecarConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
+    /// Where `ward-proxy init` sends inbound connections: peers' mTLS, to the app port
+    /// they meant, authorized as on an `inbound` listener.
+    #[serde(default = "default_capture_inbound")]
+    pub inbound: SocketAddr,
     /// Where `ward-proxy init` sends outbound connections.
     #[serde(default = "default_capture_outbound")]
     pub outbound: SocketAddr,
@@ -119,6 +123,10 @@ pub struct CaptureDestination {
     /// whose inbound is captured too).
     #[serde(default)]
     pub inbound_port: Option<u16>,
+}
+
+fn default_capture_inbound() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15006))
 }
 
 fn default_capture_outbound() -> SocketAddr {

@@ -56,11 +56,13 @@ impl SidecarConfig {
                     &format!("{}: not a directory", policy.dir.display()),
                 ));
             }
-        } else if !self.inbound.is_empty() && self.identity.control_plane.is_none() {
+        } else if (!self.inbound.is_empty() || self.capture.is_some())
+            && self.identity.control_plane.is_none()
+        {
             return Err(at.err(
                 "policy",
-                &"required when inbound listeners are configured without a control plane \
-                  (policy: { dir: PATH })",
+                &"required when inbound listeners (or capture) are configured without a control \
+                  plane (policy: { dir: PATH })",
             ));
         }
         Ok(())
@@ -116,6 +118,7 @@ impl SidecarConfig {
             ))
             .chain(self.capture.iter().flat_map(|c| {
                 [
+                    ("capture.inbound".to_owned(), c.inbound),
                     ("capture.outbound".to_owned(), c.outbound),
                     ("capture.outbound_opaque".to_owned(), c.outbound_opaque),
                 ]

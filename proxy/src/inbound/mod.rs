@@ -6,7 +6,6 @@
 //! as Envoy), `http/1.1`, or `ward-tcp/1` for opaque TCP. The app is spoken to in the
 //! protocol it speaks: fixed by config, or with `auto` the one the original caller used.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,14 +24,12 @@ use crate::config::{Inbound as InboundConfig, Limits, Protocol, UpgradeToken};
 use crate::http::forward::from_upstream;
 use crate::http::forward::{self, NextHop};
 use crate::http::guard::{SwitchSignal, may_switch, switched};
-use crate::http::pool::H2Pool;
 use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
 use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
 use crate::inputs::ProxyInputs;
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::record;
 use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2};
-use crate::transport::connect::Dialer;
 use crate::transport::detect::Prefixed;
 use crate::transport::handshake_kind;
 use crate::transport::idle::{Activity, Tracked};
@@ -81,27 +78,24 @@ pub struct Peer {
 
 /// One inbound listener's state.
 pub struct Inbound {
-    app: SocketAddr,
+    apps: Apps,
     protocol: Protocol,
     upgrades: Vec<UpgradeToken>,
     own_id: String,
     acceptor: TlsAcceptor,
     authz: Arc<Authorizer>,
     app_h1: NextHop,
-    app_h2: NextHop,
-    app_dialer: Dialer,
-    /// With `protocol: auto`, whether the app accepts HTTP/2 with prior knowledge: learnt
-    /// once, by [`crate::transport::detect::probe_h2`], the first time a caller speaks HTTP/2.
-    app_h2_support: tokio::sync::OnceCell<bool>,
     limits: Limits,
     servers: Servers,
     access_log: bool,
     peers: PeerSlots,
 }
 
+mod app;
 mod peers;
 mod rewrite;
 
+use self::app::{App, Apps};
 use self::peers::PeerSlots;
 use self::rewrite::{carry_judged_target, set_identity_headers, to_app_request};
 
@@ -111,27 +105,41 @@ impl Inbound {
         config: &InboundConfig,
         inputs: &ProxyInputs,
     ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+        let apps = Apps::fixed(config.app, inputs.limits.connect_timeout);
+        Self::with_apps(apps, config.protocol, &config.upgrades, inputs)
+    }
+
+    /// The inbound capture listener: each connection goes to the app port the peer meant
+    /// (its original destination), which is also the port policy judges.
+    pub fn captured(
+        protocol: Protocol,
+        upgrades: &[UpgradeToken],
+        inputs: &ProxyInputs,
+    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+        let apps = Apps::captured(inputs.limits.connect_timeout);
+        Self::with_apps(apps, protocol, upgrades, inputs)
+    }
+
+    fn with_apps(
+        apps: Apps,
+        protocol: Protocol,
+        upgrades: &[UpgradeToken],
+        inputs: &ProxyInputs,
+    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
         let limits = &inputs.limits;
         let tls =
             inputs
                 .identity
                 .mesh
                 .server_config(&[ALPN_WARD_H2, ALPN_H2, ALPN_HTTP1, ALPN_TCP])?;
-        let app_dialer = Dialer::Tcp {
-            addr: config.app,
-            timeout: limits.connect_timeout,
-        };
         Ok(Arc::new(Self {
-            app: config.app,
-            protocol: config.protocol,
-            upgrades: config.upgrades.clone(),
+            apps,
+            protocol,
+            upgrades: upgrades.to_vec(),
             own_id: inputs.own_id.to_string(),
             acceptor: TlsAcceptor::from(tls),
             authz: inputs.authz.clone(),
             app_h1: NextHop::H1(Box::new(forward::app_h1_client(limits.connect_timeout))),
-            app_h2: NextHop::H2(Arc::new(H2Pool::new(app_dialer.clone()))),
-            app_dialer,
-            app_h2_support: tokio::sync::OnceCell::new(),
             limits: limits.clone(),
             servers: inputs.servers.clone(),
             access_log: inputs.access_log,
@@ -141,6 +149,9 @@ impl Inbound {
 
     /// Handles one connection from a peer.
     pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain) {
+        let Some(app) = self.apps.for_connection(&tcp) else {
+            return;
+        };
         let _open = OpenConnection::new(Direction::Inbound);
         let activity = Activity::new();
         let Some(tls) = self.handshake(tcp, &activity).await else {
@@ -162,17 +173,18 @@ impl Inbound {
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
         let peer = Arc::new(Peer { name, id: peer });
         if self.protocol == Protocol::Tcp || alpn.as_deref() == Some(ALPN_TCP) {
-            return self.tcp(tls, &peer).await;
+            return self.tcp(tls, &peer, &app).await;
         }
         let ward_peer = alpn.as_deref() == Some(ALPN_WARD_H2);
         let service = |switch: Option<SwitchSignal>| {
-            let this = self.clone();
-            let peer = peer.clone();
+            let (this, peer, app) = (self.clone(), peer.clone(), app.clone());
             move |req| {
-                let this = this.clone();
-                let peer = peer.clone();
+                let (this, peer, app) = (this.clone(), peer.clone(), app.clone());
                 let switch = switch.clone();
-                async move { this.request(req, &peer, ward_peer, switch.as_ref()).await }
+                async move {
+                    this.request(req, &peer, &app, ward_peer, switch.as_ref())
+                        .await
+                }
             }
         };
         let (servers, limits) = (&self.servers, &self.limits);
@@ -255,49 +267,21 @@ impl Inbound {
         }
     }
 
-    /// Whether to speak HTTP/2 to the app (`protocol: auto`, caller on HTTP/2). An app that
-    /// answers the HTTP/2 preface as HTTP/1.1 (or closes) is spoken to in HTTP/1.1 from then
-    /// on, and the fallback is counted; a probe that cannot decide (the app is down) decides
-    /// nothing and is tried again with the next request.
-    async fn app_speaks_h2(&self) -> bool {
-        if let Some(known) = self.app_h2_support.get() {
-            return *known;
-        }
-        let probe = || async {
-            match crate::transport::detect::probe_h2(self.app, self.limits.connect_timeout).await {
-                Some(h2) => Ok(h2),
-                None => Err(()),
-            }
-        };
-        match self.app_h2_support.get_or_try_init(probe).await {
-            Ok(true) => true,
-            Ok(false) => {
-                ::metrics::counter!("ward_app_protocol_fallback_total", "to" => "http1")
-                    .increment(1);
-                tracing::warn!(app = %self.app,
-                    "the app does not speak HTTP/2 with prior knowledge; using HTTP/1.1 for it");
-                false
-            }
-            // Undecided: try HTTP/2, as the caller spoke; a failure is reported as usual.
-            Err(()) => true,
-        }
-    }
-
     /// A TCP connection: decided once at the start, before any byte reaches the app, and
     /// again whenever the policy changes while it is open.
-    async fn tcp<S>(&self, stream: S, peer: &Peer)
+    async fn tcp<S>(&self, stream: S, peer: &Peer, app: &App)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let mut changes = self.authz.subscribe();
-        if !self.tcp_allowed(peer) {
+        if !self.tcp_allowed(peer, app) {
             return;
         }
         let started = Instant::now();
         let forward = async {
             let forward = crate::transport::tcp::forward(
                 stream,
-                &self.app_dialer,
+                &app.dialer,
                 Direction::Inbound,
                 self.limits.idle_timeout,
             );
@@ -313,7 +297,7 @@ impl Inbound {
         };
         let revoked = async {
             while changes.changed().await.is_ok() {
-                if !self.tcp_allowed(peer) {
+                if !self.tcp_allowed(peer, app) {
                     tracing::info!(peer = %peer.name, "policy changed: closing TCP connection");
                     return;
                 }
@@ -326,11 +310,11 @@ impl Inbound {
         }
     }
 
-    fn tcp_allowed(&self, peer: &Peer) -> bool {
+    fn tcp_allowed(&self, peer: &Peer, app: &App) -> bool {
         let call = Call {
             principal: &peer.name,
             namespace: namespace_of(&peer.name),
-            port: self.app.port(),
+            port: app.addr.port(),
             http: None,
         };
         let facts = Facts {
@@ -346,6 +330,7 @@ impl Inbound {
         &self,
         req: Request<Incoming>,
         peer: &Peer,
+        app: &App,
         ward_peer: bool,
         switch: Option<&SwitchSignal>,
     ) -> Response<Body> {
@@ -360,14 +345,15 @@ impl Inbound {
             .flatten()
             .map_or(caller_http1, |v| v.as_bytes() == b"http/1.1");
         let method = req.method().clone();
-        let (result, path) = match self.admit(req, peer, ward_peer, grpc) {
+        let (result, path) = match self.admit(req, peer, app.addr.port(), ward_peer, grpc) {
             Ok(admitted) => {
                 let path = admitted.path.clone();
                 let spliced = switch
                     .filter(|_| admitted.upgrade.is_some())
                     .map(SwitchSignal::spliced);
                 (
-                    self.forward(admitted, peer, caller_http1, spliced).await,
+                    self.forward(admitted, peer, app, caller_http1, spliced)
+                        .await,
                     path,
                 )
             }
@@ -402,6 +388,7 @@ impl Inbound {
         &self,
         mut req: Request<Incoming>,
         peer: &Peer,
+        port: u16,
         ward_peer: bool,
         grpc: bool,
     ) -> Result<Admitted, (Failure, String)> {
@@ -457,7 +444,7 @@ impl Inbound {
         let call = Call {
             principal: &peer.name,
             namespace: namespace_of(&peer.name),
-            port: self.app.port(),
+            port,
             http: Some(HttpCall {
                 method: req.method().as_str(),
                 path: &path,
@@ -487,6 +474,7 @@ impl Inbound {
         &self,
         admitted: Admitted,
         peer: &Peer,
+        app: &App,
         caller_http1: bool,
         spliced: Option<crate::http::guard::Spliced>,
     ) -> Result<Response<Body>, Failure> {
@@ -499,7 +487,7 @@ impl Inbound {
         set_identity_headers(req.headers_mut(), peer, &self.own_id);
         if let Some(asked) = upgrade {
             // The app gets an origin-form request with `Host`, as from any HTTP/1.1 client.
-            let req = match to_app_request(req, self.app, true) {
+            let req = match to_app_request(req, app.addr, true) {
                 Ok(mut req) => {
                     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
                     if let Ok(origin) = pq.parse() {
@@ -510,7 +498,7 @@ impl Inbound {
                 Err(f) => return Err(f),
             };
             let result = forward::upgrade(
-                &self.app_dialer,
+                &app.dialer,
                 req,
                 asked,
                 self.limits.request_timeout,
@@ -524,16 +512,12 @@ impl Inbound {
             Protocol::Http1 => true,
             Protocol::Http2 | Protocol::Grpc => false,
             Protocol::Auto | Protocol::Tcp => {
-                original_http1.unwrap_or(caller_http1) || !self.app_speaks_h2().await
+                original_http1.unwrap_or(caller_http1) || !app.speaks_h2().await
             }
         };
         let limit = crate::http::deadline(&req, self.limits.request_timeout);
-        let hop = if app_http1 {
-            &self.app_h1
-        } else {
-            &self.app_h2
-        };
-        let result = match to_app_request(req, self.app, app_http1) {
+        let hop = if app_http1 { &self.app_h1 } else { &app.h2 };
+        let result = match to_app_request(req, app.addr, app_http1) {
             Ok(req) => forward::send(hop, req, limit).await,
             Err(f) => Err(f),
         };
