@@ -58,6 +58,7 @@ mod tests {
             csr: vec![0x30, 0x82, 1, 2],
             token: "join-token".into(),
             spiffe_id: String::new(),
+            serving: Vec::new(),
         };
         let bytes = req.encode_to_vec();
         assert_eq!(CertifyRequest::decode(bytes.as_slice()).unwrap(), req);

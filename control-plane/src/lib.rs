@@ -5,7 +5,8 @@
 //! - [`api`]: the gRPC API over TLS 1.3 with the control plane's own SVID
 //!   (`spiffe://TD/ns/ward-system/sa/control-plane`);
 //! - [`attest`]: how a proxy proves who it is on its first Certify (join tokens today);
-//! - [`policy_source`]: where policy comes from (a directory today);
+//! - [`policy_source`]: where policy comes from (a directory today); [`discovery`]: where
+//!   the mesh's endpoints come from (what proxies report today);
 //! - [`state`], [`trust`] and [`registry`]: what is held while running, and the proxies
 //!   known; [`tasks`]: the background work;
 //! - [`datadir`] and [`rotation`]: the CA files, the rotation journal and `status.json`,
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod attest;
 pub mod datadir;
+pub mod discovery;
 pub mod metrics;
 pub mod policy_source;
 pub mod registry;

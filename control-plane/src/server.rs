@@ -21,6 +21,7 @@ use crate::api::Api;
 use crate::api::transport::tls_incoming;
 use crate::attest::JoinTokens;
 use crate::attest::tokens::TokenStore;
+use crate::discovery::Registrations;
 use crate::policy_source::{Directory, Empty, PolicySource};
 use crate::registry::Registry;
 pub use crate::settings::{Settings, control_plane_id};
@@ -48,6 +49,7 @@ async fn serve(
     let initial = policy.load().map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = Arc::new(State {
         attestor: Box::new(JoinTokens(TokenStore::new(dir))),
+        discovery: Box::new(Registrations::default()),
         bundle: watch::Sender::new(Arc::new(Trust::new(bundle, &ca))),
         policy: watch::Sender::new(Arc::new(Policy {
             version: 1,
@@ -95,7 +97,8 @@ async fn serve(
     tonic::transport::Server::builder()
         .add_service(v1::identity_server::IdentityServer::new(Api(state.clone())))
         .add_service(v1::policy_server::PolicyServer::new(Api(state.clone())))
-        .add_service(v1::bundle_server::BundleServer::new(Api(state)))
+        .add_service(v1::bundle_server::BundleServer::new(Api(state.clone())))
+        .add_service(v1::discovery_server::DiscoveryServer::new(Api(state)))
         .serve_with_incoming_shutdown(incoming, stop)
         .await
         .context("serving the control-plane API")?;

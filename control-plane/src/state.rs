@@ -11,6 +11,7 @@ use ward_certs::ca::CertificateAuthority;
 use ward_policy::PolicySet;
 
 use crate::attest::Attestor;
+use crate::discovery::DiscoverySource;
 use crate::registry::Registry;
 use crate::settings::Settings;
 use crate::trust::Trust;
@@ -27,6 +28,7 @@ pub struct State {
     /// The signer; swapped when a rotation activates a new root.
     pub ca: ArcSwap<CertificateAuthority>,
     pub attestor: Box<dyn Attestor>,
+    pub discovery: Box<dyn DiscoverySource>,
     pub bundle: watch::Sender<Arc<Trust>>,
     pub policy: watch::Sender<Arc<Policy>>,
     pub registry: Registry,

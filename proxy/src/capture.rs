@@ -43,6 +43,7 @@ impl Capture {
         config: &SidecarConfig,
         capture: &CaptureConfig,
         ids: Vec<SpiffeId>,
+        discovered: Option<crate::control::discovery::Endpoints>,
         inputs: &ProxyInputs,
     ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
         let registry: HashMap<SocketAddr, Destination> = capture
@@ -55,7 +56,10 @@ impl Capture {
                 (d.address, Destination { addr, identity })
             })
             .collect();
-        let registry = Arc::new(Registry(registry));
+        let registry = Arc::new(Registry {
+            configured: registry,
+            discovered,
+        });
         let detected = Outbound::new(
             capture.protocol,
             &capture.upgrades,

@@ -34,6 +34,8 @@ pub struct ProxyInputs {
     pub access_log: bool,
     pub drain: Drain,
     pub readiness: Readiness,
+    /// The control plane and its streams' health, when the identity comes from one.
+    pub control: Option<(ControlPlane, Arc<Health>)>,
 }
 
 impl ProxyInputs {
@@ -85,15 +87,16 @@ impl ProxyInputs {
             access_log: config.access_log,
             drain,
             readiness,
+            control,
         };
-        inputs.follow(validated, control);
+        inputs.follow(validated);
         Ok(inputs)
     }
 
     /// Policy from the configured directory or else the control plane; with a control
     /// plane, renewal and the trust bundle too. Until a valid policy set is in force the
     /// proxy is not ready and denies every inbound call.
-    fn follow(&self, validated: &Validated, control: Option<(ControlPlane, Arc<Health>)>) {
+    fn follow(&self, validated: &Validated) {
         let config = &validated.config;
         if let Some(policy) = &config.policy {
             tokio::spawn(watch_policy_dir(
@@ -103,7 +106,7 @@ impl ProxyInputs {
                 self.drain.clone(),
             ));
         }
-        if let Some((client, health)) = control
+        if let Some((client, health)) = self.control.clone()
             && config.policy.is_none()
         {
             let not_ready = self.readiness.register("policy");
@@ -167,12 +170,25 @@ async fn start_identity(
         .ok_or_else(|| IdentityError::ControlPlane("no token_file".into()))?;
     let health = Arc::new(Health::default());
     let _ = reports.control_plane.set(health.clone());
+    let serving = validated
+        .config
+        .workload
+        .serving
+        .iter()
+        .map(|s| ward_api::v1::Endpoint {
+            address: s.address.to_string(),
+            spiffe_id: String::new(),
+            inbound_port: s.inbound_port.map(u32::from).unwrap_or_default(),
+            protocol: s.protocol.clone().unwrap_or_default(),
+        })
+        .collect();
     let source = ControlPlaneIdentity::new(
         Arc::new(client.clone()),
         td.clone(),
         token_file,
         health.clone(),
-    );
+    )
+    .with_serving(serving);
     // With a control plane the workload is what attestation says, not what the config says.
     let (identity, workload) = crate::identity::start(source).await?;
     Ok((

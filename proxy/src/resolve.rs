@@ -36,13 +36,25 @@ impl Resolve for Static {
     }
 }
 
+/// Mesh destinations by the address apps dial, as discovery last said (swapped whole).
+pub type Endpoints =
+    std::sync::Arc<arc_swap::ArcSwap<std::collections::HashMap<SocketAddr, Destination>>>;
+
 /// The mesh workloads a captured connection may be going to, by the address the app
-/// dialled (the original destination).
-#[derive(Debug, Clone, Default)]
-pub struct Registry(pub std::collections::HashMap<SocketAddr, Destination>);
+/// dialled (the original destination): those configured, then those the control plane's
+/// discovery names.
+#[derive(Default)]
+pub struct Registry {
+    pub configured: std::collections::HashMap<SocketAddr, Destination>,
+    pub discovered: Option<Endpoints>,
+}
 
 impl Resolve for Registry {
     fn resolve(&self, target: &Target) -> Option<Destination> {
-        self.0.get(&target.original_dst?).cloned()
+        let orig = target.original_dst?;
+        if let Some(d) = self.configured.get(&orig) {
+            return Some(d.clone());
+        }
+        self.discovered.as_ref()?.load().get(&orig).cloned()
     }
 }

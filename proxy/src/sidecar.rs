@@ -63,7 +63,18 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             .map(|d| ward_certs::parse_spiffe_id(&d.spiffe_id))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("capture.destinations: {e}"))?;
-        let captured = Capture::new(config, capture, ids, &inputs)?;
+        // With a control plane, its discovery names the mesh destinations too.
+        let discovered = inputs.control.clone().map(|(client, health)| {
+            let map = crate::control::discovery::Endpoints::default();
+            tokio::spawn(crate::control::discovery::follow(
+                client,
+                inputs.identity.mesh.clone(),
+                health,
+                map.clone(),
+            ));
+            map
+        });
+        let captured = Capture::new(config, capture, ids, discovered, &inputs)?;
         let listener = bind("capture.inbound", capture.inbound).await?;
         let inbound = Inbound::captured(capture.protocol, &capture.upgrades, &inputs)?;
         inputs.serve("inbound", listener, move |tcp, drain| {

@@ -54,6 +54,7 @@ async fn bootstrap(
             csr,
             token,
             spiffe_id: String::new(),
+            serving: Vec::new(),
         })
         .await
         .expect("bootstrap")
@@ -142,6 +143,7 @@ async fn main() {
                     csr: csr.clone(),
                     token: String::new(),
                     spiffe_id: String::new(),
+                    serving: Vec::new(),
                 };
                 if client.certify(req).await.is_ok() {
                     done += 1;

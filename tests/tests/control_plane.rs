@@ -108,10 +108,18 @@ async fn sidecars_bootstrapped_by_tokens_talk_mtls() {
     }
 }
 
-/// A gRPC client of the control plane without an SVID, as a new proxy is.
+/// A gRPC channel to the control plane without an SVID, as a new proxy has.
 async fn identity_client(
     cp: &ControlPlane,
 ) -> v1::identity_client::IdentityClient<tonic::transport::Channel> {
+    v1::identity_client::IdentityClient::new(cp_channel(cp, None).await)
+}
+
+/// A gRPC channel to the control plane, presenting `svid` if given.
+async fn cp_channel(
+    cp: &ControlPlane,
+    svid: Option<&ward_certs::Svid>,
+) -> tonic::transport::Channel {
     ward_tests::init();
     let bundle = ward_certs::TrustBundle::read(
         ward_certs::parse_trust_domain("example.org").unwrap(),
@@ -120,15 +128,17 @@ async fn identity_client(
     .unwrap();
     let cp_id = ward_certs::parse_spiffe_id("spiffe://example.org/ns/ward-system/sa/control-plane")
         .unwrap();
-    let tls = ward_certs::tls::bootstrap_client_config(
-        bundle,
-        ward_certs::ExpectedPeer::Exact(cp_id),
-        &[b"h2"],
-    )
-    .unwrap();
+    let expected = ward_certs::ExpectedPeer::Exact(cp_id);
+    let tls = match svid {
+        None => ward_certs::tls::bootstrap_client_config(bundle, expected, &[b"h2"]).unwrap(),
+        Some(svid) => ward_certs::MeshIdentity::new(svid, bundle)
+            .unwrap()
+            .client_config(expected, &[b"h2"])
+            .unwrap(),
+    };
     let connector = tokio_rustls::TlsConnector::from(tls);
     let addr = cp.listen;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_| {
             let connector = connector.clone();
@@ -141,8 +151,7 @@ async fn identity_client(
             }
         }))
         .await
-        .expect("connect to the control plane");
-    v1::identity_client::IdentityClient::new(channel)
+        .expect("connect to the control plane")
 }
 
 fn csr_for(id: Option<&str>) -> Vec<u8> {
@@ -164,6 +173,7 @@ async fn attestation_refusals_each_say_why() {
         csr,
         token: token.to_owned(),
         spiffe_id: spiffe_id.to_owned(),
+        serving: Vec::new(),
     };
 
     let token = cp.token(WEB_ID, "app=web", &[]);
@@ -400,4 +410,63 @@ async fn traffic_survives_the_control_plane_dying_and_proxies_reconnect() {
     }
     handle.finish().await;
     assert_eq!(failed.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_streams_where_attested_workloads_serve_under_their_attested_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::spawn_blocking({
+        let d = dir.path().to_owned();
+        move || ControlPlane::start(&d, "1h")
+    })
+    .await
+    .unwrap();
+    // Without an SVID there is no discovery.
+    let mut anonymous = v1::discovery_client::DiscoveryClient::new(cp_channel(&cp, None).await);
+    let refused = anonymous
+        .watch(v1::DiscoveryWatchRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // A proxy attests and says where its workload serves; it claims another identity for
+    // the address, which is not what the control plane records.
+    let token = cp.token(WEB_ID, "app=web", &[]);
+    let (key, csr) = ward_certs::svid::new_key_and_csr(None).unwrap();
+    let issued = identity_client(&cp)
+        .await
+        .certify(v1::CertifyRequest {
+            csr,
+            token,
+            spiffe_id: String::new(),
+            serving: vec![v1::Endpoint {
+                address: "10.1.2.3:8080".into(),
+                spiffe_id: ORDERS_ID.into(),
+                inbound_port: 0,
+                protocol: "http1".into(),
+            }],
+        })
+        .await
+        .expect("certify")
+        .into_inner();
+    let chain = issued
+        .chain
+        .into_iter()
+        .map(rustls_pki_types::CertificateDer::from)
+        .collect();
+    let svid = ward_certs::Svid::new(chain, key).unwrap();
+    let mut client = v1::discovery_client::DiscoveryClient::new(cp_channel(&cp, Some(&svid)).await);
+    let mut stream = client
+        .watch(v1::DiscoveryWatchRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let snapshot = stream.message().await.unwrap().expect("a snapshot");
+    assert_eq!(snapshot.endpoints.len(), 1, "{snapshot:?}");
+    let e = &snapshot.endpoints[0];
+    assert_eq!(
+        (e.address.as_str(), e.spiffe_id.as_str()),
+        ("10.1.2.3:8080", WEB_ID)
+    );
+    assert_eq!(e.protocol, "http1");
 }

@@ -85,6 +85,7 @@ impl Api {
                 .map_err(attest_status)?;
             state.registry.attested(id, caller.workload.clone());
         }
+        state.discovery.attested(id, &msg.serving);
         let info =
             ward_certs::CertInfo::parse(&chain[0]).map_err(|e| Status::internal(e.to_string()))?;
         let not_after_unix = ward_runtime::time::unix_secs(info.not_after) as i64;

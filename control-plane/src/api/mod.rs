@@ -13,6 +13,7 @@ use crate::attest::AttestError;
 use crate::state::State;
 
 pub mod bundle;
+pub mod discovery;
 pub mod identity;
 pub mod policy;
 pub mod transport;

@@ -199,6 +199,23 @@ pub struct Workload {
     pub namespace: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where the app serves, reported to the control plane for discovery.
+    #[serde(default)]
+    pub serving: Vec<Serving>,
+}
+
+/// One address the app serves on, as other workloads dial it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Serving {
+    pub address: SocketAddr,
+    /// The port this sidecar takes mTLS on for it (default: the address's own port, which
+    /// the inbound capture takes in).
+    #[serde(default)]
+    pub inbound_port: Option<u16>,
+    /// What it speaks, if known (`http1`, `http2`, `grpc`, `tcp`).
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 /// How the app (inbound) or the peer (outbound) is spoken to.

@@ -116,6 +116,18 @@ impl ControlPlane {
         Ok(self.mtls.get_or_init(|| channel).clone())
     }
 
+    /// `Discovery.Watch`: the mesh's endpoints.
+    pub async fn watch_discovery(
+        &self,
+        identity: &MeshIdentity,
+    ) -> Result<tonic::Streaming<v1::DiscoverySnapshot>, Status> {
+        let mut client = v1::discovery_client::DiscoveryClient::new(self.mtls_channel(identity)?);
+        Ok(client
+            .watch(v1::DiscoveryWatchRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// `Policy.Watch` for this proxy's workload.
     pub async fn watch_policy(
         &self,

@@ -33,6 +33,8 @@ pub struct ControlPlaneIdentity<C> {
     renew_now: Notify,
     /// Tells the bundle stream a new leaf is in use, so that it reports it.
     renewed: Notify,
+    /// Where the workload serves, reported with every Certify (for discovery).
+    serving: Vec<v1::Endpoint>,
 }
 
 impl<C: CaClient> ControlPlaneIdentity<C> {
@@ -50,7 +52,14 @@ impl<C: CaClient> ControlPlaneIdentity<C> {
             backoff: Backoff::control_plane(),
             renew_now: Notify::new(),
             renewed: Notify::new(),
+            serving: Vec::new(),
         }
+    }
+
+    /// Reports `serving` with every Certify.
+    pub fn with_serving(mut self, serving: Vec<v1::Endpoint>) -> Self {
+        self.serving = serving;
+        self
     }
 
     /// Retries and reconnects with `backoff` instead.
@@ -68,6 +77,7 @@ impl<C: CaClient> ControlPlaneIdentity<C> {
             csr,
             token: token.trim().to_owned(),
             spiffe_id: String::new(),
+            serving: self.serving.clone(),
         };
         let resp = self.client.certify(None, req).await.map_err(status_error)?;
         let (svid, bundle) = self.accept(resp.chain, key, &resp.bundle)?;
@@ -152,6 +162,7 @@ impl<C: CaClient> ControlPlaneIdentity<C> {
             csr,
             token: String::new(),
             spiffe_id: id.to_string(),
+            serving: self.serving.clone(),
         };
         let resp = self
             .client

@@ -7,6 +7,7 @@
 //! last good value in force meanwhile (fail static).
 
 pub mod client;
+pub mod discovery;
 pub mod identity;
 pub mod policy;
 
@@ -23,6 +24,7 @@ pub use client::{CaClient, ControlPlane};
 pub struct Health {
     pub policy_connected: AtomicBool,
     pub bundle_connected: AtomicBool,
+    pub discovery_connected: AtomicBool,
     /// When the last policy snapshot was put in force (Unix seconds; 0: never).
     pub policy_updated_unix: AtomicU64,
     /// When the last trust bundle was put in force (Unix seconds; 0: never).
@@ -34,6 +36,7 @@ pub struct Health {
 pub enum Stream {
     Policy,
     Bundle,
+    Discovery,
 }
 
 impl Stream {
@@ -41,6 +44,7 @@ impl Stream {
         match self {
             Stream::Policy => "policy",
             Stream::Bundle => "bundle",
+            Stream::Discovery => "discovery",
         }
     }
 }
@@ -53,6 +57,7 @@ impl Health {
         serde_json::json!({
             "policy_stream_connected": self.policy_connected.load(Relaxed),
             "bundle_stream_connected": self.bundle_connected.load(Relaxed),
+            "discovery_stream_connected": self.discovery_connected.load(Relaxed),
             "policy_age_seconds": age(self.policy_updated_unix.load(Relaxed)),
             "bundle_age_seconds": age(self.bundle_updated_unix.load(Relaxed)),
         })
@@ -68,6 +73,7 @@ impl Health {
         match stream {
             Stream::Policy => self.policy_connected.store(up, Relaxed),
             Stream::Bundle => self.bundle_connected.store(up, Relaxed),
+            Stream::Discovery => self.discovery_connected.store(up, Relaxed),
         }
     }
 
@@ -77,6 +83,7 @@ impl Health {
         match stream {
             Stream::Policy => self.policy_updated_unix.store(now, Relaxed),
             Stream::Bundle => self.bundle_updated_unix.store(now, Relaxed),
+            Stream::Discovery => {}
         }
     }
 }
