@@ -85,8 +85,8 @@ struct InitArgs {
 /// `ward-proxy init`: exit 0 when the rules are in force (or printed), 1 with one line when
 /// they could not be (and then nothing was changed).
 fn init(args: InitArgs) -> ExitCode {
-    use ward_proxy::init::{Plan, control_plane_cidr, run_nft};
-    let mut plan = Plan {
+    use ward_proxy::init::{Plan, run_nft};
+    let plan = Plan {
         proxy_uid: args.proxy_uid,
         proxy_gid: args.proxy_gid,
         inbound_capture_port: args.inbound_port,
@@ -98,10 +98,8 @@ fn init(args: InitArgs) -> ExitCode {
         exclude_outbound_ports: args.exclude_outbound_ports,
         exclude_outbound_cidrs: args.exclude_outbound_cidrs,
         exclude_inbound_cidrs: args.exclude_inbound_cidrs,
+        exclude_outbound_endpoints: args.control_plane.into_iter().collect(),
     };
-    if let Some(cp) = &args.control_plane {
-        plan.exclude_outbound_cidrs.push(control_plane_cidr(cp));
-    }
     if let Err(e) = plan.check() {
         eprintln!("ward-proxy init: {e}");
         return ExitCode::from(2);

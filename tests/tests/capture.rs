@@ -413,3 +413,160 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
         "{metrics}"
     );
 }
+
+#[test]
+fn discovery_from_the_control_plane_routes_captured_calls() {
+    if skip() {
+        return;
+    }
+    use ward_tests::mesh::Proxy;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_owned();
+    let (web, orders) = (Netns::create(), Netns::create());
+    netns::link(&web, "10.77.0.1/24", &orders, "10.77.0.2/24");
+    echo_heads(orders.in_thread(|| TcpListener::bind("0.0.0.0:8080").expect("app")));
+
+    // The control plane runs in the orders pod, its port excluded from capture there.
+    let (web_id, orders_id) = (
+        "spiffe://example.org/ns/default/sa/web",
+        "spiffe://example.org/ns/default/sa/orders",
+    );
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    std::fs::write(
+        policies.join("p.yaml"),
+        format!(
+            "{}---\napiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+             metadata: {{ name: web-reads, namespace: default }}\n\
+             spec: {{ selector: {{ matchLabels: {{ app: orders }} }}, action: ALLOW, rules: [ {{ from: [ {{ principals: [\"{web_id}\"] }} ], to: [ {{ ports: [8080], methods: [GET] }} ] }} ] }}\n",
+            ward_tests::mesh::mesh_default("deny")
+        ),
+    )
+    .expect("policy");
+    let data = dir.join("cp-data");
+    let cp_log = std::fs::File::create(dir.join("cp.log")).expect("log");
+    let ward = bin::path("ward");
+    let mut cp = orders
+        .command(ward.to_str().expect("utf-8"))
+        .args([
+            "control-plane",
+            "--trust-domain",
+            "example.org",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--policy-dir")
+        .arg(&policies)
+        .args(["--listen", "10.77.0.2:15012", "--admin", "127.0.0.1:15014"])
+        .stdout(std::process::Stdio::null())
+        .stderr(cp_log)
+        .spawn()
+        .expect("spawn the control plane");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !orders.in_thread(|| std::net::TcpStream::connect("10.77.0.2:15012").is_ok()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "control plane not listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::copy(data.join("bundle.pem"), dir.join("bundle.pem")).expect("bootstrap bundle");
+    for (sa, id) in [("web", web_id), ("orders", orders_id)] {
+        let out = std::process::Command::new(&ward)
+            .args(["token", "create", "--data-dir"])
+            .arg(&data)
+            .args(["--spiffe-id", id, "--labels", &format!("app={sa}")])
+            .output()
+            .expect("ward token create");
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(dir.join(format!("{sa}.token")), &out.stdout).expect("token file");
+    }
+    for path in ["bundle.pem", "web.token", "orders.token"] {
+        let ok = std::process::Command::new("chown")
+            .args(["1337:1337"])
+            .arg(dir.join(path))
+            .status()
+            .expect("chown");
+        assert!(ok.success());
+    }
+    let ok = std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(&dir)
+        .status();
+    assert!(ok.expect("chmod").success());
+
+    for (pod, args) in [
+        (&orders, &["--exclude-inbound-ports", "15012"][..]),
+        (&web, &["--control-plane", "10.77.0.2:15012"]),
+    ] {
+        let out = init(pod, args);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let sidecar = |sa: &str, serving: &str| {
+        format!(
+            "trust_domain: example.org\n\
+             identity: {{ control_plane: \"https://10.77.0.2:15012\", token_file: {sa}.token, bundle: bundle.pem }}\n\
+             workload: {{ serving: [{serving}] }}\n\
+             capture: {{}}\nadmin: \"127.0.0.1:15000\"\n"
+        )
+    };
+    let as_proxy = |ns: &Netns| -> Vec<String> {
+        let name = ns.name.as_str();
+        [
+            "ip",
+            "netns",
+            "exec",
+            name,
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let start = |ns: &Netns, sa: &str, serving: &str| {
+        let prefix = as_proxy(ns);
+        let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        let mut proxy = Proxy::spawn_prefixed(
+            &dir,
+            sa,
+            &sidecar(sa, serving),
+            &[],
+            &[],
+            &prefix,
+            Some(&ns.name),
+        );
+        proxy.wait_ready();
+        proxy
+    };
+    let orders_proxy = start(&orders, "orders", "{ address: \"10.77.0.2:8080\" }");
+    let web_proxy = start(&web, "web", "");
+
+    // The web sidecar knows the orders pod's address from discovery alone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = web_proxy.admin_get("/metrics").1;
+        if metrics.contains("ward_discovery_endpoints 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no discovery:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = curl(&web, &["http://10.77.0.2:8080/accounts/1"]);
+    assert!(
+        seen.contains(&format!("x-ward-peer-identity: {web_id}")),
+        "{seen}\n{}\n{}\n{}",
+        web_proxy.logs(),
+        orders_proxy.logs(),
+        web_proxy.admin_get("/metrics").1
+    );
+    let _ = cp.kill();
+    let _ = cp.wait();
+}

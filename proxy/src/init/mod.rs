@@ -41,6 +41,8 @@ pub struct Plan {
     pub exclude_outbound_cidrs: Vec<Cidr>,
     /// Sources whose inbound connections reach the app directly.
     pub exclude_inbound_cidrs: Vec<Cidr>,
+    /// Single `IP:PORT` destinations left uncaptured (the control plane's).
+    pub exclude_outbound_endpoints: Vec<SocketAddr>,
 }
 
 impl Default for Plan {
@@ -57,6 +59,7 @@ impl Default for Plan {
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
             exclude_inbound_cidrs: Vec::new(),
+            exclude_outbound_endpoints: Vec::new(),
         }
     }
 }
@@ -125,15 +128,6 @@ impl FromStr for Cidr {
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// A control plane address to leave uncaptured, as `HOST:PORT` with HOST an address.
-pub fn control_plane_cidr(addr: &SocketAddr) -> Cidr {
-    let prefix = if addr.is_ipv4() { 32 } else { 128 };
-    Cidr {
-        addr: addr.ip(),
-        prefix,
     }
 }
 

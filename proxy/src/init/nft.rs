@@ -38,6 +38,15 @@ fn outbound(s: &mut String, plan: &Plan) {
     let _ = writeln!(s, "    ip6 daddr ::1 return");
     ports(s, "tcp dport", &plan.exclude_outbound_ports);
     cidrs(s, "daddr", &plan.exclude_outbound_cidrs);
+    for e in &plan.exclude_outbound_endpoints {
+        let family = if e.is_ipv4() { "ip" } else { "ip6" };
+        let _ = writeln!(
+            s,
+            "    {family} daddr {} tcp dport {} return",
+            e.ip(),
+            e.port()
+        );
+    }
     if let Some(opaque) = list(&plan.opaque_ports) {
         let _ = writeln!(
             s,

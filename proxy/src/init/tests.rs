@@ -8,6 +8,7 @@ fn the_rules_capture_everything_but_what_must_pass() {
         exclude_outbound_cidrs: vec!["10.96.0.1".parse().unwrap(), "fd00::/8".parse().unwrap()],
         exclude_inbound_cidrs: vec!["192.168.0.0/16".parse().unwrap()],
         opaque_ports: vec![3306, 6379],
+        exclude_outbound_endpoints: vec!["10.0.0.5:15012".parse().unwrap()],
         ..Plan::default()
     };
     let script = plan.apply_script();
@@ -20,6 +21,7 @@ fn the_rules_capture_everything_but_what_must_pass() {
         "tcp dport { 5432 } return",
         "ip daddr { 10.96.0.1/32 } return",
         "ip6 daddr { fd00::/8 } return",
+        "ip daddr 10.0.0.5 tcp dport 15012 return",
         "tcp dport { 3306, 6379 } redirect to :15002",
         "meta l4proto tcp redirect to :15001",
         "type nat hook prerouting priority -100; policy accept;",
