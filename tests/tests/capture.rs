@@ -249,7 +249,8 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
         format!(
             "{}---\napiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\n\
              metadata: {{ name: web-reads, namespace: default }}\n\
-             spec: {{ action: ALLOW, rules: [ {{ from: [ {{ principals: [\"{web_id}\"] }} ], to: [ {{ methods: [GET] }} ] }} ] }}\n",
+             spec: {{ action: ALLOW, rules: [ {{ from: [ {{ principals: [\"{web_id}\"] }} ], to: [ {{ methods: [GET] }} ] }}, \
+             {{ from: [ {{ principals: [\"{web_id}\"] }} ], to: [ {{ ports: [3306] }} ] }} ] }}\n",
             ward_tests::mesh::mesh_default("deny")
         ),
     )
@@ -265,6 +266,11 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
     let (web, orders) = (Netns::create(), Netns::create());
     netns::link(&web, "10.77.0.1/24", &orders, "10.77.0.2/24");
     echo_heads(orders.in_thread(|| TcpListener::bind("0.0.0.0:8080").expect("app")));
+    // A protocol where the server speaks first, on a port the web pod marks opaque.
+    say(
+        orders.in_thread(|| TcpListener::bind("0.0.0.0:3306").expect("opaque")),
+        "greeting\n",
+    );
     say(
         orders.in_thread(|| TcpListener::bind("10.77.0.2:9000").expect("plain")),
         "plain\n",
@@ -272,7 +278,7 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
     // Both pods are captured; the orders pod's plain server port is excluded.
     for (pod, args) in [
         (&orders, &["--exclude-inbound-ports", "9000"][..]),
-        (&web, &[]),
+        (&web, &["--opaque-ports", "3306"]),
     ] {
         let out = init(pod, args);
         assert!(out.status.success(), "{out:?}");
@@ -321,7 +327,8 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
              workload: {{ namespace: default, labels: {{ app: web }} }}\n\
              policy: {{ dir: policies }}\nadmin: \"127.0.0.1:15000\"\n\
              capture:\n  outbound_traffic_policy: {policy}\n  destinations:\n\
-             \x20   - {{ address: \"10.77.0.2:8080\", spiffe_id: \"{orders_id}\" }}\n"
+             \x20   - {{ address: \"10.77.0.2:8080\", spiffe_id: \"{orders_id}\" }}\n\
+             \x20   - {{ address: \"10.77.0.2:3306\", spiffe_id: \"{orders_id}\" }}\n"
         )
     };
     let as_proxy = as_proxy(&web);
@@ -382,6 +389,16 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
     // Not a mesh destination: passed through as it came (its port is excluded from capture
     // in the orders pod, so it reaches the plain server there).
     assert_eq!(call(&web, None, "10.77.0.2:9000"), "plain");
+    // An opaque port: carried over mTLS as TCP at once, never sniffed (detection would wait
+    // for the client to speak first, and time out).
+    assert_eq!(call(&web, None, "10.77.0.2:3306"), "greeting");
+    let metrics = web_proxy.admin_get("/metrics").1;
+    // GET, DELETE and this one.
+    assert!(
+        metrics.contains("ward_capture_total{route=\"mesh\"} 3"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("result=\"timeout\""), "{metrics}");
 
     // REGISTRY_ONLY: the mesh still works, anything else is refused and counted.
     web_proxy.terminate();
