@@ -35,11 +35,14 @@ build:
 	$(CARGO) build --release --workspace --bins
 
 ## bench: ward beside a direct connection and Envoy (bench/run.py, ~6 minutes), writing
-## bench/results/latest.{md,json}; then lists the micro-benchmarks (make bench-micro runs them)
+## bench/results/latest.{md,json}; transparent capture beside explicit ports in two
+## network-namespace pods (bench/capture.py, root; bench/results/capture.md); then lists the
+## micro-benchmarks (make bench-micro runs them)
 bench:
 	./bench/setup.sh
 	$(CARGO) build --release --bins
 	python3 bench/run.py
+	python3 bench/capture.py
 	@echo "micro-benchmarks (make bench-micro):"
 	@echo "  certs/benches/certs.rs           CSR signing, SVID chain verification"
 	@echo "  policy/benches/policy.rs         policy decisions and compilation at 1,000 policies"
