@@ -429,6 +429,15 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
         metrics.contains("ward_capture_total{route=\"mesh\"} 1"),
         "{metrics}"
     );
+
+    // A connection straight to the capture port has itself as destination: refused, as
+    // carrying it would loop.
+    assert_eq!(call(&web, None, "127.0.0.1:15001"), "");
+    let metrics = web_proxy.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("ward_capture_refused_total{reason=\"loop\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
