@@ -4,9 +4,10 @@
 set -euo pipefail
 
 need_apt=()
-# nft: `ward-proxy init` writes the capture rules with it (and its tests run it in network
-# namespaces); ip (iproute2): the tests make those namespaces.
-for tool in openssl:openssl curl:curl make:make nft:nftables ip:iproute2; do
+# nft: `ward-proxy init` writes the capture rules with it, iptables-restore on machines
+# without nft (its tests run both in network namespaces); ip (iproute2): the tests make
+# those namespaces.
+for tool in openssl:openssl curl:curl make:make nft:nftables iptables-restore:iptables ip:iproute2; do
   bin=${tool%%:*}; pkg=${tool##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

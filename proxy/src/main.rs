@@ -77,15 +77,25 @@ struct InitArgs {
     /// Print the rules instead of installing them.
     #[arg(long)]
     dry_run: bool,
+    /// Which tool writes the rules: nftables if the machine has it, else iptables.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
     /// Remove the rules.
     #[arg(long)]
     undo: bool,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Nftables,
+    Iptables,
+}
+
 /// `ward-proxy init`: exit 0 when the rules are in force (or printed), 1 with one line when
 /// they could not be (and then nothing was changed).
 fn init(args: InitArgs) -> ExitCode {
-    use ward_proxy::init::{Plan, run_nft};
+    use ward_proxy::init::{Backend, Plan};
     let plan = Plan {
         proxy_uid: args.proxy_uid,
         proxy_gid: args.proxy_gid,
@@ -104,19 +114,27 @@ fn init(args: InitArgs) -> ExitCode {
         eprintln!("ward-proxy init: {e}");
         return ExitCode::from(2);
     }
-    let script = if args.undo {
-        Plan::undo_script()
-    } else {
-        plan.apply_script()
+    let backend = match args.backend {
+        BackendArg::Nftables => Ok(Backend::Nftables),
+        BackendArg::Iptables => Ok(Backend::Iptables),
+        BackendArg::Auto => Backend::detect(),
     };
-    if args.dry_run {
-        print!("{script}");
-        return ExitCode::SUCCESS;
-    }
-    match run_nft(&script) {
-        Ok(()) => {
+    let result = backend.and_then(|backend| {
+        if args.dry_run {
+            print!("{}", backend.script(&plan, args.undo));
+            return Ok(None);
+        }
+        backend.run(&plan, args.undo).map(|()| Some(backend))
+    });
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(backend)) => {
             let done = if args.undo { "removed" } else { "installed" };
-            eprintln!("ward-proxy init: capture rules {done} (nftables table inet ward)");
+            let how = match backend {
+                Backend::Nftables => "nftables table inet ward",
+                Backend::Iptables => "iptables chains WARD_OUTPUT, WARD_INBOUND",
+            };
+            eprintln!("ward-proxy init: capture rules {done} ({how})");
             ExitCode::SUCCESS
         }
         Err(e) => {

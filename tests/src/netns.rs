@@ -12,7 +12,7 @@ pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: network namespaces need CAP_SYS_ADMIN".into());
     }
-    for tool in ["ip", "nft"] {
+    for tool in ["ip", "nft", "iptables-restore"] {
         let found = Command::new(tool).arg("-V").output().is_ok();
         if !found {
             return Some(format!(

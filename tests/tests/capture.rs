@@ -26,13 +26,66 @@ fn proxy() -> String {
     bin::path("ward-proxy").display().to_string()
 }
 
-fn ruleset(ns: &Netns) -> String {
-    String::from_utf8_lossy(&ns.exec(&["nft", "list", "ruleset"]).stdout).into_owned()
+/// The two ways `ward-proxy init` writes its rules.
+#[derive(Clone, Copy, Debug)]
+enum Rules {
+    Nftables,
+    Iptables,
 }
 
-fn init(ns: &Netns, args: &[&str]) -> std::process::Output {
+impl Rules {
+    fn flag(self) -> &'static str {
+        match self {
+            Rules::Nftables => "nftables",
+            Rules::Iptables => "iptables",
+        }
+    }
+
+    /// The rules in force in `ns`, without timestamps.
+    fn in_force(self, ns: &Netns) -> String {
+        let dumps: &[&[&str]] = match self {
+            Rules::Nftables => &[&["nft", "list", "ruleset"]],
+            Rules::Iptables => &[
+                &["iptables-save", "-t", "nat"],
+                &["ip6tables-save", "-t", "nat"],
+            ],
+        };
+        dumps
+            .iter()
+            .flat_map(|argv| {
+                let out = ns.exec(argv);
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// What the installed rules must say (the proxy's UID excluded, both redirects).
+    fn installed_marks(self) -> [&'static str; 4] {
+        match self {
+            Rules::Nftables => [
+                "table inet ward",
+                "meta skuid 1337 return",
+                "redirect to :15001",
+                "redirect to :15006",
+            ],
+            Rules::Iptables => [
+                "WARD_OUTPUT",
+                "--uid-owner 1337 -j RETURN",
+                "--to-ports 15001",
+                "--to-ports 15006",
+            ],
+        }
+    }
+}
+
+fn init(ns: &Netns, rules: Rules, args: &[&str]) -> std::process::Output {
     let proxy = proxy();
-    let mut argv = vec![proxy.as_str(), "init"];
+    let mut argv = vec![proxy.as_str(), "init", "--backend", rules.flag()];
     argv.extend_from_slice(args);
     ns.exec(&argv)
 }
@@ -42,30 +95,48 @@ fn init_is_whole_idempotent_undoable_and_refused_without_privileges() {
     if skip() {
         return;
     }
+    init_rules(Rules::Nftables);
+}
+
+#[test]
+fn init_with_iptables_is_idempotent_undoable_and_refused_without_privileges() {
+    if skip() {
+        return;
+    }
+    init_rules(Rules::Iptables);
+}
+
+fn init_rules(rules: Rules) {
     let pod = Netns::create();
     let first = init(
         &pod,
+        rules,
         &["--exclude-inbound-ports", "8081", "--opaque-ports", "3306"],
     );
     assert!(first.status.success(), "{first:?}");
-    let installed = ruleset(&pod);
-    assert!(installed.contains("table inet ward"), "{installed}");
-    assert!(installed.contains("redirect to :15001") && installed.contains("redirect to :15006"));
-    assert!(installed.contains("meta skuid 1337 return"));
+    let installed = rules.in_force(&pod);
+    for mark in rules.installed_marks() {
+        assert!(installed.contains(mark), "{mark} missing:\n{installed}");
+    }
 
     // A rerun replaces, never duplicates.
     let again = init(
         &pod,
+        rules,
         &["--exclude-inbound-ports", "8081", "--opaque-ports", "3306"],
     );
     assert!(again.status.success(), "{again:?}");
-    assert_eq!(ruleset(&pod), installed);
+    assert_eq!(rules.in_force(&pod), installed);
 
     // A plan that cannot work is refused and changes nothing. (What nft itself refuses
     // changes nothing either: `nft -f` applies a whole transaction or none of it.)
-    let refused = init(&pod, &["--outbound-port", "15006"]);
+    let refused = init(&pod, rules, &["--outbound-port", "15006"]);
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
-    assert_eq!(ruleset(&pod), installed, "a refused plan changes nothing");
+    assert_eq!(
+        rules.in_force(&pod),
+        installed,
+        "a refused plan changes nothing"
+    );
 
     // Without privileges: one line, exit 1, nothing changed.
     let proxy = proxy();
@@ -78,7 +149,8 @@ fn init_is_whole_idempotent_undoable_and_refused_without_privileges() {
         "--clear-groups",
         &proxy,
         "init",
-        "--undo",
+        "--backend",
+        rules.flag(),
     ]);
     let stderr = String::from_utf8_lossy(&unprivileged.stderr);
     assert_eq!(unprivileged.status.code(), Some(1), "{unprivileged:?}");
@@ -87,20 +159,21 @@ fn init_is_whole_idempotent_undoable_and_refused_without_privileges() {
         stderr.contains("not permitted") && stderr.contains("nothing was changed"),
         "{stderr}"
     );
-    assert_eq!(ruleset(&pod), installed);
+    assert_eq!(rules.in_force(&pod), installed);
 
     // Undo removes it, and undoing nothing is fine.
+    let [table, ..] = rules.installed_marks();
     for _ in 0..2 {
-        let undo = init(&pod, &["--undo"]);
+        let undo = init(&pod, rules, &["--undo"]);
         assert!(undo.status.success(), "{undo:?}");
-        assert!(!ruleset(&pod).contains("table inet ward"));
+        assert!(!rules.in_force(&pod).contains(table));
     }
 
-    let dry = init(&pod, &["--dry-run"]);
+    let dry = init(&pod, rules, &["--dry-run"]);
     assert!(dry.status.success());
-    assert!(String::from_utf8_lossy(&dry.stdout).contains("delete table inet ward"));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains(table));
     assert!(
-        !ruleset(&pod).contains("table inet ward"),
+        !rules.in_force(&pod).contains(table),
         "--dry-run changes nothing"
     );
 }
@@ -138,9 +211,21 @@ fn a_captured_connection_keeps_its_destination_and_the_proxy_is_never_captured()
     if skip() {
         return;
     }
+    redirect(Rules::Nftables);
+}
+
+#[test]
+fn iptables_rules_capture_the_same_way() {
+    if skip() {
+        return;
+    }
+    redirect(Rules::Iptables);
+}
+
+fn redirect(rules: Rules) {
     let (pod, other) = (Netns::create(), Netns::create());
     netns::link(&pod, "10.77.0.1/24", &other, "10.77.0.2/24");
-    let out = init(&pod, &["--exclude-inbound-ports", "8081"]);
+    let out = init(&pod, rules, &["--exclude-inbound-ports", "8081"]);
     assert!(out.status.success(), "{out:?}");
 
     // The other pod's server, and the capture port in this pod.
@@ -280,7 +365,7 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
         (&orders, &["--exclude-inbound-ports", "9000"][..]),
         (&web, &["--opaque-ports", "3306"]),
     ] {
-        let out = init(pod, args);
+        let out = init(pod, Rules::Nftables, args);
         assert!(out.status.success(), "{out:?}");
     }
     let as_proxy = |ns: &Netns| -> Vec<String> {
@@ -526,7 +611,7 @@ fn discovery_from_the_control_plane_routes_captured_calls() {
         (&orders, &["--exclude-inbound-ports", "15012"][..]),
         (&web, &["--control-plane", "10.77.0.2:15012"]),
     ] {
-        let out = init(pod, args);
+        let out = init(pod, Rules::Nftables, args);
         assert!(out.status.success(), "{out:?}");
     }
     let sidecar = |sa: &str, serving: &str| {

@@ -9,8 +9,11 @@
 //!
 //! The rules are one nftables table, `inet ward`, written in one transaction (`nft -f`):
 //! either all of it is in force or none of it, a rerun replaces it (never duplicates), and
-//! `--undo` deletes it. `--dry-run` prints the transaction instead.
+//! `--undo` deletes it. `--dry-run` prints the transaction instead. A machine without
+//! `nft` gets the same rules as two iptables chains ([`iptables`]), one
+//! `iptables-restore` transaction per address family.
 
+mod iptables;
 mod nft;
 
 use std::net::{IpAddr, SocketAddr};
@@ -137,27 +140,122 @@ impl std::fmt::Display for Cidr {
 pub enum InitError {
     #[error("{0}; nothing was changed")]
     Invalid(String),
-    #[error("nft is not installed (install nftables); nothing was changed")]
-    NoNft,
+    #[error(
+        "neither nft nor iptables-restore is installed (install nftables); nothing was changed"
+    )]
+    NoTool,
     #[error(
         "not permitted to change the network rules: run as root or with NET_ADMIN in the pod's network namespace; nothing was changed"
     )]
     NotPermitted,
-    #[error("nft refused the rules: {0}; nothing was changed")]
+    #[error("the rules were refused: {0}; nothing was changed")]
     Refused(String),
+}
+
+/// Which tool writes the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Nftables,
+    Iptables,
+}
+
+impl Backend {
+    /// nftables if the machine has `nft`, else iptables if it has `iptables-restore`.
+    pub fn detect() -> Result<Self, InitError> {
+        if found("nft") {
+            Ok(Backend::Nftables)
+        } else if found("iptables-restore") {
+            Ok(Backend::Iptables)
+        } else {
+            Err(InitError::NoTool)
+        }
+    }
+
+    /// What would be run, for `--dry-run`.
+    pub fn script(self, plan: &Plan, undo: bool) -> String {
+        match (self, undo) {
+            (Backend::Nftables, false) => plan.apply_script(),
+            (Backend::Nftables, true) => Plan::undo_script(),
+            (Backend::Iptables, false) => format!(
+                "# iptables-restore --noflush\n{}# ip6tables-restore --noflush\n{}",
+                iptables::apply(plan, false, [true, true]),
+                iptables::apply(plan, true, [true, true])
+            ),
+            (Backend::Iptables, true) => format!(
+                "# iptables-restore --noflush\n{0}# ip6tables-restore --noflush\n{0}",
+                iptables::undo([true, true])
+            ),
+        }
+    }
+
+    /// Puts the plan in force (or, with `undo`, removes the rules).
+    pub fn run(self, plan: &Plan, undo: bool) -> Result<(), InitError> {
+        match self {
+            Backend::Nftables => run_nft(&self.script(plan, undo)),
+            Backend::Iptables => {
+                for (v6, tool, restore) in [
+                    (false, "iptables", "iptables-restore"),
+                    (true, "ip6tables", "ip6tables-restore"),
+                ] {
+                    let jumps = [
+                        jump_present(tool, "OUTPUT", iptables::OUTBOUND),
+                        jump_present(tool, "PREROUTING", iptables::INBOUND),
+                    ];
+                    if undo && !chain_present(tool, iptables::OUTBOUND) {
+                        continue;
+                    }
+                    let script = if undo {
+                        iptables::undo(jumps)
+                    } else {
+                        iptables::apply(plan, v6, jumps.map(|present| !present))
+                    };
+                    run_tool(restore, &["--noflush"], &script)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn found(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+fn jump_present(tool: &str, chain: &str, target: &str) -> bool {
+    Command::new(tool)
+        .args(["-t", "nat", "-C", chain, "-p", "tcp", "-j", target])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn chain_present(tool: &str, chain: &str) -> bool {
+    Command::new(tool)
+        .args(["-t", "nat", "-n", "-L", chain])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs an nftables transaction.
 pub fn run_nft(script: &str) -> Result<(), InitError> {
+    run_tool("nft", &["-f", "-"], script)
+}
+
+/// Runs `tool args` with `script` on its standard input.
+fn run_tool(tool: &str, args: &[&str], script: &str) -> Result<(), InitError> {
     use std::io::Write;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let mut child = Command::new(tool)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => InitError::NoNft,
+            std::io::ErrorKind::NotFound => InitError::NoTool,
             _ => InitError::Refused(e.to_string()),
         })?;
     if let Some(mut stdin) = child.stdin.take() {
@@ -172,7 +270,10 @@ pub fn run_nft(script: &str) -> Result<(), InitError> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("Operation not permitted") || stderr.contains("Permission denied") {
+    if stderr.contains("Operation not permitted")
+        || stderr.contains("Permission denied")
+        || stderr.contains("you must be root")
+    {
         return Err(InitError::NotPermitted);
     }
     let first = stderr

@@ -81,3 +81,40 @@ fn cidrs_are_checked() {
         assert!(bad.parse::<Cidr>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn iptables_rules_say_the_same_per_family() {
+    let plan = Plan {
+        exclude_outbound_ports: (1000..1020).collect(),
+        exclude_outbound_cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
+        exclude_outbound_endpoints: vec!["10.0.0.5:15012".parse().unwrap()],
+        opaque_ports: vec![3306],
+        ..Plan::default()
+    };
+    let v4 = Backend::Iptables.script(&plan, false);
+    for line in [
+        "-A WARD_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A WARD_OUTPUT -d 127.0.0.0/8 -j RETURN",
+        "-A WARD_OUTPUT -p tcp -m multiport --dports 1000,1001,1002,1003,1004,1005,1006,1007,1008,1009,1010,1011,1012,1013,1014 -j RETURN",
+        "-A WARD_OUTPUT -p tcp -m multiport --dports 1015,1016,1017,1018,1019 -j RETURN",
+        "-A WARD_OUTPUT -d 10.96.0.0/12 -j RETURN",
+        "-A WARD_OUTPUT -p tcp -d 10.0.0.5 --dport 15012 -j RETURN",
+        "-A WARD_OUTPUT -p tcp -m multiport --dports 3306 -j REDIRECT --to-ports 15002",
+        "-A WARD_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        "-A WARD_INBOUND -p tcp -m multiport --dports 15000,15001,15002,15006 -j RETURN",
+        "-A WARD_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+        "-A OUTPUT -p tcp -j WARD_OUTPUT",
+        "# ip6tables-restore --noflush",
+        "-A WARD_OUTPUT -d ::1/128 -j RETURN",
+        "-A WARD_OUTPUT -d fd00::/8 -j RETURN",
+    ] {
+        assert!(v4.contains(line), "{line:?} missing:\n{v4}");
+    }
+    let (v4_part, v6_part) = v4.split_once("# ip6tables-restore").unwrap();
+    assert!(!v4_part.contains("fd00::/8") && !v6_part.contains("10.96.0.0/12"));
+    assert!(
+        Backend::Iptables
+            .script(&plan, true)
+            .contains("-X WARD_OUTPUT")
+    );
+}
