@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::model::{
-    Action, AuthorizationPolicyDoc, Condition, MeshDefault, Operation, ROOT_NAMESPACE, Rule, Source,
+    Action, AuthorizationPolicyDoc, Condition, MeshDefault, Operation, OutboundTrafficPolicy,
+    ROOT_NAMESPACE, Rule, Source,
 };
 use crate::pattern::Pattern;
 use crate::request::{Authority, list_elements};
@@ -72,6 +73,7 @@ impl Policy {
 pub struct PolicySet {
     policies: Vec<Policy>,
     mesh_default: MeshDefault,
+    outbound: OutboundTrafficPolicy,
 }
 
 impl PolicySet {
@@ -79,7 +81,19 @@ impl PolicySet {
         Self {
             policies,
             mesh_default,
+            outbound: OutboundTrafficPolicy::default(),
         }
+    }
+
+    /// The set with the MeshPolicy's `outboundTrafficPolicy`.
+    pub fn with_outbound(mut self, outbound: OutboundTrafficPolicy) -> Self {
+        self.outbound = outbound;
+        self
+    }
+
+    /// The MeshPolicy's `outboundTrafficPolicy` (ALLOW_ANY without one).
+    pub fn outbound_traffic_policy(&self) -> OutboundTrafficPolicy {
+        self.outbound
     }
 
     pub fn policies(&self) -> &[Policy] {

@@ -16,6 +16,6 @@ pub mod wire;
 
 pub use compile::{Call, Decider, Decision, Headers, HttpCall, PolicySet, WorkloadPolicy};
 pub use load::{PolicyError, PolicyErrors, load_dir, load_sources};
-pub use model::{Action, MeshDefault, ROOT_NAMESPACE};
+pub use model::{Action, MeshDefault, OutboundTrafficPolicy, ROOT_NAMESPACE};
 pub use path::{PathError, normalize_path};
 pub use request::{Authority, RequestError};

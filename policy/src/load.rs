@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::compile::{Policy, PolicySet};
-use crate::model::{AuthorizationPolicyDoc, Head, MeshDefault, MeshPolicyDoc, ROOT_NAMESPACE};
+use crate::model::{AuthorizationPolicyDoc, Head, MeshPolicyDoc, MeshSpec, ROOT_NAMESPACE};
 
 /// One problem in one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
 /// [`MAX_SOURCE_BYTES`] or nested deeper than the limits are refused before parsing.
 pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyErrors> {
     let mut policies = Vec::new();
-    let mut mesh_default: Option<(MeshDefault, PathBuf, usize)> = None;
+    let mut mesh_default: Option<(MeshSpec, PathBuf, usize)> = None;
     let mut errors = Vec::new();
     for (file, text) in sources {
         if let Err((line, column, reason)) = within_limits(text) {
@@ -195,7 +195,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
                             ),
                         ));
                     } else {
-                        mesh_default = Some((doc.spec.default, file.clone(), first_line));
+                        mesh_default = Some((doc.spec, file.clone(), first_line));
                     }
                 }
                 Err((line, column, reason)) => errors.push(at(line, column, reason)),
@@ -203,8 +203,15 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
         }
     }
     if errors.is_empty() {
-        let default = mesh_default.as_ref().map(|m| m.0).unwrap_or_default();
-        Ok(PolicySet::new(policies, default))
+        let default = mesh_default
+            .as_ref()
+            .map(|m| m.0.default)
+            .unwrap_or_default();
+        let outbound = mesh_default
+            .as_ref()
+            .map(|m| m.0.outbound_traffic_policy)
+            .unwrap_or_default();
+        Ok(PolicySet::new(policies, default).with_outbound(outbound))
     } else {
         Err(PolicyErrors(errors))
     }

@@ -234,4 +234,19 @@ impl MeshDefault {
 #[serde(deny_unknown_fields)]
 pub struct MeshSpec {
     pub default: MeshDefault,
+    /// What a captured connection to an address that is no mesh workload does.
+    #[serde(default, rename = "outboundTrafficPolicy")]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Where a pod's captured connections may go when the destination is no mesh workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OutboundTrafficPolicy {
+    /// Out as it came (passthrough).
+    #[default]
+    #[serde(rename = "ALLOW_ANY")]
+    AllowAny,
+    /// Refused: only mesh destinations.
+    #[serde(rename = "REGISTRY_ONLY")]
+    RegistryOnly,
 }

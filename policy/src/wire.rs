@@ -14,7 +14,9 @@ use ward_api::v1;
 
 use crate::compile::{Policy, PolicySet};
 use crate::load::{PolicyError, PolicyErrors};
-use crate::model::{Action, Condition, Grpc, MeshDefault, Operation, Rule, Source};
+use crate::model::{
+    Action, Condition, Grpc, MeshDefault, Operation, OutboundTrafficPolicy, Rule, Source,
+};
 
 /// The snapshot for a workload of `namespace` with `labels`: the mesh default and every
 /// policy that applies to it — nothing about other workloads.
@@ -27,6 +29,10 @@ pub fn snapshot(
     v1::PolicySnapshot {
         version,
         mesh_default: mesh_default_to(set.mesh_default()) as i32,
+        outbound_traffic_policy: match set.outbound_traffic_policy() {
+            OutboundTrafficPolicy::AllowAny => v1::OutboundTrafficPolicy::AllowAny,
+            OutboundTrafficPolicy::RegistryOnly => v1::OutboundTrafficPolicy::RegistryOnly,
+        } as i32,
         policies: set
             .policies()
             .iter()
@@ -52,6 +58,21 @@ pub fn policy_set(snapshot: &v1::PolicySnapshot) -> Result<PolicySet, PolicyErro
             MeshDefault::Deny
         }
     };
+    let outbound = match v1::OutboundTrafficPolicy::try_from(snapshot.outbound_traffic_policy) {
+        Ok(v1::OutboundTrafficPolicy::RegistryOnly) => OutboundTrafficPolicy::RegistryOnly,
+        Ok(_) => OutboundTrafficPolicy::AllowAny,
+        Err(_) => {
+            errors.push(error(
+                "snapshot",
+                0,
+                format!(
+                    "unknown outbound traffic policy {}",
+                    snapshot.outbound_traffic_policy
+                ),
+            ));
+            OutboundTrafficPolicy::AllowAny
+        }
+    };
     let mut policies: Vec<Policy> = Vec::new();
     for p in &snapshot.policies {
         match policy_from(p) {
@@ -65,7 +86,7 @@ pub fn policy_set(snapshot: &v1::PolicySnapshot) -> Result<PolicySet, PolicyErro
         }
     }
     if errors.is_empty() {
-        Ok(PolicySet::new(policies, mesh_default))
+        Ok(PolicySet::new(policies, mesh_default).with_outbound(outbound))
     } else {
         Err(PolicyErrors(errors))
     }
@@ -267,7 +288,7 @@ mod tests {
 apiVersion: ward.dev/v1alpha1
 kind: MeshPolicy
 metadata: { name: mesh, namespace: ward-system }
-spec: { default: allow-authenticated }
+spec: { default: allow-authenticated, outboundTrafficPolicy: REGISTRY_ONLY }
 ---
 apiVersion: ward.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -314,6 +335,10 @@ spec: { selector: { matchLabels: { app: web } }, action: AUDIT, rules: [ {} ] }
         assert_eq!(snap.policies[0].origin, "policies/shop.yaml");
         let back = policy_set(&snap).unwrap();
         assert_eq!(back.mesh_default(), MeshDefault::AllowAuthenticated);
+        assert_eq!(
+            back.outbound_traffic_policy(),
+            OutboundTrafficPolicy::RegistryOnly
+        );
         let applying: Vec<_> = set
             .policies()
             .iter()

@@ -28,7 +28,9 @@ pub const CAPTURE_REFUSED_TOTAL: &str = "ward_capture_refused_total";
 pub struct Capture {
     detected: Arc<Outbound>,
     opaque: Arc<Outbound>,
+    /// The sidecar's own setting; the MeshPolicy in force (`authz`) may say so too.
     registry_only: bool,
+    authz: Arc<crate::authz::Authorizer>,
     /// Ports the proxy itself listens on: a destination on one of them, on a local
     /// address, is the proxy.
     own_ports: Vec<u16>,
@@ -78,6 +80,7 @@ impl Capture {
             detected,
             opaque,
             registry_only: capture.outbound_traffic_policy == TrafficPolicy::RegistryOnly,
+            authz: inputs.authz.clone(),
             own_ports,
             connect_timeout: config.limits.connect_timeout,
             idle_timeout: config.limits.idle_timeout,
@@ -109,7 +112,7 @@ impl Capture {
             metrics::counter!(CAPTURE_TOTAL, "route" => "mesh").increment(1);
             return outbound.clone().connection_to(tcp, drain, target).await;
         }
-        if self.registry_only {
+        if self.registry_only || self.authz.registry_only() {
             refused("not_in_registry");
             tracing::debug!(%orig, "not a mesh destination, and the mesh allows only those");
             return;

@@ -485,7 +485,44 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
     );
     assert!(!metrics.contains("result=\"timeout\""), "{metrics}");
 
-    // REGISTRY_ONLY: the mesh still works, anything else is refused and counted.
+    // The MeshPolicy says REGISTRY_ONLY: from the next connection on, a destination that
+    // is no mesh workload is refused (the sidecar follows its policy directory).
+    let policy_file = dir.join("policies").join("p.yaml");
+    let policy = std::fs::read_to_string(&policy_file).expect("policy");
+    let strict = policy.replace(
+        "spec: { default: deny }",
+        "spec: { default: deny, outboundTrafficPolicy: REGISTRY_ONLY }",
+    );
+    assert_ne!(strict, policy);
+    let tmp = dir.join("policies").join(".p.yaml.tmp");
+    std::fs::write(&tmp, &strict).expect("write policy");
+    std::fs::rename(&tmp, &policy_file).expect("replace policy");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call(&web, None, "10.77.0.2:9000") == "plain" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "REGISTRY_ONLY never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = web_proxy.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("ward_capture_refused_total{reason=\"not_in_registry\"}"),
+        "{metrics}"
+    );
+    std::fs::write(&tmp, &policy).expect("write policy");
+    std::fs::rename(&tmp, &policy_file).expect("restore policy");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call(&web, None, "10.77.0.2:9000") != "plain" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ALLOW_ANY never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The sidecar's own REGISTRY_ONLY (config): the mesh still works, anything else is
+    // refused and counted.
     web_proxy.terminate();
     let _ = web_proxy.wait_exit(Duration::from_secs(10));
     let mut web_proxy = Proxy::spawn_prefixed(

@@ -40,6 +40,8 @@ pub struct Authorizer {
     labels: BTreeMap<String, String>,
     destination: String,
     current: ArcSwapOption<WorkloadPolicy>,
+    /// The MeshPolicy in force says only mesh destinations may be called.
+    registry_only: std::sync::atomic::AtomicBool,
     generation: watch::Sender<u64>,
     audit: AuditLog,
 }
@@ -56,13 +58,25 @@ impl Authorizer {
             labels,
             destination,
             current: ArcSwapOption::empty(),
+            registry_only: std::sync::atomic::AtomicBool::new(false),
             generation: watch::Sender::new(0),
             audit,
         })
     }
 
     /// Compiles `set` for this workload and puts it in force for the next call.
+    /// Whether the policy in force allows captured connections only to mesh destinations
+    /// (MeshPolicy `outboundTrafficPolicy: REGISTRY_ONLY`).
+    pub fn registry_only(&self) -> bool {
+        self.registry_only
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn install(&self, set: &PolicySet) -> usize {
+        let registry_only =
+            set.outbound_traffic_policy() == ward_policy::OutboundTrafficPolicy::RegistryOnly;
+        self.registry_only
+            .store(registry_only, std::sync::atomic::Ordering::Relaxed);
         let workload = set.for_workload(&self.namespace, &self.labels);
         let applying = workload.len();
         self.current.store(Some(Arc::new(workload)));
