@@ -34,9 +34,15 @@ pub trait DiscoverySource: Send + Sync + 'static {
 /// One identity's endpoints, and the order of its first registration.
 type Registered = (u64, Vec<(SocketAddr, v1::Endpoint)>);
 
+/// Where registrations are kept across restarts, in the data directory: without it a
+/// restarted control plane would hand every proxy an empty map until each renewed.
+pub const REGISTRATIONS_FILE: &str = "discovery.json";
+
 /// Endpoints as proxies report them when they attest: each identity's latest list
 /// replaces its earlier one; the SPIFFE ID is the attested one, whatever the proxy sent.
 pub struct Registrations {
+    /// The file they are kept in (none: memory only).
+    file: Option<std::path::PathBuf>,
     tx: watch::Sender<Arc<Endpoints>>,
     /// Each identity's endpoints, with when it first registered (an address two identities
     /// claim stays with the first: a workload cannot take over another's address).
@@ -47,9 +53,78 @@ pub struct Registrations {
 impl Default for Registrations {
     fn default() -> Self {
         Self {
+            file: None,
             tx: watch::Sender::new(Arc::new(Endpoints::default())),
             by_id: Mutex::default(),
             next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+/// One identity's endpoints as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    spiffe_id: String,
+    addresses: Vec<(String, u32, String)>,
+}
+
+impl Registrations {
+    /// The registrations kept in `dir` (none yet is fine; an unreadable file is logged and
+    /// starts empty).
+    pub fn open(dir: &std::path::Path) -> Self {
+        let file = dir.join(REGISTRATIONS_FILE);
+        let this = Self {
+            file: Some(file.clone()),
+            ..Self::default()
+        };
+        let stored: Vec<Stored> = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "discovery registrations unreadable; starting empty");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        for s in stored {
+            let Ok(id) = ward_certs::parse_spiffe_id(&s.spiffe_id) else {
+                continue;
+            };
+            let serving: Vec<v1::Endpoint> = s
+                .addresses
+                .into_iter()
+                .map(|(address, inbound_port, protocol)| v1::Endpoint {
+                    address,
+                    spiffe_id: String::new(),
+                    inbound_port,
+                    protocol,
+                })
+                .collect();
+            this.record(&id, &serving);
+        }
+        this
+    }
+
+    fn save(&self, by_id: &HashMap<String, Registered>) {
+        let Some(file) = &self.file else { return };
+        let mut ids: Vec<_> = by_id.iter().collect();
+        ids.sort_by_key(|(_, (first, _))| *first);
+        let stored: Vec<Stored> = ids
+            .into_iter()
+            .map(|(id, (_, endpoints))| Stored {
+                spiffe_id: id.clone(),
+                addresses: endpoints
+                    .iter()
+                    .map(|(a, e)| (a.to_string(), e.inbound_port, e.protocol.clone()))
+                    .collect(),
+            })
+            .collect();
+        let written = serde_json::to_vec_pretty(&stored)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                ward_certs::pem::write_atomic(file, &json, ward_certs::pem::FileMode::Secret)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::warn!(file = %file.display(), error = %e, "cannot save discovery registrations");
         }
     }
 }
@@ -60,6 +135,13 @@ impl DiscoverySource for Registrations {
     }
 
     fn attested(&self, id: &SpiffeId, serving: &[v1::Endpoint]) {
+        self.record(id, serving);
+    }
+}
+
+impl Registrations {
+    /// Records `id`'s endpoints, and keeps them (under the lock: saves never interleave).
+    fn record(&self, id: &SpiffeId, serving: &[v1::Endpoint]) {
         let checked: Vec<(SocketAddr, v1::Endpoint)> = serving
             .iter()
             .take(MAX_SERVING_PER_IDENTITY)
@@ -104,6 +186,7 @@ impl DiscoverySource for Registrations {
                 by_address,
             });
         });
+        self.save(&by_id);
     }
 }
 
@@ -171,5 +254,25 @@ mod tests {
             now.by_address[&"10.9.9.9:80".parse().unwrap()].spiffe_id,
             thief.to_string()
         );
+    }
+
+    #[test]
+    fn registrations_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = SpiffeId::new("spiffe://example.org/ns/a/sa/web").unwrap();
+        let orders = SpiffeId::new("spiffe://example.org/ns/a/sa/orders").unwrap();
+        {
+            let source = Registrations::open(dir.path());
+            source.attested(&web, &[endpoint("10.0.0.1:8080", "")]);
+            source.attested(&orders, &[endpoint("10.0.0.2:9090", "")]);
+        }
+        let reopened = Registrations::open(dir.path());
+        let now = reopened.watch().borrow().clone();
+        assert_eq!(now.by_address.len(), 2);
+        let e = &now.by_address[&"10.0.0.2:9090".parse().unwrap()];
+        assert_eq!(e.spiffe_id, orders.to_string());
+        let meta = std::fs::metadata(dir.path().join(REGISTRATIONS_FILE)).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

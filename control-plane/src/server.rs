@@ -49,7 +49,7 @@ async fn serve(
     let initial = policy.load().map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = Arc::new(State {
         attestor: Box::new(JoinTokens(TokenStore::new(dir))),
-        discovery: Box::new(Registrations::default()),
+        discovery: Box::new(Registrations::open(dir)),
         bundle: watch::Sender::new(Arc::new(Trust::new(bundle, &ca))),
         policy: watch::Sender::new(Arc::new(Policy {
             version: 1,
