@@ -266,6 +266,32 @@ fn redirect(rules: Rules) {
         excluded_seen.join().expect("excluded thread"),
         "10.77.0.1:8081"
     );
+
+    // IPv6 the same way (IP6T_SO_ORIGINAL_DST).
+    for (ns, addr) in [(&pod, "fd77::1/64"), (&other, "fd77::2/64")] {
+        let dev = ns_device(ns);
+        ns.ip(&["-6", "addr", "add", addr, "dev", &dev, "nodad"])
+            .expect("v6 address");
+    }
+    let server6 = other.in_thread(|| TcpListener::bind("[fd77::2]:80").expect("bind v6 :80"));
+    let capture6 = pod.in_thread(|| TcpListener::bind("[::]:15001").expect("bind v6 :15001"));
+    let _server6_seen = answer_once(server6, "direct");
+    let capture6_seen = answer_once(capture6, "captured");
+    let out = pod.exec(&[
+        "timeout",
+        "10",
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/fd77::2/80 && head -1 <&3",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "captured [fd77::2]:80"
+    );
+    assert_eq!(
+        capture6_seen.join().expect("capture thread"),
+        "[fd77::2]:80"
+    );
 }
 
 /// An HTTP/1.1 server that answers every request with its own head (so the caller sees
@@ -717,4 +743,15 @@ fn discovery_from_the_control_plane_routes_captured_calls() {
     );
     let _ = cp.kill();
     let _ = cp.wait();
+}
+
+/// The veth device of a namespace made by `netns::link` (the one that is not `lo`).
+fn ns_device(ns: &Netns) -> String {
+    let out = ns.exec(&["ip", "-o", "link", "show"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .find(|name| name != "lo")
+        .expect("a veth device")
 }
