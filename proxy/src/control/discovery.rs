@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 use ward_api::v1;
 use ward_certs::MeshIdentity;
-use ward_runtime::backoff::Backoff;
 
 use super::{ControlPlane, Health, Stream, status_text};
 use crate::resolve::Destination;
@@ -28,29 +27,18 @@ pub async fn follow(
             .map_err(|s| status_text(&s))?;
         Ok::<_, String>(stream.map(|m| m.map(Some).map_err(|s| status_text(&s))))
     };
-    let (mut snapshots, run) = ward_runtime::follow::stream_to_watch(
-        Stream::Discovery.label(),
-        None,
-        Backoff::control_plane(),
-        |up| health.connected(Stream::Discovery, up),
-        open,
-    );
-    tokio::pin!(run);
-    loop {
-        tokio::select! {
-            () = &mut run => return,
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
-                let map = destinations(&snapshot);
-                tracing::info!(version = snapshot.version, endpoints = map.len(), "discovery in force");
-                metrics::gauge!("ward_discovery_endpoints").set(map.len() as f64);
-                into.store(Arc::new(map));
-            }
-        }
-    }
+    let apply = |snapshot: v1::DiscoverySnapshot| {
+        let map = destinations(&snapshot);
+        tracing::info!(
+            version = snapshot.version,
+            endpoints = map.len(),
+            "discovery in force"
+        );
+        metrics::gauge!("ward_discovery_endpoints").set(map.len() as f64);
+        into.store(Arc::new(map));
+        std::future::ready(())
+    };
+    super::follow_snapshots(Stream::Discovery, &health, open, apply).await
 }
 
 /// The snapshot's endpoints as destinations; an entry that does not parse is skipped.

@@ -88,6 +88,45 @@ impl Health {
     }
 }
 
+/// Follows one control-plane stream of snapshots for ever (reconnecting with backoff, the
+/// stream marked up or down in `health`), handing each new snapshot to `apply`. Snapshots
+/// pass through a `watch`: one that takes long to apply is followed by the newest, never
+/// by a queue of stale ones.
+pub async fn follow_snapshots<T, O, Fut, St, A, AFut>(
+    stream: Stream,
+    health: &Health,
+    open: O,
+    mut apply: A,
+) where
+    T: Clone + Send + Sync,
+    O: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<St, String>>,
+    St: tokio_stream::Stream<Item = Result<Option<T>, String>>,
+    A: FnMut(T) -> AFut,
+    AFut: std::future::Future<Output = ()>,
+{
+    let (mut snapshots, run) = ward_runtime::follow::stream_to_watch(
+        stream.label(),
+        None,
+        ward_runtime::backoff::Backoff::control_plane(),
+        |up| health.connected(stream, up),
+        open,
+    );
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            () = &mut run => return,
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+                apply(snapshot).await;
+            }
+        }
+    }
+}
+
 /// A gRPC status as a log line says it: `Unavailable: connection refused`.
 pub fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())

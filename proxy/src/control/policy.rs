@@ -8,7 +8,6 @@ use metrics::gauge;
 use tokio_stream::StreamExt;
 use ward_certs::MeshIdentity;
 use ward_runtime::Pending;
-use ward_runtime::backoff::Backoff;
 
 use super::{ControlPlane, Health, Stream, status_text};
 use crate::authz::Authorizer;
@@ -21,7 +20,7 @@ pub async fn follow(
     identity: MeshIdentity,
     health: Arc<Health>,
     authz: Arc<Authorizer>,
-    mut not_ready: Option<Pending>,
+    not_ready: Option<Pending>,
 ) {
     let open = || async {
         let stream = client
@@ -30,29 +29,17 @@ pub async fn follow(
             .map_err(|s| status_text(&s))?;
         Ok::<_, String>(stream.map(|m| m.map(Some).map_err(|s| status_text(&s))))
     };
-    let (mut snapshots, run) = ward_runtime::follow::stream_to_watch(
-        Stream::Policy.label(),
-        None,
-        Backoff::control_plane(),
-        |up| health.connected(Stream::Policy, up),
-        open,
-    );
-    tokio::pin!(run);
-    loop {
-        tokio::select! {
-            () = &mut run => return,
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
-                if apply(snapshot, &authz).await {
-                    health.updated(Stream::Policy);
-                    not_ready.take();
-                }
+    let not_ready = std::sync::Mutex::new(not_ready);
+    let apply = |snapshot| {
+        let (authz, health, not_ready) = (&authz, &health, &not_ready);
+        async move {
+            if apply(snapshot, authz).await {
+                health.updated(Stream::Policy);
+                drop(not_ready.lock().map(|mut pending| pending.take()));
             }
         }
-    }
+    };
+    super::follow_snapshots(Stream::Policy, &health, open, apply).await
 }
 
 /// Checks a snapshot's policies as a file's would be (off the async workers) and puts
