@@ -65,21 +65,7 @@ def make_pods() -> None:
 def sidecar_configs(work: Path, pki: bench.Pki) -> tuple[Path, Path]:
     policies = work / "policies"
     policies.mkdir()
-    (policies / "p.yaml").write_text(f"""\
-apiVersion: ward.dev/v1alpha1
-kind: MeshPolicy
-metadata: {{ name: mesh, namespace: ward-system }}
-spec: {{ default: deny }}
----
-apiVersion: ward.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{ name: client-calls-server, namespace: bench }}
-spec:
-  selector: {{ matchLabels: {{ app: server }} }}
-  action: ALLOW
-  rules:
-  - from: [ {{ principals: ["{bench.CLIENT_ID}"] }} ]
-""")
+    (policies / "p.yaml").write_text(bench.POLICY)
     common = f"trust_domain: {bench.TRUST_DOMAIN}\nruntime: {{ worker_threads: 1 }}\n"
     common += f"policy: {{ dir: {policies} }}\nadmin: 127.0.0.1:15000\n"
     server = work / "server.yaml"

@@ -42,6 +42,22 @@ VENV_ENVOY = ROOT / "target" / "bench" / "venv" / "bin" / "envoy"
 TRUST_DOMAIN = "bench.local"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/server"
+# Default deny; the client may call the server.
+POLICY = f"""\
+apiVersion: ward.dev/v1alpha1
+kind: MeshPolicy
+metadata: {{ name: mesh, namespace: ward-system }}
+spec: {{ default: deny }}
+---
+apiVersion: ward.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{ name: client-calls-server, namespace: bench }}
+spec:
+  selector: {{ matchLabels: {{ app: server }} }}
+  action: ALLOW
+  rules:
+  - from: [ {{ principals: ["{CLIENT_ID}"] }} ]
+"""
 GRPC_PATH = "/bench.v1.Echo/Call"
 TARGETS = ("direct", "ward", "envoy")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -290,21 +306,7 @@ class Stack:
 def ward_stack(proxy: Path, pki: Pki, app: Nginx, workdir: Path, workers: int) -> Stack:
     d = workdir / "ward"
     (d / "policies").mkdir(parents=True)
-    (d / "policies" / "bench.yaml").write_text(f"""\
-apiVersion: ward.dev/v1alpha1
-kind: MeshPolicy
-metadata: {{ name: mesh, namespace: ward-system }}
-spec: {{ default: deny }}
----
-apiVersion: ward.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{ name: client-calls-server, namespace: bench }}
-spec:
-  selector: {{ matchLabels: {{ app: server }} }}
-  action: ALLOW
-  rules:
-  - from: [ {{ principals: ["{CLIENT_ID}"] }} ]
-""")
+    (d / "policies" / "bench.yaml").write_text(POLICY)
     in_h1, in_h2, out_h1, out_h2, out_tcp, admin_c, admin_s = free_ports(7)
     common = f"trust_domain: {TRUST_DOMAIN}\nruntime: {{ worker_threads: {workers} }}\n"
     (d / "server.yaml").write_text(common + f"""\

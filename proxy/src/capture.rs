@@ -90,27 +90,23 @@ impl Capture {
 
     /// One captured connection; `opaque` when it came through the opaque port.
     pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain, opaque: bool) {
-        let Ok(local) = tcp.local_addr() else { return };
-        let orig = match crate::transport::orig_dst::original_dst(&tcp, local) {
-            Ok(orig) => orig,
-            Err(e) => {
-                refused("no_original_destination");
-                tracing::debug!(error = %e, "captured connection without an original destination");
-                return;
-            }
+        let Some(orig) = original_destination(&tcp) else {
+            return;
         };
-        if self.is_proxy(orig, local) {
+        if (orig.ip().is_loopback() || orig.ip().is_unspecified())
+            && self.own_ports.contains(&orig.port())
+        {
             refused("loop");
-            tracing::warn!(%orig, "captured connection points back at the proxy; refused");
+            tracing::warn!(%orig, "captured connection points at the proxy's own port; refused");
             return;
         }
         let target = Target {
             original_dst: Some(orig),
         };
         let outbound = if opaque { &self.opaque } else { &self.detected };
-        if outbound.resolves(&target) {
+        if let Some(up) = outbound.upstream(&target) {
             metrics::counter!(CAPTURE_TOTAL, "route" => "mesh").increment(1);
-            return outbound.clone().connection_to(tcp, drain, target).await;
+            return outbound.clone().connection_to(tcp, drain, up).await;
         }
         if self.registry_only || self.authz.registry_only() {
             refused("not_in_registry");
@@ -119,14 +115,6 @@ impl Capture {
         }
         metrics::counter!(CAPTURE_TOTAL, "route" => "passthrough").increment(1);
         self.passthrough(tcp, orig).await;
-    }
-
-    /// Whether `orig` is the proxy itself (where the connection was redirected to, or one
-    /// of its ports on a loopback address).
-    fn is_proxy(&self, orig: SocketAddr, local: SocketAddr) -> bool {
-        orig == local
-            || (orig.ip().is_loopback() || orig.ip().is_unspecified())
-                && self.own_ports.contains(&orig.port())
     }
 
     /// Carries the connection to where it was going, unchanged.
@@ -154,6 +142,26 @@ impl Capture {
                 elapsed: started.elapsed(),
             };
             record.write(self.access_log);
+        }
+    }
+}
+
+/// Where a captured connection (inbound or outbound) was going; `None`, counted, when it
+/// has no original destination or its destination is where it arrived (it was not
+/// redirected to us: carrying it on would loop).
+pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
+    let local = tcp.local_addr().ok()?;
+    match crate::transport::orig_dst::original_dst(tcp, local) {
+        Ok(orig) if orig == local => {
+            refused("loop");
+            tracing::debug!(%orig, "captured connection was not redirected; refused");
+            None
+        }
+        Ok(orig) => Some(orig),
+        Err(e) => {
+            refused("no_original_destination");
+            tracing::debug!(error = %e, "captured connection without an original destination");
+            None
         }
     }
 }

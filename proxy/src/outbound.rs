@@ -46,7 +46,7 @@ pub struct Outbound {
 
 /// How one destination is reached: a pooled HTTP/2 connection for requests, and dialers
 /// for upgrades and opaque TCP, each pinning the destination's identity and ALPN.
-struct Upstream {
+pub struct Upstream {
     /// The destination's SPIFFE ID, for metrics and logs.
     name: String,
     h2: NextHop,
@@ -106,8 +106,9 @@ impl Outbound {
         self.upstreams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Where a connection goes, and how it is reached.
-    fn upstream(&self, target: &Target) -> Option<Arc<Upstream>> {
+    /// Where a connection to `target` goes, and how it is reached (`None`: not a mesh
+    /// destination).
+    pub fn upstream(&self, target: &Target) -> Option<Arc<Upstream>> {
         let to = self.resolver.resolve(target)?;
         if let Some(up) = self.lock().get(&to) {
             return Some(up.clone());
@@ -122,18 +123,17 @@ impl Outbound {
         }
     }
 
-    /// Whether connections to `target` have a mesh destination.
-    pub fn resolves(&self, target: &Target) -> bool {
-        self.resolver.resolve(target).is_some()
-    }
-
     /// Handles one connection from the app (to the listener's destination).
     pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain) {
-        self.connection_to(tcp, drain, Target::default()).await
+        let Some(up) = self.upstream(&Target::default()) else {
+            tracing::debug!("outbound connection with no destination; closing");
+            return;
+        };
+        self.connection_to(tcp, drain, up).await
     }
 
-    /// Handles one connection from the app going to `target`.
-    pub async fn connection_to(self: Arc<Self>, tcp: TcpStream, drain: Drain, target: Target) {
+    /// Handles one connection from the app going to `up` (resolved by the caller).
+    pub async fn connection_to(self: Arc<Self>, tcp: TcpStream, drain: Drain, up: Arc<Upstream>) {
         let _open = OpenConnection::new(Direction::Outbound);
         let activity = Activity::new();
         let mut io = Tracked::new(tcp, activity.clone());
@@ -157,10 +157,6 @@ impl Outbound {
             },
         };
         let io = Prefixed::new(prefix, io);
-        let Some(up) = self.upstream(&target) else {
-            tracing::debug!("outbound connection with no destination; closing");
-            return;
-        };
         let app_http1 = match detected {
             Detected::Tcp => {
                 let started = Instant::now();

@@ -394,23 +394,6 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
         let out = init(pod, Rules::Nftables, args);
         assert!(out.status.success(), "{out:?}");
     }
-    let as_proxy = |ns: &Netns| -> Vec<String> {
-        let name = ns.name.as_str();
-        [
-            "ip",
-            "netns",
-            "exec",
-            name,
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    };
     let in_orders = as_proxy(&orders);
     let in_orders: Vec<&str> = in_orders.iter().map(String::as_str).collect();
     let orders_cfg = String::from(
@@ -685,23 +668,6 @@ fn discovery_from_the_control_plane_routes_captured_calls() {
              capture: {{}}\nadmin: \"127.0.0.1:15000\"\n"
         )
     };
-    let as_proxy = |ns: &Netns| -> Vec<String> {
-        let name = ns.name.as_str();
-        [
-            "ip",
-            "netns",
-            "exec",
-            name,
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    };
     let start = |ns: &Netns, sa: &str, serving: &str| {
         let prefix = as_proxy(ns);
         let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
@@ -754,4 +720,23 @@ fn ns_device(ns: &Netns) -> String {
         .map(|name| name.split('@').next().unwrap_or(name).to_owned())
         .find(|name| name != "lo")
         .expect("a veth device")
+}
+
+/// The command prefix that runs a program in `ns` as the proxy's UID and GID (1337).
+fn as_proxy(ns: &Netns) -> Vec<String> {
+    let name = ns.name.as_str();
+    [
+        "ip",
+        "netns",
+        "exec",
+        name,
+        "setpriv",
+        "--reuid",
+        "1337",
+        "--regid",
+        "1337",
+        "--clear-groups",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }

@@ -101,18 +101,7 @@ impl Apps {
                 known,
                 connect_timeout,
             } => {
-                let local = tcp.local_addr().ok()?;
-                let Ok(orig) = crate::transport::orig_dst::original_dst(tcp, local) else {
-                    ::metrics::counter!(crate::capture::CAPTURE_REFUSED_TOTAL,
-                        "reason" => "no_original_destination")
-                    .increment(1);
-                    return None;
-                };
-                if orig == local {
-                    ::metrics::counter!(crate::capture::CAPTURE_REFUSED_TOTAL, "reason" => "loop")
-                        .increment(1);
-                    return None;
-                }
+                let orig = crate::capture::original_destination(tcp)?;
                 let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
                 let app = known
                     .entry(orig)

@@ -339,13 +339,13 @@ impl Inbound {
         let connect = req.method() == http::Method::CONNECT;
         let grpc = is_grpc(&req);
         let caller_http1 = req.version() != Version::HTTP_2;
-        // The original caller's protocol, as a ward peer reports it (for the record).
-        let original_http1 = ward_peer
+        // The original caller's protocol, as a ward peer reports it.
+        let reported_http1 = ward_peer
             .then(|| req.headers().get(ORIGINAL_PROTOCOL))
             .flatten()
-            .map_or(caller_http1, |v| v.as_bytes() == b"http/1.1");
+            .map(|v| v.as_bytes() == b"http/1.1");
         let method = req.method().clone();
-        let (result, path) = match self.admit(req, peer, app.addr.port(), ward_peer, grpc) {
+        let (result, path) = match self.admit(req, peer, app.addr.port(), reported_http1, grpc) {
             Ok(admitted) => {
                 let path = admitted.path.clone();
                 let spliced = switch
@@ -368,7 +368,7 @@ impl Inbound {
         }
         let record = record::Request {
             direction: Direction::Inbound,
-            protocol: record::Protocol::of(grpc, original_http1),
+            protocol: record::Protocol::of(grpc, reported_http1.unwrap_or(caller_http1)),
             peer: &peer.name,
             method: &method,
             path: &path,
@@ -389,7 +389,7 @@ impl Inbound {
         mut req: Request<Incoming>,
         peer: &Peer,
         port: u16,
-        ward_peer: bool,
+        original_http1: Option<bool>,
         grpc: bool,
     ) -> Result<Admitted, (Failure, String)> {
         let admitted = ward_policy::request::Incoming {
@@ -420,10 +420,6 @@ impl Inbound {
             }
         };
         let upgrade = allowed_upgrade(&req, &self.upgrades);
-        let original_http1 = ward_peer
-            .then(|| req.headers().get(ORIGINAL_PROTOCOL))
-            .flatten()
-            .map(|v| v.as_bytes() == b"http/1.1");
         crate::http::strip_hop_by_hop(req.headers_mut());
         crate::http::strip_mesh_only(req.headers_mut());
         if let Err(e) = carry_judged_target(&mut req, &path, authority.as_ref()) {
