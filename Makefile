@@ -1,7 +1,7 @@
 # The two fresh-machine commands are `make run` and `make test`; see README.md.
 CARGO ?= cargo
 
-.PHONY: run test deps lint build bench bench-compare bench-micro fuzz
+.PHONY: run test deps k8s-peers deploy-manifests lint build bench bench-compare bench-micro fuzz
 
 ## run: build, then run a whole mesh on this machine (`ward demo`; Ctrl-C stops it).
 ## DEMO_ARGS passes options, e.g. make run DEMO_ARGS="--duration 30s".
@@ -16,11 +16,21 @@ deps:
 	./scripts/install-deps.sh
 
 ## test: install what is missing, lint, then the whole suite (unit, integration, end-to-end)
-test: deps
+test: deps k8s-peers
 	$(MAKE) lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
+
+## k8s-peers: build kube-apiserver, kubectl and etcd from their Go modules for the
+## Kubernetes tests (cached in target/k8s/bin: minutes once, then nothing)
+k8s-peers:
+	./scripts/k8s-peers.sh
+
+## deploy-manifests: regenerate deploy/base/ward.yaml from `ward install`
+deploy-manifests:
+	$(CARGO) build -p ward-cli
+	./target/debug/ward install > deploy/base/ward.yaml
 
 ## lint: formatting, clippy with warnings as errors, and the layout rules (no file over
 ## 600 lines, no function over 100, no import cycle in or between crates)

@@ -7,6 +7,7 @@
 
 mod ca;
 mod cert;
+mod kube;
 mod policy;
 mod serve;
 
@@ -41,6 +42,9 @@ enum Command {
     Token(TokenCommand),
     /// Run a whole mesh on this machine: control plane, three workloads, live traffic.
     Demo(ward_demo::DemoArgs),
+    /// Print the manifests that install ward on a Kubernetes cluster
+    /// (`ward install | kubectl apply -f -`).
+    Install(kube::InstallArgs),
     /// One of the demo's apps (started by `ward demo`).
     #[command(hide = true)]
     DemoApp(ward_demo::DemoAppArgs),
@@ -94,6 +98,7 @@ where
                 Outcome::Negative
             }
         }),
+        Command::Install(args) => kube::install(args),
         Command::DemoApp(args) => ward_demo::demo_app(args).map(|()| Outcome::Success),
     };
     match result {

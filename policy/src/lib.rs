@@ -3,7 +3,9 @@
 //!
 //! [`model`] is the schema as written, [`load`] turns a directory into a [`PolicySet`] or
 //! `file:line:column` errors, [`compile`] decides calls, [`path`] normalizes request paths,
-//! [`wire`] is the model as the control plane sends it to proxies.
+//! [`wire`] is the model as the control plane sends it to proxies. With the `crd` feature the
+//! same spec types are the Kubernetes custom resources (`model::AuthorizationPolicy`,
+//! `model::MeshPolicy`), their OpenAPI schema generated from these types.
 
 pub mod compile;
 pub mod lint;
@@ -12,6 +14,8 @@ pub mod model;
 pub mod path;
 pub mod pattern;
 pub mod request;
+#[cfg(feature = "crd")]
+mod schema;
 pub mod wire;
 
 pub use compile::{Call, Decider, Decision, Headers, HttpCall, PolicySet, WorkloadPolicy};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::pattern::{HostPattern, PathPattern, Pattern, PrincipalPattern};
 
@@ -61,7 +61,8 @@ pub struct MeshPolicyDoc {
     pub spec: MeshSpec,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub enum Action {
     #[serde(rename = "ALLOW")]
     Allow,
@@ -81,25 +82,43 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// What an `AuthorizationPolicy` says: the file's `spec`, and the CRD's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource, schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "ward.dev",
+        version = "v1alpha1",
+        kind = "AuthorizationPolicy",
+        namespaced,
+        shortname = "wap",
+        category = "ward",
+        doc = "Who may call the workloads a selector picks in this namespace (all of them in ward-system), and how.",
+        printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
 pub struct AuthorizationSpec {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
     pub action: Action,
     #[serde(default)]
     pub rules: Vec<Rule>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub struct Selector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub struct Rule {
     #[serde(default)]
     pub from: Vec<Source>,
@@ -109,8 +128,9 @@ pub struct Rule {
     pub when: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub struct Source {
     #[serde(default)]
     pub principals: Vec<PrincipalPattern>,
@@ -122,12 +142,15 @@ pub struct Source {
     pub not_namespaces: Vec<Pattern>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub struct Operation {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ports")]
+    #[cfg_attr(feature = "crd", schemars(with = "Vec<u16>"))]
     pub ports: Vec<u16>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ports")]
+    #[cfg_attr(feature = "crd", schemars(with = "Vec<u16>"))]
     pub not_ports: Vec<u16>,
     #[serde(default)]
     pub methods: Vec<Method>,
@@ -139,13 +162,28 @@ pub struct Operation {
     pub not_paths: Vec<PathPattern>,
     #[serde(default)]
     pub hosts: Vec<HostPattern>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<Grpc>,
+}
+
+/// Port numbers, 1-65535 (no connection is to port 0).
+fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    let ports = Vec::<u16>::deserialize(d)?;
+    if ports.contains(&0) {
+        return Err(serde::de::Error::custom("port 0 is not a port (1-65535)"));
+    }
+    Ok(ports)
 }
 
 /// An HTTP method token, upper case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Method(pub String);
+
+impl Serialize for Method {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl<'de> Deserialize<'de> for Method {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -163,30 +201,75 @@ impl<'de> Deserialize<'de> for Method {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub struct Grpc {
     /// Fully qualified service, e.g. `bank.v1.Accounts` (pattern).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Pattern>,
     /// Method names, e.g. `Get*`.
     #[serde(default)]
     pub methods: Vec<Pattern>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A condition on the request. It must test something: `values`, `present`, or both (one
+/// with neither would match every call and is almost always a mistake).
+#[derive(Debug, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "crd", derive(kube::KubeSchema))]
+#[cfg_attr(
+    feature = "crd",
+    x_kube(
+        validation = Rule::new("has(self.values) || has(self.present)").message("a condition needs values or present")
+    )
+)]
 pub struct Condition {
     pub key: ConditionKey,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<Pattern>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub present: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            key: ConditionKey,
+            #[serde(default)]
+            values: Vec<Pattern>,
+            #[serde(default)]
+            present: Option<bool>,
+        }
+        let Fields {
+            key,
+            values,
+            present,
+        } = Fields::deserialize(d)?;
+        if values.is_empty() && present.is_none() {
+            return Err(serde::de::Error::custom(
+                "a condition needs values or present",
+            ));
+        }
+        Ok(Condition {
+            key,
+            values,
+            present,
+        })
+    }
 }
 
 /// `request.headers[NAME]`, the name kept in lower case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConditionKey(pub String);
+
+impl Serialize for ConditionKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("request.headers[{}]", self.0))
+    }
+}
 
 impl<'de> Deserialize<'de> for ConditionKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -205,7 +288,8 @@ impl<'de> Deserialize<'de> for ConditionKey {
 }
 
 /// The mesh-wide default when no policy decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub enum MeshDefault {
     /// Strict zero trust: nothing is allowed unless a policy allows it.
     #[default]
@@ -230,8 +314,24 @@ impl MeshDefault {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// What the `MeshPolicy` says: the mesh's defaults. One per mesh, in `ward-system`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource, schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "ward.dev",
+        version = "v1alpha1",
+        kind = "MeshPolicy",
+        namespaced,
+        category = "ward",
+        doc = "The mesh's defaults: one, named default, in ward-system.",
+        validation = Rule::new("self.metadata.name == 'default'").message("there is one MeshPolicy per mesh: name it default (in namespace ward-system)"),
+        printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
+        printcolumn = r#"{"name":"Outbound","type":"string","jsonPath":".spec.outboundTrafficPolicy"}"#
+    )
+)]
 pub struct MeshSpec {
     pub default: MeshDefault,
     /// What a captured connection to an address that is no mesh workload does.
@@ -240,7 +340,8 @@ pub struct MeshSpec {
 }
 
 /// Where a pod's captured connections may go when the destination is no mesh workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 pub enum OutboundTrafficPolicy {
     /// Out as it came (passthrough).
     #[default]

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pattern {
@@ -93,6 +93,30 @@ impl fmt::Display for Pattern {
             Pattern::Prefix(s) => write!(f, "{s}*"),
             Pattern::Suffix(s) => write!(f, "*{s}"),
         }
+    }
+}
+
+/// Each pattern is written back as it is read (`prefix*`, `*suffix`, `*`, exact).
+macro_rules! serialize_as_written {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_written!(Pattern, PrincipalPattern, PathPattern, HostPattern);
+
+impl fmt::Display for PrincipalPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
