@@ -24,8 +24,13 @@ pub struct ControlPlaneArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15012")]
     listen: SocketAddr,
     /// A directory of policy files, watched and pushed to the proxies they apply to.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "kubernetes")]
     policy_dir: Option<PathBuf>,
+    /// Run against a Kubernetes cluster (in-cluster config, or KUBECONFIG): the CA in the
+    /// ward-ca Secret, policy from the AuthorizationPolicy and MeshPolicy resources, proxies
+    /// attested by their pods' service-account tokens (audience ward).
+    #[arg(long)]
+    kubernetes: bool,
     /// Admin address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
@@ -64,7 +69,11 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(server::run(settings, Some(metrics)))?;
+    if args.kubernetes {
+        runtime.block_on(ward_k8s::control_plane::run(settings, Some(metrics)))?;
+    } else {
+        runtime.block_on(server::run(settings, Some(metrics)))?;
+    }
     Ok(Outcome::Success)
 }
 

@@ -1,6 +1,6 @@
 //! Where policy comes from. A [`PolicySource`] gives the policy set at start and then each
 //! valid change; a change that does not load is refused with every error logged and the
-//! last good set stays. A directory of YAML files today; Kubernetes CRDs next.
+//! last good set stays. A directory of YAML files here; Kubernetes CRDs in `ward-k8s`.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use ward_policy::{PolicyErrors, PolicySet};
 /// A source of the mesh's policy set.
 pub trait PolicySource: Send + 'static {
     /// The policy set now (at start: an error stops the start).
-    fn load(&self) -> Result<PolicySet, PolicyErrors>;
+    fn load(&self) -> impl Future<Output = Result<PolicySet, PolicyErrors>> + Send;
 
     /// Follows changes until `stop` resolves, calling `apply` with each valid new set.
     fn follow(
@@ -24,7 +24,7 @@ pub trait PolicySource: Send + 'static {
 pub struct Directory(pub PathBuf);
 
 impl PolicySource for Directory {
-    fn load(&self) -> Result<PolicySet, PolicyErrors> {
+    async fn load(&self) -> Result<PolicySet, PolicyErrors> {
         ward_policy::load_dir(&self.0)
     }
 
@@ -60,7 +60,7 @@ impl PolicySource for Directory {
 pub struct Empty;
 
 impl PolicySource for Empty {
-    fn load(&self) -> Result<PolicySet, PolicyErrors> {
+    async fn load(&self) -> Result<PolicySet, PolicyErrors> {
         Ok(PolicySet::default())
     }
 

@@ -19,26 +19,47 @@ use ward_runtime::{Drain, Readiness};
 
 use crate::api::Api;
 use crate::api::transport::tls_incoming;
-use crate::attest::JoinTokens;
 use crate::attest::tokens::TokenStore;
-use crate::discovery::Registrations;
+use crate::attest::{Attestor, JoinTokens};
+use crate::discovery::{DiscoverySource, Registrations};
 use crate::policy_source::{Directory, Empty, PolicySource};
 use crate::registry::Registry;
 pub use crate::settings::{Settings, control_plane_id};
 use crate::state::{Policy, State};
 use crate::trust::Trust;
 
-/// Runs the control plane until SIGTERM/SIGINT.
-pub async fn run(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
-    match settings.policy_dir.clone() {
-        Some(dir) => serve(settings, Directory(dir), metrics).await,
-        None => serve(settings, Empty, metrics).await,
+/// How proxies are attested and where the mesh's endpoints come from.
+pub struct Sources {
+    pub attestor: Box<dyn Attestor>,
+    pub discovery: Box<dyn DiscoverySource>,
+}
+
+impl Sources {
+    /// Join tokens from the data directory's store, and endpoints as proxies report them.
+    pub fn local(dir: &std::path::Path) -> Self {
+        Self {
+            attestor: Box::new(JoinTokens(TokenStore::new(dir))),
+            discovery: Box::new(Registrations::open(dir)),
+        }
     }
 }
 
-async fn serve(
+/// Runs the control plane until SIGTERM/SIGINT: policy from `--policy-dir` (or none),
+/// proxies attested by join tokens.
+pub async fn run(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
+    let sources = Sources::local(&settings.data_dir);
+    match settings.policy_dir.clone() {
+        Some(dir) => serve(settings, Directory(dir), sources, metrics).await,
+        None => serve(settings, Empty, sources, metrics).await,
+    }
+}
+
+/// Runs the control plane with the given policy source, attestor and discovery until
+/// SIGTERM/SIGINT.
+pub async fn serve(
     settings: Settings,
     policy: impl PolicySource,
+    sources: Sources,
     metrics: Option<PrometheusHandle>,
 ) -> anyhow::Result<()> {
     let dir = &settings.data_dir;
@@ -46,10 +67,10 @@ async fn serve(
     let own_id = control_plane_id(&settings.trust_domain);
     let own_svid = ca.issue(&own_id, settings.svid_ttl, SystemTime::now())?;
     let identity = MeshIdentity::new(&own_svid, bundle.clone())?;
-    let initial = policy.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let initial = policy.load().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = Arc::new(State {
-        attestor: Box::new(JoinTokens(TokenStore::new(dir))),
-        discovery: Box::new(Registrations::open(dir)),
+        attestor: sources.attestor,
+        discovery: sources.discovery,
         bundle: watch::Sender::new(Arc::new(Trust::new(bundle, &ca))),
         policy: watch::Sender::new(Arc::new(Policy {
             version: 1,

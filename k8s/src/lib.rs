@@ -1,5 +1,14 @@
-//! ward-k8s: ward on Kubernetes. [`crd`]: the custom resources, generated from the policy
-//! model; [`install`]: the manifests `ward install` prints and `deploy/base` holds.
+//! ward-k8s: ward on Kubernetes.
+//!
+//! - [`crd`]: the custom resources, generated from the policy model;
+//! - [`install`]: the manifests `ward install` prints and `deploy/base` holds;
+//! - [`control_plane`]: `ward control-plane --kubernetes`, assembled from [`ca`] (the CA
+//!   in a Secret), [`policy`] (policy from the CRDs) and [`attest`] (proxies attested by
+//!   their pods' service-account tokens).
 
+pub mod attest;
+pub mod ca;
+pub mod control_plane;
 pub mod crd;
 pub mod install;
+pub mod policy;

@@ -42,13 +42,26 @@ impl Policy {
         line: usize,
     ) -> Self {
         Self {
-            namespace,
-            name: doc.metadata.name,
-            action: doc.spec.action,
-            selector: doc.spec.selector.map(|s| s.match_labels),
-            rules: doc.spec.rules,
-            file,
             line,
+            ..Self::from_spec(namespace, doc.metadata.name, doc.spec, file)
+        }
+    }
+
+    /// A policy read from elsewhere than a file (a Kubernetes object), `origin` naming it.
+    pub fn from_spec(
+        namespace: String,
+        name: String,
+        spec: crate::model::AuthorizationSpec,
+        origin: PathBuf,
+    ) -> Self {
+        Self {
+            namespace,
+            name,
+            action: spec.action,
+            selector: spec.selector.map(|s| s.match_labels),
+            rules: spec.rules,
+            file: origin,
+            line: 0,
         }
     }
 

@@ -188,7 +188,8 @@ async fn start_identity(
         token_file,
         health.clone(),
     )
-    .with_serving(serving);
+    .with_serving(serving)
+    .with_token_on_renewal(files.renew_with_token);
     // With a control plane the workload is what attestation says, not what the config says.
     let (identity, workload) = crate::identity::start(source).await?;
     Ok((

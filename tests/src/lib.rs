@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod bin;
+pub mod control_plane;
 pub mod k8s;
 pub mod mesh;
 pub mod net;

@@ -2,13 +2,15 @@
 //! a user would start them, waited on through `/ready`, killed on drop, and their logs
 //! printed when a test fails.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::pki::TestPki;
 
+use crate::control_plane::POLICY_DIR;
+pub use crate::control_plane::{ControlPlane, cp_channel, csr_for};
 pub use crate::net::{free_addr, http_get};
 
 /// A running `ward-proxy sidecar`.
@@ -312,148 +314,6 @@ impl Pair {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
-    }
-}
-
-/// Where [`ControlPlane`] keeps its policy files, under its directory.
-const POLICY_DIR: &str = "cp-policies";
-
-/// A running `ward control-plane`.
-pub struct ControlPlane {
-    child: Option<Child>,
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-    pub data_dir: PathBuf,
-    pub policy_dir: PathBuf,
-    svid_ttl: String,
-    extra: Vec<String>,
-    log: PathBuf,
-}
-
-impl ControlPlane {
-    /// Starts a control plane for `example.org` with its data and policy directories under
-    /// `dir`, and waits until it accepts connections.
-    pub fn start(dir: &Path, svid_ttl: &str) -> Self {
-        Self::start_with(dir, svid_ttl, &[])
-    }
-
-    /// [`ControlPlane::start`] with extra command-line arguments.
-    pub fn start_with(dir: &Path, svid_ttl: &str, extra: &[&str]) -> Self {
-        let policy_dir = dir.join(POLICY_DIR);
-        std::fs::create_dir_all(&policy_dir).expect("policy dir");
-        let mut cp = Self {
-            child: None,
-            listen: free_addr(),
-            admin: free_addr(),
-            data_dir: dir.join("cp-data"),
-            policy_dir,
-            svid_ttl: svid_ttl.to_owned(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            log: dir.join("control-plane.log"),
-        };
-        cp.spawn();
-        cp
-    }
-
-    fn spawn(&mut self) {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(crate::bin::path("ward"))
-            .args([
-                "control-plane",
-                "--trust-domain",
-                "example.org",
-                "--data-dir",
-            ])
-            .arg(&self.data_dir)
-            .arg("--policy-dir")
-            .arg(&self.policy_dir)
-            .args([
-                "--listen",
-                &self.listen.to_string(),
-                "--svid-ttl",
-                &self.svid_ttl,
-            ])
-            .args(["--admin", &self.admin.to_string()])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("spawn ward control-plane");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(self.listen).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("control plane exited with {status}:\n{}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "control plane not listening:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `ward token create` for `spiffe_id` with `labels` (`k=v,...`).
-    pub fn token(&self, spiffe_id: &str, labels: &str, extra: &[&str]) -> String {
-        let mut args = vec![
-            "token",
-            "create",
-            "--data-dir",
-            self.data_dir.to_str().expect("utf-8"),
-            "--spiffe-id",
-            spiffe_id,
-            "--labels",
-            labels,
-        ];
-        args.extend_from_slice(extra);
-        crate::bin::ward(&args).ok().trim().to_owned()
-    }
-
-    /// Kills the process at once (no drain), as a node failure would.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same address and data directory.
-    pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-
-    pub fn bundle_path(&self) -> PathBuf {
-        self.data_dir.join("bundle.pem")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Writes the control plane's policy file (atomically).
-    pub fn set_policy(&self, yaml: &str) {
-        let tmp = self.policy_dir.join(".policy.yaml.tmp");
-        std::fs::write(&tmp, yaml).expect("write policy");
-        std::fs::rename(&tmp, self.policy_dir.join("policy.yaml")).expect("replace policy");
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            eprintln!("---- control plane log ----\n{}", self.logs());
-        }
     }
 }
 

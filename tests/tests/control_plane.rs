@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use ward_api::v1;
 use ward_tests::apps;
-use ward_tests::mesh::{ControlPlane, ManagedPair, ORDERS_ID, WEB_ID, http_get, mesh_default};
+use ward_tests::mesh::{
+    ControlPlane, ManagedPair, ORDERS_ID, WEB_ID, csr_for, http_get, mesh_default,
+};
 
 fn allow_all() -> String {
     mesh_default("allow-authenticated")
@@ -120,43 +121,7 @@ async fn cp_channel(
     cp: &ControlPlane,
     svid: Option<&ward_certs::Svid>,
 ) -> tonic::transport::Channel {
-    ward_tests::init();
-    let bundle = ward_certs::TrustBundle::read(
-        ward_certs::parse_trust_domain("example.org").unwrap(),
-        &cp.bundle_path(),
-    )
-    .unwrap();
-    let cp_id = ward_certs::parse_spiffe_id("spiffe://example.org/ns/ward-system/sa/control-plane")
-        .unwrap();
-    let expected = ward_certs::ExpectedPeer::Exact(cp_id);
-    let tls = match svid {
-        None => ward_certs::tls::bootstrap_client_config(bundle, expected, &[b"h2"]).unwrap(),
-        Some(svid) => ward_certs::MeshIdentity::new(svid, bundle)
-            .unwrap()
-            .client_config(expected, &[b"h2"])
-            .unwrap(),
-    };
-    let connector = tokio_rustls::TlsConnector::from(tls);
-    let addr = cp.listen;
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let tls = connector
-                    .connect(ward_certs::tls::mesh_server_name(), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
-        .expect("connect to the control plane")
-}
-
-fn csr_for(id: Option<&str>) -> Vec<u8> {
-    let id = id.map(|s| ward_certs::parse_spiffe_id(s).unwrap());
-    ward_certs::svid::new_key_and_csr(id.as_ref()).unwrap().1
+    ward_tests::mesh::cp_channel(cp.listen, &cp.bundle_path(), "example.org", svid).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ impl v1::identity_server::Identity for Api {
         req: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let renewal = req.get_ref().token.is_empty();
-        let result = self.certify_inner(req);
+        let result = self.certify_inner(req).await;
         match &result {
             Ok(_) => {
                 let kind = if renewal { "renewal" } else { "bootstrap" };
@@ -46,7 +46,7 @@ struct Caller {
 }
 
 impl Api {
-    fn certify_inner(
+    async fn certify_inner(
         &self,
         req: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
@@ -59,7 +59,7 @@ impl Api {
         }
         let msg = req.into_inner();
         let now = SystemTime::now();
-        let caller = self.caller(&msg, peer.spiffe_id, now)?;
+        let caller = self.caller(&msg, peer.spiffe_id, now).await?;
         let id = &caller.id;
         if !msg.spiffe_id.is_empty() && msg.spiffe_id != id.to_string() {
             return Err(Status::permission_denied(format!(
@@ -114,7 +114,7 @@ impl Api {
     }
 
     /// Attests the caller: by its evidence on a first certificate, by its SVID on renewal.
-    fn caller(
+    async fn caller(
         &self,
         msg: &CertifyRequest,
         svid: Option<SpiffeId>,
@@ -137,6 +137,7 @@ impl Api {
         let attested = state
             .attestor
             .attest(&msg.token, now)
+            .await
             .map_err(attest_status)?;
         let td = &state.settings.trust_domain;
         if !attested.id.is_member_of(td) {

@@ -1,10 +1,12 @@
 //! How a proxy proves who it is when it has no SVID yet. An [`Attestor`] checks the
 //! evidence a first Certify carries and names the identity and workload it proves; the
-//! identity is never what the proxy asks for. Join tokens today ([`tokens`]); a
-//! Kubernetes service-account token reviewed by the API server next.
+//! identity is never what the proxy asks for. Join tokens here ([`tokens`]); a Kubernetes
+//! service-account token reviewed by the API server in `ward-k8s`.
 
 pub mod tokens;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::SystemTime;
 
 use ward_certs::SpiffeId;
@@ -30,10 +32,13 @@ pub enum AttestError {
     Unavailable(String),
 }
 
+/// What [`Attestor::attest`] returns: checking evidence may ask another service.
+pub type AttestFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, AttestError>> + Send + 'a>>;
+
 /// A way of attesting proxies.
 pub trait Attestor: Send + Sync + 'static {
     /// Checks `evidence` without using it up.
-    fn attest(&self, evidence: &str, now: SystemTime) -> Result<Attested, AttestError>;
+    fn attest<'a>(&'a self, evidence: &'a str, now: SystemTime) -> AttestFuture<'a, Attested>;
 
     /// Uses `evidence` up, once the SVID it pays for has been signed.
     fn redeem(&self, evidence: &str, now: SystemTime) -> Result<(), AttestError>;
@@ -46,8 +51,8 @@ pub trait Attestor: Send + Sync + 'static {
 /// Join tokens from the data directory's token store.
 pub struct JoinTokens(pub tokens::TokenStore);
 
-impl Attestor for JoinTokens {
-    fn attest(&self, evidence: &str, now: SystemTime) -> Result<Attested, AttestError> {
+impl JoinTokens {
+    fn check(&self, evidence: &str, now: SystemTime) -> Result<Attested, AttestError> {
         let grant = self.0.peek(evidence, now).map_err(token_error)?;
         let id = ward_certs::parse_spiffe_id(&grant.spiffe_id)
             .map_err(|e| AttestError::Unavailable(format!("stored token identity: {e}")))?;
@@ -58,6 +63,13 @@ impl Attestor for JoinTokens {
                 labels: grant.labels,
             },
         })
+    }
+}
+
+impl Attestor for JoinTokens {
+    fn attest<'a>(&'a self, evidence: &'a str, now: SystemTime) -> AttestFuture<'a, Attested> {
+        let checked = self.check(evidence, now);
+        Box::pin(std::future::ready(checked))
     }
 
     fn redeem(&self, evidence: &str, now: SystemTime) -> Result<(), AttestError> {

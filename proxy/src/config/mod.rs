@@ -190,6 +190,11 @@ pub struct IdentityFiles {
     /// A file holding the join token for the first certificate.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Send the token (re-read) with every renewal too: for Kubernetes service-account
+    /// tokens, which the kubelet refreshes and any control-plane replica can review. Join
+    /// tokens are used up by the first certificate, so this stays off for them.
+    #[serde(default)]
+    pub renew_with_token: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

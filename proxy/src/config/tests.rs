@@ -201,6 +201,11 @@ fn each_bad_config_is_one_line_naming_the_field_or_file() {
             "identity: control_plane and token_file go together",
         ),
         (
+            GOOD.replace("key: web.key,", "key: web.key, renew_with_token: true,"),
+            vec![],
+            "identity: renew_with_token needs control_plane + token_file",
+        ),
+        (
             GOOD.replace(
                 "cert: web.pem, key: web.key,",
                 "control_plane: \"http://cp\", token_file: web.key,",

@@ -174,6 +174,9 @@ fn check_identity(id: &IdentityFiles, at: &At) -> Result<(), ConfigError> {
         (false, true) if id.control_plane.is_none() || id.token_file.is_none() => {
             Some("control_plane and token_file go together")
         }
+        (true, false) if id.renew_with_token => {
+            Some("renew_with_token needs control_plane + token_file")
+        }
         _ => None,
     };
     if let Some(why) = wrong {

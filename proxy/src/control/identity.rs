@@ -35,6 +35,8 @@ pub struct ControlPlaneIdentity<C> {
     renewed: Notify,
     /// Where the workload serves, reported with every Certify (for discovery).
     serving: Vec<v1::Endpoint>,
+    /// Whether renewals carry the token too (Kubernetes service-account tokens).
+    token_on_renewal: bool,
 }
 
 impl<C: CaClient> ControlPlaneIdentity<C> {
@@ -53,7 +55,22 @@ impl<C: CaClient> ControlPlaneIdentity<C> {
             renew_now: Notify::new(),
             renewed: Notify::new(),
             serving: Vec::new(),
+            token_on_renewal: false,
         }
+    }
+
+    /// Sends the token with renewals too when `on` (see `renew_with_token`).
+    pub fn with_token_on_renewal(mut self, on: bool) -> Self {
+        self.token_on_renewal = on;
+        self
+    }
+
+    /// The token, read now (it may be mounted late, and the kubelet refreshes it).
+    fn read_token(&self) -> Result<String, IdentityError> {
+        let token = std::fs::read_to_string(&self.token_file).map_err(|e| {
+            IdentityError::ControlPlane(format!("{}: {e}", self.token_file.display()))
+        })?;
+        Ok(token.trim().to_owned())
     }
 
     /// Reports `serving` with every Certify.
@@ -69,13 +86,11 @@ impl<C: CaClient> ControlPlaneIdentity<C> {
     }
 
     async fn try_bootstrap(&self) -> Result<Issued, IdentityError> {
-        let token = std::fs::read_to_string(&self.token_file).map_err(|e| {
-            IdentityError::ControlPlane(format!("{}: {e}", self.token_file.display()))
-        })?;
+        let token = self.read_token()?;
         let (key, csr) = new_key_and_csr(None)?;
         let req = v1::CertifyRequest {
             csr,
-            token: token.trim().to_owned(),
+            token,
             spiffe_id: String::new(),
             serving: self.serving.clone(),
         };
@@ -158,9 +173,14 @@ impl<C: CaClient> ControlPlaneIdentity<C> {
         let current = publisher.current();
         let id = current_id(current)?;
         let (key, csr) = new_key_and_csr(Some(&id))?;
+        let token = if self.token_on_renewal {
+            self.read_token()?
+        } else {
+            String::new()
+        };
         let req = v1::CertifyRequest {
             csr,
-            token: String::new(),
+            token,
             spiffe_id: id.to_string(),
             serving: self.serving.clone(),
         };

@@ -1,0 +1,237 @@
+//! `ward control-plane --kubernetes` against a real kube-apiserver: the CA in a Secret,
+//! proxies attested by their pods' service-account tokens (TokenReview, audience `ward`),
+//! the identity taken from the reviewed service account, and policy from the CRDs taking
+//! effect within a second of `kubectl apply` and of `kubectl delete`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ward_api::v1;
+use ward_tests::apps;
+use ward_tests::k8s::{Cluster, eventually};
+use ward_tests::mesh::{ControlPlane, Proxy, cp_channel, csr_for, http_get};
+use ward_tests::net::free_addr;
+
+const TD: &str = "cluster.local";
+const WEB_ID: &str = "spiffe://cluster.local/ns/bank/sa/web";
+const ORDERS_ID: &str = "spiffe://cluster.local/ns/bank/sa/orders";
+
+/// A namespace `bank` with service accounts and (Pending) pods for web and orders.
+fn workloads(cluster: &Cluster) {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+    cluster
+        .kubectl(["apply", "-k", &base.to_string_lossy()])
+        .ok();
+    cluster
+        .kubectl([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/authorizationpolicies.ward.dev",
+            "crd/meshpolicies.ward.dev",
+        ])
+        .ok();
+    let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: { name: bank }\n");
+    for app in ["web", "orders"] {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: {app}, namespace: bank }}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: {app}-0, namespace: bank, labels: {{ app: {app} }} }}\n\
+             spec: {{ serviceAccountName: {app}, containers: [ {{ name: app, image: {app}:test }} ] }}\n"
+        ));
+    }
+    cluster.apply(&yaml);
+}
+
+/// A token for `account`'s pod `pod`, for `audience`.
+fn token(cluster: &Cluster, account: &str, pod: &str, audience: &str) -> String {
+    cluster
+        .kubectl([
+            "create",
+            "token",
+            account,
+            "-n",
+            "bank",
+            "--audience",
+            audience,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            pod,
+            "--duration",
+            "10m",
+        ])
+        .ok()
+        .trim()
+        .to_owned()
+}
+
+fn kubernetes_control_plane(cluster: &Cluster) -> ControlPlane {
+    ControlPlane::start_kubernetes(cluster.dir(), &cluster.kubeconfig, TD)
+}
+
+fn status(addr: SocketAddr, path: &str) -> u16 {
+    http_get(addr, path).map_or(0, |(s, _)| s)
+}
+
+#[test]
+fn proxies_attested_by_pod_tokens_follow_crd_policy_within_a_second() {
+    let cluster = Cluster::start();
+    workloads(&cluster);
+    let cp = kubernetes_control_plane(&cluster);
+    // The CA is in the Secret, and the bundle the proxies bootstrap with comes from it.
+    let bundle = cluster
+        .kubectl([
+            "get",
+            "secret",
+            "ward-ca",
+            "-n",
+            "ward-system",
+            "-o",
+            "jsonpath={.data.bundle\\.pem}",
+        ])
+        .ok()
+        .to_owned();
+    assert!(!bundle.is_empty(), "no CA Secret");
+    let dir = cluster.dir();
+    std::fs::copy(cp.bundle_path(), dir.join("bundle.pem")).unwrap();
+    for (app, pod) in [("web", "web-0"), ("orders", "orders-0")] {
+        std::fs::write(
+            dir.join(format!("{app}.token")),
+            token(&cluster, app, pod, "ward"),
+        )
+        .unwrap();
+    }
+    // The app serves on this runtime, kept for the whole test.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(apps::http_echo());
+    let (outbound, inbound) = (free_addr(), free_addr());
+    let identity = |name: &str| {
+        format!(
+            "identity: {{ control_plane: \"https://{}\", token_file: {name}.token, renew_with_token: true, bundle: bundle.pem }}\n",
+            cp.listen
+        )
+    };
+    let orders = Proxy::start(
+        dir,
+        "orders",
+        &format!(
+            "trust_domain: {TD}\n{}inbound: [ {{ listen: {inbound}, app: {} }} ]\nadmin: {}\n",
+            identity("orders"),
+            app.addr,
+            free_addr()
+        ),
+    );
+    let web = Proxy::start(
+        dir,
+        "web",
+        &format!(
+            "trust_domain: {TD}\n{}outbound: [ {{ listen: {outbound}, upstream: {inbound}, server_identity: \"{ORDERS_ID}\" }} ]\nadmin: {}\n",
+            identity("web"),
+            free_addr()
+        ),
+    );
+    for (proxy, id) in [(&orders, ORDERS_ID), (&web, WEB_ID)] {
+        let certs: serde_json::Value = serde_json::from_str(&proxy.admin_get("/certs").1).unwrap();
+        assert_eq!(
+            certs["spiffe_id"], id,
+            "the identity is the pod's service account"
+        );
+    }
+    // No policy: the mesh default denies.
+    assert_eq!(status(outbound, "/orders/1"), 403);
+
+    let policy = format!(
+        "apiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{ name: orders-read, namespace: bank }}\n\
+         spec:\n  selector: {{ matchLabels: {{ app: orders }} }}\n  action: ALLOW\n  rules:\n  - from: [ {{ principals: [\"{WEB_ID}\"] }} ]\n    to: [ {{ methods: [GET] }} ]\n"
+    );
+    let applied = Instant::now();
+    cluster.apply(&policy);
+    eventually(Duration::from_secs(5), "the policy allows web", || {
+        (status(outbound, "/orders/1") == 200).then_some(())
+    });
+    let took = applied.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "kubectl apply took {took:?} to take effect"
+    );
+    let deleted = Instant::now();
+    cluster
+        .kubectl(["delete", "authorizationpolicy", "orders-read", "-n", "bank"])
+        .ok();
+    eventually(
+        Duration::from_secs(5),
+        "deleting the policy denies web again",
+        || (status(outbound, "/orders/1") == 403).then_some(()),
+    );
+    let took = deleted.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "kubectl delete took {took:?} to take effect"
+    );
+    eprintln!("policy took effect after apply and delete within {took:?}");
+}
+
+#[test]
+fn tokens_for_another_audience_a_deleted_account_or_a_gone_pod_are_refused() {
+    let cluster = Cluster::start();
+    workloads(&cluster);
+    let cp = kubernetes_control_plane(&cluster);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = cp_channel(cp.listen, &cp.bundle_path(), TD, None).await;
+        let mut client = v1::identity_client::IdentityClient::new(channel);
+        let certify = |token: String, spiffe_id: &str| v1::CertifyRequest {
+            csr: csr_for(None),
+            token,
+            spiffe_id: spiffe_id.to_owned(),
+            serving: Vec::new(),
+        };
+        let good = token(&cluster, "web", "web-0", "ward");
+        let ok = client
+            .certify(certify(good.clone(), ""))
+            .await
+            .expect("a good token");
+        assert_eq!(ok.into_inner().spiffe_id, WEB_ID);
+        // Asking for another identity with a good token: refused, the identity is the token's.
+        let err = client.certify(certify(good, ORDERS_ID)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+        let refusals = [
+            (
+                "another audience",
+                token(&cluster, "web", "web-0", "not-ward"),
+            ),
+            ("not a token", "ward-00".to_owned()),
+        ];
+        for (what, token) in refusals {
+            let err = client.certify(certify(token, "")).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{what}: {err:?}");
+            assert!(
+                !err.message().contains("audience ["),
+                "{what}: no API server detail to the caller: {err:?}"
+            );
+        }
+
+        let orphan = token(&cluster, "orders", "orders-0", "ward");
+        cluster
+            .kubectl(["delete", "pod", "orders-0", "-n", "bank", "--wait=false"])
+            .ok();
+        let err = client.certify(certify(orphan, "")).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "gone pod: {err:?}"
+        );
+
+        let web = token(&cluster, "web", "web-0", "ward");
+        cluster
+            .kubectl(["delete", "serviceaccount", "web", "-n", "bank"])
+            .ok();
+        let err = client.certify(certify(web, "")).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "deleted account: {err:?}"
+        );
+    });
+}
