@@ -540,5 +540,7 @@ fn create_private_dir(dir: &Path) -> Result<(), PemError> {
         })
 }
 
+mod server;
+
 #[cfg(test)]
 mod tests;

@@ -29,3 +29,44 @@ pub fn install(args: InstallArgs) -> anyhow::Result<Outcome> {
     print!("{}", to_yaml(&render(&options)));
     Ok(Outcome::Success)
 }
+
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// The manifests (`-` for stdin): Pods, and the pod templates of Deployments,
+    /// StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs; other objects pass through.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: std::path::PathBuf,
+    /// The image injected pods run ward-proxy from (as the control plane's --proxy-image).
+    #[arg(long, value_name = "IMAGE")]
+    proxy_image: Option<String>,
+    /// The mesh's trust domain.
+    #[arg(long, value_name = "TD", default_value = "cluster.local", value_parser = super::parse_trust_domain)]
+    trust_domain: ward_certs::TrustDomain,
+    /// The control plane's namespace.
+    #[arg(long, value_name = "NS", default_value = ward_policy::ROOT_NAMESPACE)]
+    control_plane_namespace: String,
+}
+
+/// Prints the manifests with the sidecar injected, as the webhook would store them.
+pub fn inject(args: InjectArgs) -> anyhow::Result<Outcome> {
+    use anyhow::Context;
+    let text = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let injector = ward_k8s::inject::Injector::new(
+        args.proxy_image
+            .unwrap_or_else(ward_k8s::install::default_image),
+        args.trust_domain.to_string(),
+        &args.control_plane_namespace,
+    );
+    let (objects, report) = ward_k8s::inject::inject_manifests(&text, &injector)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    for line in report {
+        eprintln!("ward inject: {line}");
+    }
+    print!("{}", to_yaml(&objects));
+    Ok(Outcome::Success)
+}

@@ -45,6 +45,9 @@ enum Command {
     /// Print the manifests that install ward on a Kubernetes cluster
     /// (`ward install | kubectl apply -f -`).
     Install(kube::InstallArgs),
+    /// Print manifests with the ward sidecar injected, exactly as the injector webhook
+    /// would store them (`ward inject -f app.yaml | kubectl apply -f -`).
+    Inject(kube::InjectArgs),
     /// One of the demo's apps (started by `ward demo`).
     #[command(hide = true)]
     DemoApp(ward_demo::DemoAppArgs),
@@ -99,6 +102,7 @@ where
             }
         }),
         Command::Install(args) => kube::install(args),
+        Command::Inject(args) => kube::inject(args),
         Command::DemoApp(args) => ward_demo::demo_app(args).map(|()| Outcome::Success),
     };
     match result {

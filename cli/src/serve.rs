@@ -31,6 +31,16 @@ pub struct ControlPlaneArgs {
     /// attested by their pods' service-account tokens (audience ward).
     #[arg(long)]
     kubernetes: bool,
+    /// With --kubernetes: serve the sidecar injector webhook here (TLS from the mesh CA).
+    #[arg(long, value_name = "ADDR", requires = "kubernetes")]
+    webhook: Option<SocketAddr>,
+    /// A DNS name or IP the webhook certificate also carries (the Service's names always):
+    /// for a webhook configured by URL outside a cluster. Repeatable.
+    #[arg(long, value_name = "NAME", requires = "webhook")]
+    webhook_name: Vec<String>,
+    /// The image injected pods run ward-proxy from.
+    #[arg(long, value_name = "IMAGE", requires = "kubernetes")]
+    proxy_image: Option<String>,
     /// Admin address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
@@ -70,7 +80,14 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
         .build()
         .context("starting the runtime")?;
     if args.kubernetes {
-        runtime.block_on(ward_k8s::control_plane::run(settings, Some(metrics)))?;
+        let kube = ward_k8s::control_plane::KubeSettings {
+            webhook: args.webhook,
+            webhook_names: args.webhook_name,
+            proxy_image: args
+                .proxy_image
+                .unwrap_or_else(ward_k8s::install::default_image),
+        };
+        runtime.block_on(ward_k8s::control_plane::run(settings, kube, Some(metrics)))?;
     } else {
         runtime.block_on(server::run(settings, Some(metrics)))?;
     }

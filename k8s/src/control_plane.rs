@@ -1,18 +1,40 @@
 //! `ward control-plane --kubernetes`: the same control plane, with its CA in a Secret,
-//! policy from the CRDs, and proxies attested by their pods' service-account tokens. The
+//! policy from the CRDs, proxies attested by their pods' service-account tokens, the trust
+//! bundle published to meshed namespaces and, with `--webhook`, the sidecar injector. The
 //! client comes from the in-cluster config, or KUBECONFIG outside a cluster.
+
+use std::net::SocketAddr;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use ward_control_plane::discovery::Registrations;
 use ward_control_plane::server::{Settings, Sources};
 use ward_policy::ROOT_NAMESPACE;
+use ward_runtime::Drain;
 
 use crate::attest::ServiceAccountTokens;
+use crate::inject::Injector;
 use crate::policy::CrdPolicies;
+use crate::webhook::WebhookTls;
+
+/// What only the Kubernetes control plane is started with.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// Where the injector webhook listens (none: no injector).
+    pub webhook: Option<SocketAddr>,
+    /// Names the webhook certificate carries besides the Service's (for a webhook
+    /// configured by URL).
+    pub webhook_names: Vec<String>,
+    /// The image injected pods run `ward-proxy` from.
+    pub proxy_image: String,
+}
 
 /// Runs the control plane against the cluster until SIGTERM/SIGINT.
-pub async fn run(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    kube: KubeSettings,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG)")?;
@@ -25,6 +47,29 @@ pub async fn run(settings: Settings, metrics: Option<PrometheusHandle>) -> anyho
         &settings.trust_domain,
     )
     .await?;
+    let drain = Drain::new();
+    let bundle_file = settings.data_dir.join(ward_certs::ca::BUNDLE_FILE);
+    tokio::spawn(crate::bundle::publish(
+        client.clone(),
+        bundle_file,
+        drain.clone(),
+    ));
+    if let Some(addr) = kube.webhook {
+        let listener = ward_runtime::accept::bind("--webhook", addr).await?;
+        let tls = WebhookTls::new(settings.data_dir.clone(), &namespace, &kube.webhook_names);
+        let injector = Injector::new(
+            kube.proxy_image,
+            settings.trust_domain.to_string(),
+            &namespace,
+        );
+        let (client, drain) = (client.clone(), drain.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::webhook::serve(listener, tls, injector, client, drain).await {
+                tracing::error!(error = %format!("{e:#}"), "the injector webhook stopped");
+            }
+        });
+        tracing::info!(%addr, "injector webhook listening");
+    }
     let sources = Sources {
         attestor: Box::new(ServiceAccountTokens::new(
             client.clone(),
@@ -32,5 +77,9 @@ pub async fn run(settings: Settings, metrics: Option<PrometheusHandle>) -> anyho
         )),
         discovery: Box::new(Registrations::open(&settings.data_dir)),
     };
-    ward_control_plane::server::serve(settings, CrdPolicies::new(client), sources, metrics).await
+    let served =
+        ward_control_plane::server::serve(settings, CrdPolicies::new(client), sources, metrics)
+            .await;
+    drain.start();
+    served
 }

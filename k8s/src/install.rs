@@ -14,6 +14,8 @@ pub mod names {
     pub const WEBHOOK_PATH: &str = "/inject";
     pub const LEASE: &str = "ward-control-plane";
     pub const CA_SECRET: &str = "ward-ca";
+    /// The ConfigMap holding the trust bundle, in every meshed namespace.
+    pub const BUNDLE_CONFIGMAP: &str = "ward-trust-bundle";
     /// Namespace and pod label: `enabled` opts in (namespace), `disabled` opts out (pod).
     pub const INJECT_LABEL: &str = "ward.dev/inject";
     pub const GRPC_PORT: u16 = 15012;
@@ -32,10 +34,15 @@ pub struct InstallOptions {
     pub replicas: u32,
 }
 
+/// The image of this version of ward.
+pub fn default_image() -> String {
+    format!("ward:{}", env!("CARGO_PKG_VERSION"))
+}
+
 impl Default for InstallOptions {
     fn default() -> Self {
         Self {
-            image: format!("ward:{}", env!("CARGO_PKG_VERSION")),
+            image: default_image(),
             trust_domain: "cluster.local".into(),
             replicas: 2,
         }
@@ -93,6 +100,11 @@ fn rbac() -> Vec<Value> {
         { "apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"] },
         { "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
           "resourceNames": [WEBHOOK_CONFIGURATION], "verbs": ["get", "patch"] },
+        // The trust bundle, published to meshed namespaces for injected pods to mount.
+        { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"] },
+        { "apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"] },
+        { "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [BUNDLE_CONFIGMAP],
+          "verbs": ["get", "patch"] },
     ]);
     let namespaced_rules = json!([
         // `create` cannot be limited to a name; get and update can.

@@ -4,11 +4,15 @@
 //! - [`install`]: the manifests `ward install` prints and `deploy/base` holds;
 //! - [`control_plane`]: `ward control-plane --kubernetes`, assembled from [`ca`] (the CA
 //!   in a Secret), [`policy`] (policy from the CRDs) and [`attest`] (proxies attested by
-//!   their pods' service-account tokens).
+//!   their pods' service-account tokens), and [`webhook`] (the sidecar injector, whose
+//!   mutation is [`inject`], shared with `ward inject`).
 
 pub mod attest;
+pub mod bundle;
 pub mod ca;
 pub mod control_plane;
 pub mod crd;
+pub mod inject;
 pub mod install;
 pub mod policy;
+pub mod webhook;

@@ -28,8 +28,9 @@ enum Command {
     /// Run beside a workload: mTLS for its inbound and outbound traffic.
     Sidecar {
         /// YAML configuration; every field can be overridden by WARD_<SECTION>_<FIELD>.
+        /// Without it the configuration is the WARD_* variables alone (as injected).
         #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Install the rules that send the pod's TCP through its sidecar (run as root or with
     /// NET_ADMIN in the pod's network namespace, before the app starts).
@@ -163,7 +164,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Sidecar { config } => {
-            let validated = match SidecarConfig::load(&config, std::env::vars()) {
+            let loaded = match &config {
+                Some(file) => SidecarConfig::load(file, std::env::vars()),
+                None => SidecarConfig::from_env(std::env::vars()),
+            };
+            let validated = match loaded {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("ward-proxy: {e}");

@@ -55,7 +55,12 @@ impl ControlPlane {
 
     /// `ward control-plane --kubernetes` for `trust_domain` against the cluster of
     /// `kubeconfig`, its data directory under `dir`.
-    pub fn start_kubernetes(dir: &Path, kubeconfig: &Path, trust_domain: &str) -> Self {
+    pub fn start_kubernetes(
+        dir: &Path,
+        kubeconfig: &Path,
+        trust_domain: &str,
+        extra: &[&str],
+    ) -> Self {
         let mut cp = Self {
             child: None,
             listen: free_addr(),
@@ -63,7 +68,7 @@ impl ControlPlane {
             data_dir: dir.join("cp-data"),
             policy_dir: PathBuf::new(),
             svid_ttl: "1h".into(),
-            extra: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.join("control-plane.log"),
             kubeconfig: Some(kubeconfig.to_owned()),
             trust_domain: trust_domain.to_owned(),

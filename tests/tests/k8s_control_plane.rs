@@ -66,7 +66,7 @@ fn token(cluster: &Cluster, account: &str, pod: &str, audience: &str) -> String 
 }
 
 fn kubernetes_control_plane(cluster: &Cluster) -> ControlPlane {
-    ControlPlane::start_kubernetes(cluster.dir(), &cluster.kubeconfig, TD)
+    ControlPlane::start_kubernetes(cluster.dir(), &cluster.kubeconfig, TD, &[])
 }
 
 fn status(addr: SocketAddr, path: &str) -> u16 {

@@ -195,3 +195,29 @@ fn keys_never_print() {
         "{debug}"
     );
 }
+
+#[test]
+fn a_server_certificate_names_its_hosts_and_never_passes_as_an_svid() {
+    let now = SystemTime::now();
+    let ca = CertificateAuthority::create(td(), &CaOptions::default(), now).unwrap();
+    let names = [
+        "ward-control-plane.ward-system.svc".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    let (chain, _key) = ca.issue_server(&names, HOUR, now).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap().value;
+    let text = format!("{:?}", san.general_names);
+    assert!(
+        text.contains("DNSName(\"ward-control-plane.ward-system.svc\")"),
+        "{text}"
+    );
+    assert!(text.contains("IPAddress([127, 0, 0, 1])"), "{text}");
+    assert!(!text.contains("URI"), "{text}");
+    let bundle = ca.bundle().unwrap();
+    assert!(verify_svid(&chain, &bundle, unix_time(now), Purpose::Both).is_err());
+    assert!(
+        ca.issue_server(&["not a name!".to_owned()], HOUR, now)
+            .is_err()
+    );
+}

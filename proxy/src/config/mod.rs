@@ -24,8 +24,10 @@ use yaml_serde::Value;
 const NOT_SETTINGS: &[&str] = &["WARD_LOG"];
 /// Sections whose fields can be set one by one from the environment.
 const SECTIONS: &[&str] = &[
-    "identity", "workload", "limits", "runtime", "policy", "audit",
+    "identity", "workload", "limits", "runtime", "policy", "audit", "capture",
 ];
+/// What errors name when there is no file.
+const ENV_ORIGIN: &str = "WARD_* environment";
 /// Top-level fields settable from the environment.
 const TOP_LEVEL: &[&str] = &["trust_domain", "admin", "access_log", "inbound", "outbound"];
 
@@ -398,10 +400,26 @@ impl SidecarConfig {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Validated, ConfigError> {
-        let origin = path.display();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(format!("{origin}: {e}")))?;
-        let mut value: Value = yaml_serde::from_str(&text).map_err(|e| match e.location() {
+            .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
+        Self::parse(&text, path, env)
+    }
+
+    /// The configuration from `WARD_*` variables alone (an injected sidecar's: no file to
+    /// mount); relative paths are relative to the working directory.
+    pub fn from_env(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Validated, ConfigError> {
+        Self::parse("{}", Path::new(ENV_ORIGIN), env)
+    }
+
+    fn parse(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Validated, ConfigError> {
+        let origin = path.display();
+        let mut value: Value = yaml_serde::from_str(text).map_err(|e| match e.location() {
             Some(loc) => ConfigError::new(format!(
                 "{origin}:{}:{}: {}",
                 loc.line(),

@@ -250,3 +250,38 @@ fn missing_config_file_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_configuration_from_the_environment_alone_loads_and_errors_name_it() {
+    let env = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let files = Files::new();
+    let bundle = files.dir.path().join("bundle.pem");
+    let bundle = bundle.to_str().unwrap();
+    let token = files.dir.path().join("web.key");
+    let token = token.to_str().unwrap();
+    let v = SidecarConfig::from_env(env(&[
+        ("WARD_TRUST_DOMAIN", "cluster.local"),
+        ("WARD_ADMIN", "0.0.0.0:15000"),
+        (
+            "WARD_IDENTITY_CONTROL_PLANE",
+            "https://ward-control-plane.ward-system.svc:15012",
+        ),
+        ("WARD_IDENTITY_TOKEN_FILE", token),
+        ("WARD_IDENTITY_RENEW_WITH_TOKEN", "true"),
+        ("WARD_IDENTITY_BUNDLE", bundle),
+        ("WARD_CAPTURE_INBOUND", "0.0.0.0:15006"),
+    ]))
+    .unwrap();
+    assert!(v.config.identity.renew_with_token);
+    let capture = v.config.capture.expect("capture from WARD_CAPTURE_*");
+    assert_eq!(capture.inbound, "0.0.0.0:15006".parse().unwrap());
+    let err = SidecarConfig::from_env(env(&[("WARD_TRUST_DOMAIN", "cluster.local")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("WARD_* environment: "), "{err}");
+}

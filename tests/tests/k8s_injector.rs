@@ -1,0 +1,269 @@
+//! The sidecar injector against a real kube-apiserver: the control plane's webhook
+//! (TLS from the mesh CA, caBundle patched in at start) injects pods created in a
+//! labelled namespace, exactly as `ward inject` prints them; it honours opt-out, never
+//! injects twice, refuses hostNetwork pods with the reason, and the trust bundle the
+//! injected proxies mount is published to the namespace.
+
+use serde_json::Value;
+use ward_tests::bin::{run, ward};
+use ward_tests::k8s::{Cluster, eventually};
+use ward_tests::mesh::ControlPlane;
+use ward_tests::net::free_addr;
+
+use std::time::Duration;
+
+const IMAGE: &str = "ward:test";
+
+fn pod(name: &str, labels: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, namespace: shop, labels: {{ {labels} }}, annotations: {{ ward.dev/opaque-ports: \"5432\" }} }}\n\
+         spec:\n  serviceAccountName: {name}\n  {extra_spec}containers: [ {{ name: app, image: shop:1, ports: [ {{ containerPort: 8080 }} ] }} ]\n"
+    )
+}
+
+fn stored(cluster: &Cluster, ns: &str, name: &str) -> Value {
+    let json = cluster
+        .kubectl(["get", "pod", name, "-n", ns, "-o", "json"])
+        .ok()
+        .to_owned();
+    serde_json::from_str(&json).unwrap()
+}
+
+fn has_sidecar(pod: &Value) -> bool {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["name"] == "ward-proxy"))
+}
+
+/// Every field of `part` is in `whole` with the same value (lists element by element):
+/// the API server adds defaults, never changes what was set.
+fn contains(whole: &Value, part: &Value) -> Result<(), String> {
+    match (whole, part) {
+        (Value::Object(w), Value::Object(p)) => p.iter().try_for_each(|(k, v)| {
+            contains(w.get(k).unwrap_or(&Value::Null), v).map_err(|e| format!("{k}.{e}"))
+        }),
+        (Value::Array(w), Value::Array(p)) if w.len() == p.len() => w
+            .iter()
+            .zip(p)
+            .enumerate()
+            .try_for_each(|(i, (w, p))| contains(w, p).map_err(|e| format!("[{i}]{e}"))),
+        _ if whole == part => Ok(()),
+        _ => Err(format!(": stored {whole}, ward inject {part}")),
+    }
+}
+
+fn ward_volumes(pod: &Value) -> Value {
+    Value::Array(
+        pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with("ward-")))
+            .cloned()
+            .collect(),
+    )
+}
+
+#[test]
+fn the_webhook_injects_what_ward_inject_prints_and_refuses_what_it_must() {
+    let cluster = Cluster::start();
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+    cluster
+        .kubectl(["apply", "-k", &base.to_string_lossy()])
+        .ok();
+    let webhook = free_addr();
+    let _cp = ControlPlane::start_kubernetes(
+        cluster.dir(),
+        &cluster.kubeconfig,
+        "cluster.local",
+        &[
+            "--webhook",
+            &webhook.to_string(),
+            "--webhook-name",
+            "127.0.0.1",
+            "--proxy-image",
+            IMAGE,
+        ],
+    );
+    // No kube-proxy routes to the Service here, so the API server calls the webhook by URL
+    // (the certificate carries 127.0.0.1 for that); the caBundle is the control plane's.
+    eventually(
+        Duration::from_secs(20),
+        "the control plane sets the caBundle",
+        || {
+            let run = cluster.kubectl([
+                "get",
+                "mutatingwebhookconfiguration",
+                "ward-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ]);
+            (!run.stdout.is_empty()).then_some(())
+        },
+    );
+    let patch = format!(
+        r#"[{{"op":"remove","path":"/webhooks/0/clientConfig/service"}},{{"op":"add","path":"/webhooks/0/clientConfig/url","value":"https://{webhook}/inject"}}]"#
+    );
+    cluster
+        .kubectl([
+            "patch",
+            "mutatingwebhookconfiguration",
+            "ward-injector",
+            "--type=json",
+            "-p",
+            &patch,
+        ])
+        .ok();
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: { name: shop, labels: { ward.dev/inject: enabled } }\n---\napiVersion: v1\nkind: Namespace\nmetadata: { name: plain }\n");
+
+    // Injected, as `ward inject` prints it.
+    let web = pod("web", "app: web", "");
+    eventually(Duration::from_secs(20), "the webhook answers", || {
+        let run = cluster.kubectl_with_input(["apply", "-f", "-"], &web);
+        (run.code == 0).then_some(())
+    });
+    let stored_web = stored(&cluster, "shop", "web");
+    assert!(has_sidecar(&stored_web), "{stored_web:#}");
+    let file = cluster.dir().join("web.yaml");
+    std::fs::write(&file, &web).unwrap();
+    let printed = ward([
+        "inject",
+        "-f",
+        &file.to_string_lossy(),
+        "--proxy-image",
+        IMAGE,
+    ])
+    .ok()
+    .to_owned();
+    let printed = yaml_to_json(&printed);
+    contains(
+        &stored_web["spec"]["initContainers"],
+        &printed["spec"]["initContainers"],
+    )
+    .unwrap();
+    contains(&ward_volumes(&stored_web), &ward_volumes(&printed)).unwrap();
+    assert_eq!(
+        stored_web["metadata"]["annotations"]["ward.dev/injected"],
+        printed["metadata"]["annotations"]["ward.dev/injected"]
+    );
+
+    // Never twice: the printed (already injected) pod is stored with one sidecar.
+    let twice = run(
+        &ward_tests::bin::path("ward"),
+        [
+            "inject",
+            "-f",
+            &file.to_string_lossy(),
+            "--proxy-image",
+            IMAGE,
+        ],
+    )
+    .ok()
+    .replace("name: web", "name: web-again");
+    cluster.apply(&twice);
+    let again = stored(&cluster, "shop", "web-again");
+    let sidecars = again["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "ward-proxy")
+        .count();
+    assert_eq!(sidecars, 1);
+
+    // Opted out, and a namespace that is not labelled: untouched.
+    cluster.apply(&pod("batch", "app: batch, ward.dev/inject: disabled", ""));
+    assert!(!has_sidecar(&stored(&cluster, "shop", "batch")));
+    cluster.apply(&pod("other", "app: other", "").replace("namespace: shop", "namespace: plain"));
+    assert!(!has_sidecar(&stored(&cluster, "plain", "other")));
+
+    // hostNetwork: refused with the reason.
+    let refused = cluster.kubectl_with_input(
+        ["apply", "-f", "-"],
+        &pod("host", "app: host", "hostNetwork: true\n  "),
+    );
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .contains("ward: cannot inject the sidecar into a hostNetwork pod"),
+        "{}",
+        refused.stderr
+    );
+
+    // A bad annotation: refused, naming it.
+    let bad = pod("bad", "app: bad", "").replace("\"5432\"", "\"postgres\"");
+    let refused = cluster.kubectl_with_input(["apply", "-f", "-"], &bad);
+    assert!(
+        refused
+            .stderr
+            .contains("annotation ward.dev/opaque-ports: \"postgres\" is not a list of ports"),
+        "{}",
+        refused.stderr
+    );
+
+    // The bundle the injected proxies mount is in the namespace.
+    eventually(
+        Duration::from_secs(10),
+        "the trust bundle ConfigMap",
+        || {
+            let run = cluster.kubectl([
+                "get",
+                "configmap",
+                "ward-trust-bundle",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.data.bundle\\.pem}",
+            ]);
+            run.stdout.contains("BEGIN CERTIFICATE").then_some(())
+        },
+    );
+}
+
+fn yaml_to_json(yaml: &str) -> serde_json::Value {
+    yaml_serde::from_str(yaml).expect("ward inject prints YAML")
+}
+
+/// The configuration the injector writes into the sidecar's environment is one the proxy
+/// accepts (every WARD_* name a setting, every value valid), with capture and
+/// token-attested renewals on.
+#[test]
+fn the_injected_environment_is_a_valid_sidecar_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pod.yaml");
+    std::fs::write(&file, pod("web", "app: web", "")).unwrap();
+    let printed: Value = yaml_to_json(ward(["inject", "-f", &file.to_string_lossy()]).ok());
+    let proxy = printed["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ward-proxy")
+        .unwrap();
+    assert_eq!(
+        proxy["args"],
+        serde_json::json!(["sidecar", "--log-format", "json"]),
+        "no config file"
+    );
+    // The mounted files, here.
+    let (token, bundle) = (dir.path().join("token"), dir.path().join("bundle.pem"));
+    std::fs::write(&token, "t").unwrap();
+    std::fs::write(&bundle, "b").unwrap();
+    let env: Vec<(String, String)> = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let (name, value) = (e["name"].as_str()?, e["value"].as_str()?);
+            let value = match name {
+                "WARD_IDENTITY_TOKEN_FILE" => token.to_string_lossy().into_owned(),
+                "WARD_IDENTITY_BUNDLE" => bundle.to_string_lossy().into_owned(),
+                _ => value.to_owned(),
+            };
+            Some((name.to_owned(), value))
+        })
+        .collect();
+    let config = ward_proxy::config::SidecarConfig::from_env(env).expect("a valid configuration");
+    assert!(config.config.identity.renew_with_token);
+    assert!(config.config.capture.is_some(), "transparent capture");
+    assert_eq!(config.trust_domain.to_string(), "cluster.local");
+}
