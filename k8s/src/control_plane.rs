@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use ward_control_plane::discovery::Registrations;
 use ward_control_plane::server::{Settings, Sources};
 use ward_policy::ROOT_NAMESPACE;
 use ward_runtime::Drain;
 
 use crate::attest::ServiceAccountTokens;
+use crate::discovery::PodEndpoints;
 use crate::inject::Injector;
 use crate::policy::CrdPolicies;
 use crate::webhook::WebhookTls;
@@ -75,7 +75,11 @@ pub async fn run(
             client.clone(),
             settings.trust_domain.clone(),
         )),
-        discovery: Box::new(Registrations::open(&settings.data_dir)),
+        discovery: Box::new(PodEndpoints::start(
+            client.clone(),
+            settings.trust_domain.clone(),
+            drain.clone(),
+        )),
     };
     let served =
         ward_control_plane::server::serve(settings, CrdPolicies::new(client), sources, metrics)

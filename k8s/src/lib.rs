@@ -3,7 +3,8 @@
 //! - [`crd`]: the custom resources, generated from the policy model;
 //! - [`install`]: the manifests `ward install` prints and `deploy/base` holds;
 //! - [`control_plane`]: `ward control-plane --kubernetes`, assembled from [`ca`] (the CA
-//!   in a Secret), [`policy`] (policy from the CRDs) and [`attest`] (proxies attested by
+//!   in a Secret), [`policy`] (policy from the CRDs), [`discovery`] (endpoints from the
+//!   Pods), [`bundle`] (the trust bundle for injected pods), [`attest`] (proxies attested by
 //!   their pods' service-account tokens), and [`webhook`] (the sidecar injector, whose
 //!   mutation is [`inject`], shared with `ward inject`).
 
@@ -12,6 +13,7 @@ pub mod bundle;
 pub mod ca;
 pub mod control_plane;
 pub mod crd;
+pub mod discovery;
 pub mod inject;
 pub mod install;
 pub mod policy;
