@@ -191,11 +191,11 @@ impl PolicySource for CrdPolicies {
             let changed = tokio::select! {
                 () = &mut stop => return,
                 Some(event) = policies.next() => match event {
-                    Ok(event) => on_policy(event, &mut objects, &mut listing_policies),
+                    Ok(event) => on_event::<Authorization>(event, &mut objects, &mut listing_policies),
                     Err(e) => { watch_failed("AuthorizationPolicy", &e); false }
                 },
                 Some(event) = meshes.next() => match event {
-                    Ok(event) => on_mesh(event, &mut objects, &mut listing_mesh),
+                    Ok(event) => on_event::<Mesh>(event, &mut objects, &mut listing_mesh),
                     Err(e) => { watch_failed("MeshPolicy", &e); false }
                 },
             };
@@ -206,47 +206,59 @@ impl PolicySource for CrdPolicies {
     }
 }
 
-/// Applies one AuthorizationPolicy event; true when the set in force changed.
-fn on_policy(
-    event: watcher::Event<DynamicObject>,
-    objects: &mut Objects,
-    listing: &mut Option<Objects>,
-) -> bool {
-    match event {
-        watcher::Event::Init => {
-            *listing = Some(Objects::default());
-            false
+/// One kind of policy object as the watch sees it.
+trait Kind {
+    /// Before a relisted object is read: carries its earlier good version into `list`.
+    fn carry_over(objects: &Objects, list: &mut Objects, object: &DynamicObject);
+    fn apply(objects: &mut Objects, object: &DynamicObject);
+    fn delete(objects: &mut Objects, object: &DynamicObject);
+    /// Puts a complete relist in force.
+    fn replace(objects: &mut Objects, list: Objects);
+}
+
+struct Authorization;
+struct Mesh;
+
+impl Kind for Authorization {
+    fn carry_over(objects: &Objects, list: &mut Objects, object: &DynamicObject) {
+        if let Some(key) = key(object)
+            && let Some(good) = objects.policies.get(&key)
+        {
+            list.policies.insert(key, good.clone());
         }
-        watcher::Event::InitApply(object) => {
-            // Objects that failed to read keep their earlier good version across a relist.
-            let list = listing.get_or_insert_with(Objects::default);
-            if let Some(key) = key(&object)
-                && let Some(good) = objects.policies.get(&key)
-            {
-                list.policies.insert(key, good.clone());
-            }
-            list.apply_policy(&object);
-            false
-        }
-        watcher::Event::InitDone => {
-            if let Some(list) = listing.take() {
-                objects.policies = list.policies;
-            }
-            true
-        }
-        watcher::Event::Apply(object) => {
-            objects.apply_policy(&object);
-            true
-        }
-        watcher::Event::Delete(object) => {
-            objects.delete_policy(&object);
-            true
-        }
+    }
+    fn apply(objects: &mut Objects, object: &DynamicObject) {
+        objects.apply_policy(object);
+    }
+    fn delete(objects: &mut Objects, object: &DynamicObject) {
+        objects.delete_policy(object);
+    }
+    fn replace(objects: &mut Objects, list: Objects) {
+        objects.policies = list.policies;
     }
 }
 
-/// Applies one MeshPolicy event; true when the set in force changed.
-fn on_mesh(
+impl Kind for Mesh {
+    fn carry_over(objects: &Objects, list: &mut Objects, object: &DynamicObject) {
+        if key(object).is_some_and(|k| k.1 == MESH_POLICY) {
+            list.mesh.clone_from(&objects.mesh);
+        }
+    }
+    fn apply(objects: &mut Objects, object: &DynamicObject) {
+        objects.apply_mesh(object);
+    }
+    fn delete(objects: &mut Objects, object: &DynamicObject) {
+        objects.delete_mesh(object);
+    }
+    fn replace(objects: &mut Objects, list: Objects) {
+        objects.mesh = list.mesh;
+    }
+}
+
+/// Applies one watch event of kind `K`; true when the set in force changed. A relist is
+/// gathered in `listing` and put in force whole when complete; an object that fails to
+/// read keeps its earlier good version across it.
+fn on_event<K: Kind>(
     event: watcher::Event<DynamicObject>,
     objects: &mut Objects,
     listing: &mut Option<Objects>,
@@ -257,26 +269,23 @@ fn on_mesh(
             false
         }
         watcher::Event::InitApply(object) => {
-            // A default that fails to read keeps its earlier good version across a relist.
             let list = listing.get_or_insert_with(Objects::default);
-            if key(&object).is_some_and(|k| k.1 == MESH_POLICY) {
-                list.mesh.clone_from(&objects.mesh);
-            }
-            list.apply_mesh(&object);
+            K::carry_over(objects, list, &object);
+            K::apply(list, &object);
             false
         }
         watcher::Event::InitDone => {
             if let Some(list) = listing.take() {
-                objects.mesh = list.mesh;
+                K::replace(objects, list);
             }
             true
         }
         watcher::Event::Apply(object) => {
-            objects.apply_mesh(&object);
+            K::apply(objects, &object);
             true
         }
         watcher::Event::Delete(object) => {
-            objects.delete_mesh(&object);
+            K::delete(objects, &object);
             true
         }
     }
@@ -327,14 +336,14 @@ mod tests {
             watcher::Event::InitApply(object("AuthorizationPolicy", "bank", "b", allow(bad))),
             watcher::Event::InitDone,
         ] {
-            on_policy(event, &mut objects, &mut listing);
+            on_event::<Authorization>(event, &mut objects, &mut listing);
         }
         assert_eq!(
             principals(&objects),
             [good],
             "the bad new object is not in force"
         );
-        on_policy(
+        on_event::<Authorization>(
             watcher::Event::Apply(object("AuthorizationPolicy", "bank", "a", allow(bad))),
             &mut objects,
             &mut listing,
@@ -346,10 +355,10 @@ mod tests {
             watcher::Event::InitApply(object("AuthorizationPolicy", "bank", "a", allow(bad))),
             watcher::Event::InitDone,
         ] {
-            on_policy(event, &mut objects, &mut listing);
+            on_event::<Authorization>(event, &mut objects, &mut listing);
         }
         assert_eq!(principals(&objects), [good]);
-        on_policy(
+        on_event::<Authorization>(
             watcher::Event::Delete(object("AuthorizationPolicy", "bank", "a", allow(bad))),
             &mut objects,
             &mut listing,
@@ -369,13 +378,13 @@ mod tests {
                 json!({ "default": default }),
             )
         };
-        on_mesh(
+        on_event::<Mesh>(
             watcher::Event::Apply(mesh("other", "allow")),
             &mut objects,
             &mut listing,
         );
         assert!(objects.mesh.is_none(), "only {MESH_POLICY} counts");
-        on_mesh(
+        on_event::<Mesh>(
             watcher::Event::Apply(mesh(MESH_POLICY, "allow-authenticated")),
             &mut objects,
             &mut listing,
@@ -384,7 +393,7 @@ mod tests {
             objects.set().mesh_default(),
             ward_policy::MeshDefault::AllowAuthenticated
         );
-        on_mesh(
+        on_event::<Mesh>(
             watcher::Event::Apply(mesh(MESH_POLICY, "maybe")),
             &mut objects,
             &mut listing,
@@ -393,7 +402,7 @@ mod tests {
             objects.set().mesh_default(),
             ward_policy::MeshDefault::AllowAuthenticated
         );
-        on_mesh(
+        on_event::<Mesh>(
             watcher::Event::Delete(mesh(MESH_POLICY, "deny")),
             &mut objects,
             &mut listing,

@@ -175,6 +175,24 @@ impl Cluster {
         Run::from_output(child.wait_with_output().expect("kubectl output"))
     }
 
+    /// Applies `deploy/base` (kustomize) and waits until the CRDs are established.
+    pub fn install_ward(&self) -> String {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+        let applied = self
+            .kubectl(["apply", "-k", &base.to_string_lossy()])
+            .ok()
+            .to_owned();
+        self.kubectl([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/authorizationpolicies.ward.dev",
+            "crd/meshpolicies.ward.dev",
+        ])
+        .ok();
+        applied
+    }
+
     /// `kubectl apply -f -` of `yaml`, which must succeed.
     #[track_caller]
     pub fn apply(&self, yaml: &str) -> String {

@@ -18,19 +18,7 @@ const ORDERS_ID: &str = "spiffe://cluster.local/ns/bank/sa/orders";
 
 /// A namespace `bank` with service accounts and (Pending) pods for web and orders.
 fn workloads(cluster: &Cluster) {
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
-    cluster
-        .kubectl(["apply", "-k", &base.to_string_lossy()])
-        .ok();
-    cluster
-        .kubectl([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/authorizationpolicies.ward.dev",
-            "crd/meshpolicies.ward.dev",
-        ])
-        .ok();
+    cluster.install_ward();
     let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: { name: bank }\n");
     for app in ["web", "orders"] {
         yaml.push_str(&format!(

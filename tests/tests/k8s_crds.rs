@@ -81,10 +81,7 @@ fn the_crds_install_and_judge_policies_as_the_file_loader_does() {
         ward(["install"]).ok() == checked_in,
         "deploy/base/ward.yaml differs from `ward install`: run make deploy-manifests"
     );
-    let applied = cluster
-        .kubectl(["apply", "-k", &base.to_string_lossy()])
-        .ok()
-        .to_owned();
+    let applied = cluster.install_ward();
     for object in [
         "customresourcedefinition.apiextensions.k8s.io/authorizationpolicies.ward.dev created",
         "customresourcedefinition.apiextensions.k8s.io/meshpolicies.ward.dev created",
@@ -98,7 +95,6 @@ fn the_crds_install_and_judge_policies_as_the_file_loader_does() {
         );
     }
     cluster.kubectl(["create", "namespace", "bank"]).ok();
-    wait_for_established(&cluster);
 
     // The valid policy: accepted by the API server, and by the file loader.
     cluster.apply(VALID);
@@ -142,9 +138,8 @@ fn the_crds_install_and_judge_policies_as_the_file_loader_does() {
 #[test]
 fn there_is_one_mesh_policy_and_it_lives_in_ward_system() {
     let cluster = Cluster::start();
-    cluster.apply(ward(["install"]).ok());
+    cluster.install_ward();
     cluster.kubectl(["create", "namespace", "bank"]).ok();
-    wait_for_established(&cluster);
     let mesh = |name: &str, ns: &str, default: &str| {
         format!(
             "apiVersion: ward.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{ name: {name}, namespace: {ns} }}\nspec: {{ default: {default} }}\n"
@@ -177,16 +172,4 @@ fn there_is_one_mesh_policy_and_it_lives_in_ward_system() {
         applied.contains("meshpolicy.ward.dev/default created"),
         "{applied}"
     );
-}
-
-fn wait_for_established(cluster: &Cluster) {
-    cluster
-        .kubectl([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/authorizationpolicies.ward.dev",
-            "crd/meshpolicies.ward.dev",
-        ])
-        .ok();
 }

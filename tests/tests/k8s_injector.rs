@@ -67,10 +67,7 @@ fn ward_volumes(pod: &Value) -> Value {
 #[test]
 fn the_webhook_injects_what_ward_inject_prints_and_refuses_what_it_must() {
     let cluster = Cluster::start();
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
-    cluster
-        .kubectl(["apply", "-k", &base.to_string_lossy()])
-        .ok();
+    cluster.install_ward();
     let webhook = free_addr();
     let _cp = ControlPlane::start_kubernetes(
         cluster.dir(),
