@@ -41,6 +41,10 @@ pub struct ControlPlaneArgs {
     /// The image injected pods run ward-proxy from.
     #[arg(long, value_name = "IMAGE", requires = "kubernetes")]
     proxy_image: Option<String>,
+    /// With --kubernetes: how long the leader's Lease lasts unrenewed before another
+    /// replica takes over (renewed every fifth of it).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration, requires = "kubernetes")]
+    leader_lease: Duration,
     /// Admin address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
@@ -86,6 +90,7 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
             proxy_image: args
                 .proxy_image
                 .unwrap_or_else(ward_k8s::install::default_image),
+            lease: args.leader_lease,
         };
         runtime.block_on(ward_k8s::control_plane::run(settings, kube, Some(metrics)))?;
     } else {

@@ -1,8 +1,8 @@
 //! The trust bundle where injected pods mount it: a ConfigMap `ward-trust-bundle` in every
 //! namespace labelled `ward.dev/inject=enabled`, written at start, when such a namespace
 //! appears, and whenever the bundle changes (a root rotation), so a proxy that starts or
-//! restarts always bootstraps with the roots in force. Idempotent (server-side apply), so
-//! every replica may do it.
+//! restarts always bootstraps with the roots in force. The leader replica does it
+//! (server-side apply: a new leader rewriting what the last one wrote changes nothing).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,13 +18,28 @@ use crate::install::names::INJECT_LABEL;
 /// How often namespaces and the bundle file are looked at again.
 const EVERY: Duration = Duration::from_secs(2);
 
-/// Keeps the ConfigMaps in step with `bundle_file` until the drain begins.
-pub async fn publish(client: kube::Client, bundle_file: PathBuf, drain: Drain) {
+/// Keeps the ConfigMaps in step with `bundle_file` while `leader` says so, until the
+/// drain begins.
+pub async fn publish(
+    client: kube::Client,
+    bundle_file: PathBuf,
+    leader: tokio::sync::watch::Receiver<bool>,
+    drain: Drain,
+) {
     let namespaces = Api::<Namespace>::all(client.clone());
     let selector = ListParams::default().labels(&format!("{INJECT_LABEL}=enabled"));
     // (namespace -> bundle written there)
     let mut written: BTreeMap<String, String> = BTreeMap::new();
     loop {
+        if !*leader.borrow() {
+            // A new term starts from nothing written: another leader may have written since.
+            written.clear();
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => {}
+                () = drain.signaled() => return,
+            }
+            continue;
+        }
         match (
             namespaces.list(&selector).await,
             std::fs::read_to_string(&bundle_file),

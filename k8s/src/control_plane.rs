@@ -27,6 +27,8 @@ pub struct KubeSettings {
     pub webhook_names: Vec<String>,
     /// The image injected pods run `ward-proxy` from.
     pub proxy_image: String,
+    /// How long the leader's Lease lasts unrenewed before another replica takes over.
+    pub lease: std::time::Duration,
 }
 
 /// Runs the control plane against the cluster until SIGTERM/SIGINT.
@@ -48,10 +50,17 @@ pub async fn run(
     )
     .await?;
     let drain = Drain::new();
+    let candidate = crate::leader::Candidate {
+        namespace: namespace.clone(),
+        identity: replica_name(),
+        lease: kube.lease,
+    };
+    let leader = crate::leader::start(client.clone(), candidate, drain.clone());
     let bundle_file = settings.data_dir.join(ward_certs::ca::BUNDLE_FILE);
     tokio::spawn(crate::bundle::publish(
         client.clone(),
         bundle_file,
+        leader,
         drain.clone(),
     ));
     if let Some(addr) = kube.webhook {
@@ -85,5 +94,15 @@ pub async fn run(
         ward_control_plane::server::serve(settings, CrdPolicies::new(client), sources, metrics)
             .await;
     drain.start();
+    // The leader gives the Lease up before the process exits, so another leads at once.
+    drain.finish(std::time::Duration::from_secs(5)).await;
     served
+}
+
+/// This replica's name for the Lease: the pod's name (`POD_NAME`), else host and process.
+fn replica_name() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
 }

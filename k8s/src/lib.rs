@@ -16,5 +16,6 @@ pub mod crd;
 pub mod discovery;
 pub mod inject;
 pub mod install;
+pub mod leader;
 pub mod policy;
 pub mod webhook;

@@ -23,6 +23,8 @@ pub struct ControlPlane {
     log: PathBuf,
     /// Set for `--kubernetes`: the cluster's kubeconfig (no policy directory then).
     kubeconfig: Option<PathBuf>,
+    /// Extra environment (e.g. `POD_NAME`).
+    env: Vec<(String, String)>,
     trust_domain: String,
 }
 
@@ -47,6 +49,7 @@ impl ControlPlane {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.join("control-plane.log"),
             kubeconfig: None,
+            env: Vec::new(),
             trust_domain: "example.org".into(),
         };
         cp.spawn();
@@ -61,7 +64,18 @@ impl ControlPlane {
         trust_domain: &str,
         extra: &[&str],
     ) -> Self {
-        let mut cp = Self {
+        let mut cp = Self::start_kubernetes_unspawned(dir, kubeconfig, trust_domain, extra);
+        cp.spawn();
+        cp
+    }
+
+    fn start_kubernetes_unspawned(
+        dir: &Path,
+        kubeconfig: &Path,
+        trust_domain: &str,
+        extra: &[&str],
+    ) -> Self {
+        Self {
             child: None,
             listen: free_addr(),
             admin: free_addr(),
@@ -71,10 +85,31 @@ impl ControlPlane {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.join("control-plane.log"),
             kubeconfig: Some(kubeconfig.to_owned()),
+            env: Vec::new(),
             trust_domain: trust_domain.to_owned(),
-        };
+        }
+    }
+
+    /// [`ControlPlane::start_kubernetes`] as replica `name` (`POD_NAME`), its data and
+    /// log in `dir/name`.
+    pub fn start_replica(dir: &Path, kubeconfig: &Path, name: &str, extra: &[&str]) -> Self {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("replica dir");
+        let mut cp = Self::start_kubernetes_unspawned(&dir, kubeconfig, "cluster.local", extra);
+        cp.env.push(("POD_NAME".into(), name.into()));
         cp.spawn();
         cp
+    }
+
+    /// Sends SIGTERM (a graceful stop) and waits for the exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on our own child's pid; no memory is involved.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let _ = child.wait();
+        }
     }
 
     fn spawn(&mut self) {
@@ -88,6 +123,7 @@ impl ControlPlane {
             .args(["control-plane", "--trust-domain", &self.trust_domain])
             .arg("--data-dir")
             .arg(&self.data_dir);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         match &self.kubeconfig {
             Some(kubeconfig) => command.arg("--kubernetes").env("KUBECONFIG", kubeconfig),
             None => command.arg("--policy-dir").arg(&self.policy_dir),
