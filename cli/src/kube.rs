@@ -31,6 +31,38 @@ pub fn install(args: InstallArgs) -> anyhow::Result<Outcome> {
 }
 
 #[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The control plane's namespace.
+    #[arg(long, value_name = "NS", default_value = ward_policy::ROOT_NAMESPACE)]
+    namespace: String,
+}
+
+/// Checks ward on the cluster of KUBECONFIG (or in-cluster): a line per check; exit 1 if
+/// any failed.
+pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let checks = runtime.block_on(ward_k8s::check::run_default(&args.namespace));
+    for c in &checks {
+        println!("{c}");
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == ward_k8s::check::Status::Fail)
+        .count();
+    if failed == 0 {
+        println!("ward is healthy");
+        Ok(Outcome::Success)
+    } else {
+        println!("{failed} checks failed");
+        Ok(Outcome::Negative)
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct InjectArgs {
     /// The manifests (`-` for stdin): Pods, and the pod templates of Deployments,
     /// StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs; other objects pass through.

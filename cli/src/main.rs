@@ -48,6 +48,9 @@ enum Command {
     /// Print manifests with the ward sidecar injected, exactly as the injector webhook
     /// would store them (`ward inject -f app.yaml | kubectl apply -f -`).
     Inject(kube::InjectArgs),
+    /// Check ward on a cluster (KUBECONFIG or in-cluster): a line per check, exit 1 if
+    /// any fails.
+    Check(kube::CheckArgs),
     /// One of the demo's apps (started by `ward demo`).
     #[command(hide = true)]
     DemoApp(ward_demo::DemoAppArgs),
@@ -103,6 +106,7 @@ where
         }),
         Command::Install(args) => kube::install(args),
         Command::Inject(args) => kube::inject(args),
+        Command::Check(args) => kube::check(args),
         Command::DemoApp(args) => ward_demo::demo_app(args).map(|()| Outcome::Success),
     };
     match result {

@@ -2,6 +2,7 @@
 //!
 //! - [`crd`]: the custom resources, generated from the policy model;
 //! - [`install`]: the manifests `ward install` prints and `deploy/base` holds;
+//! - [`check`]: `ward check`, a line per check of ward on a cluster;
 //! - [`control_plane`]: `ward control-plane --kubernetes`, assembled from [`ca`] (the CA
 //!   in a Secret), [`policy`] (policy from the CRDs), [`discovery`] (endpoints from the
 //!   Pods), [`bundle`] (the trust bundle for injected pods), [`attest`] (proxies attested by
@@ -11,6 +12,7 @@
 pub mod attest;
 pub mod bundle;
 pub mod ca;
+pub mod check;
 pub mod control_plane;
 pub mod crd;
 pub mod discovery;

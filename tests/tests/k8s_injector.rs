@@ -215,6 +215,76 @@ fn the_webhook_injects_what_ward_inject_prints_and_refuses_what_it_must() {
             run.stdout.contains("BEGIN CERTIFICATE").then_some(())
         },
     );
+
+    // `ward check`: no replica is ready (no kubelet runs here), so it fails and says so.
+    let (code, lines) = ward_check(&cluster);
+    assert_eq!(code, 1, "{lines}");
+    assert!(
+        lines.contains("[FAIL] control plane: 0/2 replicas ready"),
+        "{lines}"
+    );
+    // Played by the test: the Deployment controller reports both replicas ready.
+    cluster
+        .kubectl([
+            "patch",
+            "deployment",
+            "ward-control-plane",
+            "-n",
+            "ward-system",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"replicas":2,"readyReplicas":2}}"#,
+        ])
+        .ok();
+    let (code, lines) = ward_check(&cluster);
+    for line in [
+        "[ok]   kubernetes API: reachable (v1.36.3)",
+        "[ok]   CRDs: AuthorizationPolicy and MeshPolicy established",
+        "[ok]   control plane: 2/2 replicas ready",
+        "[ok]   injector configuration: caBundle is the mesh CA's",
+        "[ok]   injector webhook: a dry-run pod in shop was injected",
+        "[ok]   proxies: 2 injected pods, all at 0.1.0",
+    ] {
+        assert!(lines.contains(line), "{line} missing from:\n{lines}");
+    }
+    assert!(lines.contains("[ok]   CA: valid until "), "{lines}");
+    assert!(lines.contains("[ok]   control-plane leader: "), "{lines}");
+    assert_eq!(code, 0, "{lines}");
+    // A broken injector is caught: the caBundle no longer matches the CA.
+    cluster
+        .kubectl([
+            "patch",
+            "mutatingwebhookconfiguration",
+            "ward-injector",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/webhooks/0/clientConfig/caBundle","value":"Zm9v"}]"#,
+        ])
+        .ok();
+    let (code, lines) = ward_check(&cluster);
+    assert_eq!(code, 1, "{lines}");
+    assert!(
+        lines.contains("[FAIL] injector configuration: caBundle is not the mesh CA's"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("[FAIL] injector webhook: a dry-run pod in shop was refused"),
+        "{lines}"
+    );
+}
+
+/// `ward check` against the cluster: (exit code, its lines).
+fn ward_check(cluster: &Cluster) -> (i32, String) {
+    let output = std::process::Command::new(ward_tests::bin::path("ward"))
+        .arg("check")
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .expect("ward check");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 fn yaml_to_json(yaml: &str) -> serde_json::Value {
