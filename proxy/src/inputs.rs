@@ -163,7 +163,12 @@ async fn start_identity(
         return Ok((identity, workload, None));
     };
     let bootstrap = TrustBundle::read(td.clone(), &files.bundle).map_err(IdentityError::from)?;
-    let client = ControlPlane::new(url, td, bootstrap)?;
+    let client = ControlPlane::new(url, td, bootstrap)?.with_watch_token(
+        files
+            .renew_with_token
+            .then(|| files.token_file.clone())
+            .flatten(),
+    );
     let token_file = files
         .token_file
         .clone()

@@ -185,7 +185,7 @@ async fn main() {
         let tx = tx.clone();
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
         receivers.push(tokio::spawn(async move {
-            let mut stream = match client.watch(v1::PolicyWatchRequest {}).await {
+            let mut stream = match client.watch(v1::PolicyWatchRequest::default()).await {
                 Ok(s) => s.into_inner(),
                 Err(_) => return,
             };

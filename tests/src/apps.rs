@@ -286,3 +286,27 @@ pub async fn grpc_echo() -> App {
         hits: Arc::new(AtomicUsize::new(0)),
     }
 }
+
+/// Answers each HTTP/1 request on `listener` (a thread of its own) with `200` and the
+/// request head, lower-cased, as the body: what reached the app, headers included.
+pub fn echo_heads(listener: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match std::io::Read::read(&mut conn, &mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let body = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut conn, reply.as_bytes());
+        }
+    });
+}

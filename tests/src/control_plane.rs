@@ -93,10 +93,24 @@ impl ControlPlane {
     /// [`ControlPlane::start_kubernetes`] as replica `name` (`POD_NAME`), its data and
     /// log in `dir/name`.
     pub fn start_replica(dir: &Path, kubeconfig: &Path, name: &str, extra: &[&str]) -> Self {
+        Self::start_replica_on(dir, kubeconfig, name, free_addr(), "1h", extra)
+    }
+
+    /// [`ControlPlane::start_replica`] listening on `listen`, issuing SVIDs for `svid_ttl`.
+    pub fn start_replica_on(
+        dir: &Path,
+        kubeconfig: &Path,
+        name: &str,
+        listen: SocketAddr,
+        svid_ttl: &str,
+        extra: &[&str],
+    ) -> Self {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("replica dir");
         let mut cp = Self::start_kubernetes_unspawned(&dir, kubeconfig, "cluster.local", extra);
         cp.env.push(("POD_NAME".into(), name.into()));
+        cp.listen = listen;
+        cp.svid_ttl = svid_ttl.to_owned();
         cp.spawn();
         cp
     }

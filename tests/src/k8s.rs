@@ -193,6 +193,37 @@ impl Cluster {
         applied
     }
 
+    /// Points the injector's webhook at `https://ADDR/inject` (no kube-proxy routes to its
+    /// Service here), once the control plane has set the caBundle.
+    pub fn route_webhook(&self, addr: std::net::SocketAddr) {
+        eventually(
+            Duration::from_secs(20),
+            "the control plane sets the caBundle",
+            || {
+                let run = self.kubectl([
+                    "get",
+                    "mutatingwebhookconfiguration",
+                    "ward-injector",
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ]);
+                (!run.stdout.is_empty()).then_some(())
+            },
+        );
+        let patch = format!(
+            r#"[{{"op":"remove","path":"/webhooks/0/clientConfig/service"}},{{"op":"add","path":"/webhooks/0/clientConfig/url","value":"https://{addr}/inject"}}]"#
+        );
+        self.kubectl([
+            "patch",
+            "mutatingwebhookconfiguration",
+            "ward-injector",
+            "--type=json",
+            "-p",
+            &patch,
+        ])
+        .ok();
+    }
+
     /// `kubectl apply -f -` of `yaml`, which must succeed.
     #[track_caller]
     pub fn apply(&self, yaml: &str) -> String {

@@ -9,6 +9,7 @@ pub mod k8s;
 pub mod mesh;
 pub mod net;
 pub mod netns;
+pub mod node;
 pub mod pki;
 pub mod tls;
 

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::Duration;
 
+use ward_tests::apps::echo_heads;
 use ward_tests::bin;
 use ward_tests::netns::{self, Netns};
 
@@ -296,28 +297,6 @@ fn redirect(rules: Rules) {
 
 /// An HTTP/1.1 server that answers every request with its own head (so the caller sees
 /// the headers the app received), on a listener made inside a namespace.
-fn echo_heads(listener: TcpListener) {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match std::io::Read::read(&mut conn, &mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let body = String::from_utf8_lossy(&head).to_ascii_lowercase();
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(reply.as_bytes());
-        }
-    });
-}
-
 /// Answers every connection with one line.
 fn say(listener: TcpListener, line: &'static str) {
     std::thread::spawn(move || {

@@ -84,33 +84,7 @@ fn the_webhook_injects_what_ward_inject_prints_and_refuses_what_it_must() {
     );
     // No kube-proxy routes to the Service here, so the API server calls the webhook by URL
     // (the certificate carries 127.0.0.1 for that); the caBundle is the control plane's.
-    eventually(
-        Duration::from_secs(20),
-        "the control plane sets the caBundle",
-        || {
-            let run = cluster.kubectl([
-                "get",
-                "mutatingwebhookconfiguration",
-                "ward-injector",
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ]);
-            (!run.stdout.is_empty()).then_some(())
-        },
-    );
-    let patch = format!(
-        r#"[{{"op":"remove","path":"/webhooks/0/clientConfig/service"}},{{"op":"add","path":"/webhooks/0/clientConfig/url","value":"https://{webhook}/inject"}}]"#
-    );
-    cluster
-        .kubectl([
-            "patch",
-            "mutatingwebhookconfiguration",
-            "ward-injector",
-            "--type=json",
-            "-p",
-            &patch,
-        ])
-        .ok();
+    cluster.route_webhook(webhook);
     cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: { name: shop, labels: { ward.dev/inject: enabled } }\n---\napiVersion: v1\nkind: Namespace\nmetadata: { name: plain }\n");
 
     // Injected, as `ward inject` prints it.

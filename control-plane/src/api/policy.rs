@@ -8,10 +8,42 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use ward_api::v1::{self, PolicySnapshot, PolicyWatchRequest};
 
-use super::{Api, caller_svid};
+use super::{Api, attest_status, caller_svid};
 use crate::metrics as m;
 
 pub(crate) type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PolicySnapshot, Status>> + Send>>;
+
+impl Api {
+    /// The caller's workload: as this replica knows it, else as its token proves (a
+    /// proxy attested by another replica), which must name the caller's own identity.
+    async fn registration(
+        &self,
+        id: &ward_certs::SpiffeId,
+        token: &str,
+    ) -> Result<crate::attest::Registration, Status> {
+        let state = &self.0;
+        match state.registry.workload(id, state.attestor.as_ref()) {
+            Ok(known) => Ok(known),
+            Err(unknown) if token.is_empty() => Err(unknown),
+            Err(_) => {
+                let now = std::time::SystemTime::now();
+                let attested = state
+                    .attestor
+                    .attest(token, now)
+                    .await
+                    .map_err(attest_status)?;
+                if attested.id != *id {
+                    return Err(Status::permission_denied(format!(
+                        "the token attests {}, the caller is {id}",
+                        attested.id
+                    )));
+                }
+                state.registry.attested(id, attested.workload.clone());
+                Ok(attested.workload)
+            }
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl v1::policy_server::Policy for Api {
@@ -22,7 +54,7 @@ impl v1::policy_server::Policy for Api {
         req: Request<PolicyWatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = caller_svid(&req)?;
-        let registration = self.0.registry.workload(&id, self.0.attestor.as_ref())?;
+        let registration = self.registration(&id, &req.get_ref().token).await?;
         let slot = self.0.registry.watch_slot(&id)?;
         let mut updates = self.0.policy.subscribe();
         // Capacity 1: a slow watcher only ever waits for its own previous snapshot, and

@@ -52,6 +52,8 @@ pub struct ControlPlane {
     bootstrap_bundle: TrustBundle,
     /// The long-lived mTLS channel for the streams, made on first use.
     mtls: Arc<OnceLock<Channel>>,
+    /// Sent with `Policy.Watch` when set (see `identity.renew_with_token`), re-read each time.
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl ControlPlane {
@@ -70,7 +72,15 @@ impl ControlPlane {
             expected,
             bootstrap_bundle,
             mtls: Arc::new(OnceLock::new()),
+            token_file: None,
         })
+    }
+
+    /// Sends the token in `file` with every `Policy.Watch`, so any control-plane replica
+    /// can attest this proxy's workload (Kubernetes).
+    pub fn with_watch_token(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.token_file = file;
+        self
     }
 
     /// A gRPC channel over TLS with `tls` (which decides whether we present an SVID).
@@ -133,8 +143,18 @@ impl ControlPlane {
         &self,
         identity: &MeshIdentity,
     ) -> Result<tonic::Streaming<v1::PolicySnapshot>, Status> {
+        let token = match &self.token_file {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|e| Status::unavailable(format!("{}: {e}", file.display())))?
+                .trim()
+                .to_owned(),
+            None => String::new(),
+        };
         let mut client = v1::policy_client::PolicyClient::new(self.mtls_channel(identity)?);
-        Ok(client.watch(v1::PolicyWatchRequest {}).await?.into_inner())
+        Ok(client
+            .watch(v1::PolicyWatchRequest { token })
+            .await?
+            .into_inner())
     }
 }
 
