@@ -224,6 +224,42 @@ impl Cluster {
         .ok();
     }
 
+    /// Who holds the control plane's leader Lease ("" if no one).
+    pub fn lease_holder(&self) -> String {
+        self.kubectl([
+            "get",
+            "lease",
+            "ward-control-plane",
+            "-n",
+            "ward-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .stdout
+        .trim()
+        .to_owned()
+    }
+
+    /// Waits for the trust bundle ConfigMap in `namespace` and returns its PEM.
+    pub fn trust_bundle(&self, namespace: &str) -> String {
+        eventually(
+            Duration::from_secs(20),
+            "the trust bundle ConfigMap",
+            || {
+                let run = self.kubectl([
+                    "get",
+                    "configmap",
+                    "ward-trust-bundle",
+                    "-n",
+                    namespace,
+                    "-o",
+                    "jsonpath={.data.bundle\\.pem}",
+                ]);
+                (run.code == 0 && run.stdout.contains("BEGIN CERTIFICATE")).then_some(run.stdout)
+            },
+        )
+    }
+
     /// `kubectl apply -f -` of `yaml`, which must succeed.
     #[track_caller]
     pub fn apply(&self, yaml: &str) -> String {

@@ -217,22 +217,7 @@ impl Node {
             .trim()
             .to_owned();
         std::fs::write(files.join("token"), token).expect("token");
-        let bundle = eventually(
-            Duration::from_secs(20),
-            "the trust bundle ConfigMap",
-            || {
-                let run = cluster.kubectl([
-                    "get",
-                    "configmap",
-                    "ward-trust-bundle",
-                    "-n",
-                    ns,
-                    "-o",
-                    "jsonpath={.data.bundle\\.pem}",
-                ]);
-                (run.code == 0 && run.stdout.contains("BEGIN")).then_some(run.stdout)
-            },
-        );
+        let bundle = cluster.trust_bundle(ns);
         std::fs::write(files.join("bundle.pem"), bundle).expect("bundle");
         run(&["chown", "-R", "1337:1337", &files.to_string_lossy()]);
         run(&["chmod", "755", &files.to_string_lossy()]);

@@ -148,21 +148,7 @@ fn injected_pods_attest_discover_each_other_and_talk_mtls_under_crd_policy() {
     // renewing (through the Service, now to the survivor) while traffic goes on; a
     // proxy's policy stream is accepted by a replica that never attested it.
     let before = web.serial();
-    let holder = || {
-        cluster
-            .kubectl([
-                "get",
-                "lease",
-                "ward-control-plane",
-                "-n",
-                "ward-system",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ])
-            .stdout
-            .trim()
-            .to_owned()
-    };
+    let holder = || cluster.lease_holder();
     eventually(
         Duration::from_secs(15),
         "cp-a leads (it started first)",

@@ -173,22 +173,7 @@ fn the_webhook_injects_what_ward_inject_prints_and_refuses_what_it_must() {
     );
 
     // The bundle the injected proxies mount is in the namespace.
-    eventually(
-        Duration::from_secs(10),
-        "the trust bundle ConfigMap",
-        || {
-            let run = cluster.kubectl([
-                "get",
-                "configmap",
-                "ward-trust-bundle",
-                "-n",
-                "shop",
-                "-o",
-                "jsonpath={.data.bundle\\.pem}",
-            ]);
-            run.stdout.contains("BEGIN CERTIFICATE").then_some(())
-        },
-    );
+    cluster.trust_bundle("shop");
 
     // `ward check`: no replica is ready (no kubelet runs here), so it fails and says so.
     let (code, lines) = ward_check(&cluster);

@@ -12,19 +12,7 @@ use ward_tests::mesh::{ControlPlane, cp_channel, csr_for, http_get};
 const LEASE: &str = "3s";
 
 fn holder(cluster: &Cluster) -> String {
-    cluster
-        .kubectl([
-            "get",
-            "lease",
-            "ward-control-plane",
-            "-n",
-            "ward-system",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .stdout
-        .trim()
-        .to_owned()
+    cluster.lease_holder()
 }
 
 fn leads(cp: &ControlPlane) -> bool {
