@@ -11,6 +11,8 @@ pub mod names {
     pub const CONTROL_PLANE: &str = "ward-control-plane";
     pub const WEBHOOK_CONFIGURATION: &str = "ward-injector";
     pub const WEBHOOK: &str = "inject.ward.dev";
+    /// For pods that opt in where their namespace says nothing.
+    pub const POD_WEBHOOK: &str = "inject-pod.ward.dev";
     pub const WEBHOOK_PATH: &str = "/inject";
     pub const LEASE: &str = "ward-control-plane";
     pub const CA_SECRET: &str = "ward-ca";
@@ -262,12 +264,9 @@ fn disruption_budget() -> Value {
 /// Pods created in a namespace labelled `ward.dev/inject=enabled`, unless the pod says
 /// `ward.dev/inject=disabled`. The caBundle is patched in by the control plane at start.
 fn webhook_configuration() -> Value {
-    json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": { "name": WEBHOOK_CONFIGURATION, "labels": labels() },
-        "webhooks": [{
-            "name": WEBHOOK,
+    let webhook = |name: &str, namespaces: Value, objects: Value| {
+        json!({
+            "name": name,
             "admissionReviewVersions": ["v1"],
             "sideEffects": "None",
             // A pod of a meshed namespace must not start outside the mesh.
@@ -281,10 +280,30 @@ fn webhook_configuration() -> Value {
                 "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                 "resources": ["pods"], "scope": "Namespaced",
             }],
-            "namespaceSelector": { "matchLabels": { INJECT_LABEL: "enabled" } },
-            "objectSelector": { "matchExpressions": [
-                { "key": INJECT_LABEL, "operator": "NotIn", "values": ["disabled"] },
-            ]},
-        }],
+            "namespaceSelector": namespaces,
+            "objectSelector": objects,
+        })
+    };
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": { "name": WEBHOOK_CONFIGURATION, "labels": labels() },
+        "webhooks": [
+            // Every pod of a namespace that opted in, unless the pod opted out.
+            webhook(
+                WEBHOOK,
+                json!({ "matchLabels": { INJECT_LABEL: "enabled" } }),
+                json!({ "matchExpressions": [
+                    { "key": INJECT_LABEL, "operator": "NotIn", "values": ["disabled"] },
+                ]}),
+            ),
+            // A pod that opted in, in a namespace that said nothing (one that said
+            // `disabled` keeps its pods out; one that said `enabled` is the entry above).
+            webhook(
+                POD_WEBHOOK,
+                json!({ "matchExpressions": [{ "key": INJECT_LABEL, "operator": "DoesNotExist" }] }),
+                json!({ "matchLabels": { INJECT_LABEL: "enabled" } }),
+            ),
+        ],
     })
 }

@@ -210,9 +210,24 @@ impl Cluster {
                 (!run.stdout.is_empty()).then_some(())
             },
         );
-        let patch = format!(
-            r#"[{{"op":"remove","path":"/webhooks/0/clientConfig/service"}},{{"op":"add","path":"/webhooks/0/clientConfig/url","value":"https://{addr}/inject"}}]"#
-        );
+        let names = self
+            .kubectl([
+                "get",
+                "mutatingwebhookconfiguration",
+                "ward-injector",
+                "-o",
+                "jsonpath={.webhooks[*].name}",
+            ])
+            .ok()
+            .to_owned();
+        let ops: Vec<String> = (0..names.split_whitespace().count())
+            .map(|i| {
+                format!(
+                    r#"{{"op":"remove","path":"/webhooks/{i}/clientConfig/service"}},{{"op":"add","path":"/webhooks/{i}/clientConfig/url","value":"https://{addr}/inject"}}"#
+                )
+            })
+            .collect();
+        let patch = format!("[{}]", ops.join(","));
         self.kubectl([
             "patch",
             "mutatingwebhookconfiguration",

@@ -146,6 +146,12 @@ fn the_webhook_injects_what_ward_inject_prints_and_refuses_what_it_must() {
     assert!(!has_sidecar(&stored(&cluster, "shop", "batch")));
     cluster.apply(&pod("other", "app: other", "").replace("namespace: shop", "namespace: plain"));
     assert!(!has_sidecar(&stored(&cluster, "plain", "other")));
+    // A pod that opts in where its namespace says nothing: injected.
+    cluster.apply(
+        &pod("keen", "app: keen, ward.dev/inject: enabled", "")
+            .replace("namespace: shop", "namespace: plain"),
+    );
+    assert!(has_sidecar(&stored(&cluster, "plain", "keen")));
 
     // hostNetwork: refused with the reason.
     let refused = cluster.kubectl_with_input(
@@ -203,7 +209,7 @@ fn the_webhook_injects_what_ward_inject_prints_and_refuses_what_it_must() {
         "[ok]   control plane: 2/2 replicas ready",
         "[ok]   injector configuration: caBundle is the mesh CA's",
         "[ok]   injector webhook: a dry-run pod in shop was injected",
-        "[ok]   proxies: 2 injected pods, all at 0.1.0",
+        "[ok]   proxies: 3 injected pods, all at 0.1.0",
     ] {
         assert!(lines.contains(line), "{line} missing from:\n{lines}");
     }
