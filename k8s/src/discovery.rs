@@ -1,7 +1,8 @@
 //! The mesh's endpoints from the cluster's Pods, the authoritative source on Kubernetes:
 //! each injected pod's IPs and container ports, the SPIFFE ID of its service account
-//! (`spiffe://TD/ns/NS/sa/SA`), and what each port speaks (the port's name, Istio-style:
-//! `http`, `http2`, `grpc`, `tcp`, ...; or `ward.dev/app-protocols: "8080=grpc,5432=tcp"`).
+//! (`spiffe://TD/ns/NS/sa/SA`), and what each port speaks: `ward.dev/app-protocols:
+//! "8080=grpc,5432=tcp"` on the pod, else the `appProtocol` of a Service port that selects
+//! it, else the port's name (Istio-style: `http`, `http2`, `grpc`, `tcp`, ...).
 //! What proxies say about themselves is ignored here: an address belongs to the pod the
 //! API server says has it.
 
@@ -9,7 +10,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
@@ -33,7 +35,7 @@ impl PodEndpoints {
     /// Starts following the cluster's pods until the drain begins.
     pub fn start(client: kube::Client, td: TrustDomain, drain: Drain) -> Self {
         let tx = watch::Sender::new(Arc::new(Endpoints::default()));
-        tokio::spawn(follow(Api::<Pod>::all(client), td, tx.clone(), drain));
+        tokio::spawn(follow(client, td, tx.clone(), drain));
         Self { tx }
     }
 }
@@ -49,48 +51,73 @@ impl DiscoverySource for PodEndpoints {
 /// `namespace/name`
 type Key = (String, String);
 
-async fn follow(pods: Api<Pod>, td: TrustDomain, tx: watch::Sender<Arc<Endpoints>>, drain: Drain) {
-    let mut events = std::pin::pin!(watcher(pods, watcher::Config::default()).default_backoff());
-    let mut known: BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>> = BTreeMap::new();
-    let mut listing: Option<BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>>> = None;
-    loop {
-        let event = tokio::select! {
-            () = drain.signaled() => return,
-            Some(event) = events.next() => event,
-        };
-        let changed = match event {
-            Ok(watcher::Event::Init) => {
-                listing = Some(BTreeMap::new());
+/// Objects of one kind as a watch sees them: put in force whole after each (re)list.
+struct Watched<K> {
+    objects: BTreeMap<Key, K>,
+    listing: Option<BTreeMap<Key, K>>,
+}
+
+impl<K: kube::Resource> Watched<K> {
+    fn new() -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            listing: None,
+        }
+    }
+
+    /// Applies one event; true when the objects in force changed.
+    fn apply(&mut self, event: watcher::Event<K>) -> bool {
+        let key = |o: &K| Some((o.meta().namespace.clone()?, o.meta().name.clone()?));
+        match event {
+            watcher::Event::Init => {
+                self.listing = Some(BTreeMap::new());
                 false
             }
-            Ok(watcher::Event::InitApply(pod)) => {
-                if let Some(key) = key(&pod) {
-                    listing
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(key, endpoints_of(&pod, &td));
+            watcher::Event::InitApply(o) => {
+                if let Some(k) = key(&o) {
+                    self.listing.get_or_insert_with(BTreeMap::new).insert(k, o);
                 }
                 false
             }
-            Ok(watcher::Event::InitDone) => {
-                known = listing.take().unwrap_or_default();
+            watcher::Event::InitDone => {
+                self.objects = self.listing.take().unwrap_or_default();
                 true
             }
-            Ok(watcher::Event::Apply(pod)) => key(&pod).is_some_and(|key| {
-                let now = endpoints_of(&pod, &td);
-                known
-                    .insert(key, now.clone())
-                    .is_none_or(|before| before != now)
+            watcher::Event::Apply(o) => key(&o).is_some_and(|k| {
+                self.objects.insert(k, o);
+                true
             }),
-            Ok(watcher::Event::Delete(pod)) => {
-                key(&pod).is_some_and(|key| known.remove(&key).is_some())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "watching pods failed; retrying, the last endpoints stay");
-                false
-            }
+            watcher::Event::Delete(o) => key(&o).is_some_and(|k| self.objects.remove(&k).is_some()),
+        }
+    }
+}
+
+async fn follow(
+    client: kube::Client,
+    td: TrustDomain,
+    tx: watch::Sender<Arc<Endpoints>>,
+    drain: Drain,
+) {
+    let config = watcher::Config::default();
+    let mut pod_events =
+        std::pin::pin!(watcher(Api::<Pod>::all(client.clone()), config.clone()).default_backoff());
+    let mut service_events =
+        std::pin::pin!(watcher(Api::<Service>::all(client), config).default_backoff());
+    let (mut pods, mut services) = (Watched::<Pod>::new(), Watched::<Service>::new());
+    loop {
+        let changed = tokio::select! {
+            () = drain.signaled() => return,
+            Some(event) = pod_events.next() => match event {
+                Ok(event) => pods.apply(event),
+                Err(e) => { watch_failed("pods", &e); false }
+            },
+            Some(event) = service_events.next() => match event {
+                Ok(event) => services.apply(event),
+                Err(e) => { watch_failed("services", &e); false }
+            },
         };
         if changed {
-            let by_address = merged(&known);
+            let by_address = endpoints(&pods.objects, &services.objects, &td);
             tx.send_if_modified(|current| {
                 if current.by_address == by_address {
                     return false;
@@ -105,8 +132,64 @@ async fn follow(pods: Api<Pod>, td: TrustDomain, tx: watch::Sender<Arc<Endpoints
     }
 }
 
-fn key(pod: &Pod) -> Option<Key> {
-    Some((pod.metadata.namespace.clone()?, pod.metadata.name.clone()?))
+fn watch_failed(what: &str, e: &watcher::Error) {
+    tracing::warn!(error = %e, "watching {what} failed; retrying, the last endpoints stay");
+}
+
+/// Every injected pod's endpoints, with protocols its Services' `appProtocol` names.
+fn endpoints(
+    pods: &BTreeMap<Key, Pod>,
+    services: &BTreeMap<Key, Service>,
+    td: &TrustDomain,
+) -> BTreeMap<SocketAddr, v1::Endpoint> {
+    let known: BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>> = pods
+        .iter()
+        .map(|(key, pod)| {
+            let hints = service_protocols(
+                pod,
+                services
+                    .values()
+                    .filter(|s| s.metadata.namespace == pod.metadata.namespace),
+            );
+            (key.clone(), endpoints_of(pod, td, &hints))
+        })
+        .collect();
+    merged(&known)
+}
+
+/// The protocols the Services selecting `pod` name for its ports (`appProtocol`), by
+/// container port.
+pub fn service_protocols<'a>(
+    pod: &Pod,
+    services: impl Iterator<Item = &'a Service>,
+) -> BTreeMap<u16, String> {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let containers: Vec<_> = pod.spec.iter().flat_map(|s| s.containers.iter()).collect();
+    let mut hints = BTreeMap::new();
+    for spec in services.filter_map(|s| s.spec.as_ref()) {
+        let selector = spec.selector.clone().unwrap_or_default();
+        if selector.is_empty() || !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            continue;
+        }
+        for port in spec.ports.iter().flatten() {
+            let Some(protocol) = port.app_protocol.as_deref().and_then(protocol_word) else {
+                continue;
+            };
+            let target = match &port.target_port {
+                Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+                Some(IntOrString::String(name)) => containers
+                    .iter()
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok()),
+                None => u16::try_from(port.port).ok(),
+            };
+            if let Some(target) = target {
+                hints.insert(target, protocol.to_owned());
+            }
+        }
+    }
+    hints
 }
 
 /// All pods' endpoints by address; an address two pods claim (an IP reused while the old
@@ -133,7 +216,11 @@ fn merged(
 
 /// An injected, live pod's endpoints: every pod IP with every TCP port its app containers
 /// declare.
-pub fn endpoints_of(pod: &Pod, td: &TrustDomain) -> Vec<(SocketAddr, v1::Endpoint)> {
+pub fn endpoints_of(
+    pod: &Pod,
+    td: &TrustDomain,
+    service_hints: &BTreeMap<u16, String>,
+) -> Vec<(SocketAddr, v1::Endpoint)> {
     let injected = pod
         .metadata
         .annotations
@@ -173,6 +260,7 @@ pub fn endpoints_of(pod: &Pod, td: &TrustDomain) -> Vec<(SocketAddr, v1::Endpoin
             };
             let protocol = named
                 .get(&number)
+                .or_else(|| service_hints.get(&number))
                 .cloned()
                 .or_else(|| port.name.as_deref().map(protocol_of_name))
                 .unwrap_or_default();
@@ -264,7 +352,7 @@ status: { phase: Running, podIP: 10.1.0.7, podIPs: [ { ip: 10.1.0.7 }, { ip: \"f
 
     #[test]
     fn an_injected_pod_serves_its_tcp_ports_on_every_ip_as_its_service_account() {
-        let endpoints = endpoints_of(&pod(WEB), &td());
+        let endpoints = endpoints_of(&pod(WEB), &td(), &BTreeMap::new());
         let got: Vec<(String, String, String)> = endpoints
             .iter()
             .map(|(a, e)| (a.to_string(), e.spiffe_id.clone(), e.protocol.clone()))
@@ -290,7 +378,10 @@ status: { phase: Running, podIP: 10.1.0.7, podIPs: [ { ip: 10.1.0.7 }, { ip: \"f
             "name: web-1, deletionTimestamp: \"2026-12-01T00:00:00Z\",",
         );
         for yaml in [plain, done, gone] {
-            assert!(endpoints_of(&pod(&yaml), &td()).is_empty(), "{yaml}");
+            assert!(
+                endpoints_of(&pod(&yaml), &td(), &BTreeMap::new()).is_empty(),
+                "{yaml}"
+            );
         }
     }
 
@@ -302,14 +393,56 @@ status: { phase: Running, podIP: 10.1.0.7, podIPs: [ { ip: 10.1.0.7 }, { ip: \"f
         let mut known = BTreeMap::new();
         known.insert(
             ("shop".to_owned(), "web-1".to_owned()),
-            endpoints_of(&pod(WEB), &td()),
+            endpoints_of(&pod(WEB), &td(), &BTreeMap::new()),
         );
         known.insert(
             ("shop".to_owned(), "web-2".to_owned()),
-            endpoints_of(&pod(&other), &td()),
+            endpoints_of(&pod(&other), &td(), &BTreeMap::new()),
         );
         assert!(merged(&known).is_empty());
         known.remove(&("shop".to_owned(), "web-2".to_owned()));
         assert_eq!(merged(&known).len(), 4);
+    }
+
+    #[test]
+    fn a_selecting_services_app_protocol_names_the_port_and_the_pod_annotation_wins() {
+        let services: Vec<Service> = [
+            // Selects web-1; named and numbered target ports.
+            "metadata: { name: web, namespace: shop }\nspec: { selector: { app: web }, ports: [ { port: 80, targetPort: http-web, appProtocol: kubernetes.io/h2c }, { port: 91, targetPort: 9090, appProtocol: tcp } ] }",
+            // Another namespace's, and one whose selector does not match: no say.
+            "metadata: { name: web, namespace: other }\nspec: { selector: { app: web }, ports: [ { port: 80, targetPort: 8080, appProtocol: grpc } ] }",
+            "metadata: { name: db, namespace: shop }\nspec: { selector: { app: db }, ports: [ { port: 80, targetPort: 8080, appProtocol: tcp } ] }",
+        ]
+        .iter()
+        .map(|y| yaml_serde::from_str(y).unwrap())
+        .collect();
+        let web = pod(&WEB.replace("name: web-1,", "name: web-1, labels: { app: web },"));
+        let same_namespace = services
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some("shop"));
+        let hints = service_protocols(&web, same_namespace);
+        assert_eq!(
+            hints.get(&8080).map(String::as_str),
+            Some("http2"),
+            "{hints:?}"
+        );
+        let endpoints = endpoints_of(&web, &td(), &hints);
+        let protocol = |port: u16| {
+            endpoints
+                .iter()
+                .find(|(a, _)| a.port() == port)
+                .map(|(_, e)| e.protocol.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            protocol(8080),
+            "http2",
+            "the Service's appProtocol beats the port name"
+        );
+        assert_eq!(
+            protocol(9090),
+            "grpc",
+            "the pod's annotation beats the Service"
+        );
     }
 }

@@ -98,7 +98,7 @@ fn rbac() -> Vec<Value> {
     let cluster_rules = json!([
         { "apiGroups": ["ward.dev"], "resources": ["authorizationpolicies", "meshpolicies"],
           "verbs": ["get", "list", "watch"] },
-        { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
+        { "apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list", "watch"] },
         { "apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"] },
         { "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
           "resourceNames": [WEBHOOK_CONFIGURATION], "verbs": ["get", "patch"] },

@@ -239,6 +239,40 @@ impl Cluster {
         .ok();
     }
 
+    /// A kubeconfig that authenticates as service account `namespace/account` (a token
+    /// from the TokenRequest API), so a process runs with that account's RBAC alone.
+    pub fn kubeconfig_for(&self, namespace: &str, account: &str) -> PathBuf {
+        let token = self
+            .kubectl([
+                "create",
+                "token",
+                account,
+                "-n",
+                namespace,
+                "--duration",
+                "1h",
+            ])
+            .ok()
+            .trim()
+            .to_owned();
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{namespace}-{account}"));
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "test", "cluster": {
+                "server": self.url,
+                "certificate-authority": self.dir.path().join("ca.crt").to_string_lossy() } }],
+            "users": [{ "name": account, "user": { "token": token } }],
+            "contexts": [{ "name": "test", "context": { "cluster": "test", "user": account } }],
+            "current-context": "test",
+        });
+        std::fs::write(&path, config.to_string()).expect("kubeconfig");
+        path
+    }
+
     /// Who holds the control plane's leader Lease ("" if no one).
     pub fn lease_holder(&self) -> String {
         self.kubectl([

@@ -90,22 +90,11 @@ fn injected_pods_attest_discover_each_other_and_talk_mtls_under_crd_policy() {
         "--proxy-image",
         "ward:test",
     ]);
-    let mut a = ControlPlane::start_replica_on(
-        cluster.dir(),
-        &cluster.kubeconfig,
-        "cp-a",
-        a_addr,
-        "20s",
-        &a_args,
-    );
-    let _b = ControlPlane::start_replica_on(
-        cluster.dir(),
-        &cluster.kubeconfig,
-        "cp-b",
-        b_addr,
-        "20s",
-        &short,
-    );
+    // The replicas run as their ServiceAccount: the install's RBAC must be enough.
+    let account = cluster.kubeconfig_for("ward-system", "ward-control-plane");
+    let mut a =
+        ControlPlane::start_replica_on(cluster.dir(), &account, "cp-a", a_addr, "20s", &a_args);
+    let _b = ControlPlane::start_replica_on(cluster.dir(), &account, "cp-b", b_addr, "20s", &short);
     ward_tests::node::service(service, vec![a_addr, b_addr]);
     cluster.route_webhook(webhook);
     cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: { name: shop, labels: { ward.dev/inject: enabled } }\n");

@@ -384,13 +384,17 @@ async fn without_a_valid_policy_the_sidecar_is_not_ready_and_denies() {
     );
     let proxy = ward_tests::mesh::Proxy::spawn(dir.path(), "orders", &config, &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
+    // Wait until the identity is loaded (on a busy machine /ready may first answer while
+    // it is still pending): from then on only the policy keeps the sidecar unready.
     let (code, body) = loop {
-        if let Some(r) = ward_tests::mesh::http_get(admin, "/ready") {
+        if let Some(r) = ward_tests::mesh::http_get(admin, "/ready")
+            && !r.1.contains("\"identity\"")
+        {
             break r;
         }
         assert!(
             Instant::now() < deadline,
-            "admin never answered:\n{}",
+            "admin never answered without identity pending:\n{}",
             proxy.logs()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
