@@ -13,14 +13,7 @@ use ward_certs::{TrustBundle, TrustDomain};
 /// the token store) and a CA on first use. Returns the signer and the trust bundle, which
 /// must hold the signer's root.
 pub fn open(dir: &Path, td: &TrustDomain) -> anyhow::Result<(CertificateAuthority, TrustBundle)> {
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
+    create_dir(dir)?;
     let ca = if dir.join(ca::CA_CERT_FILE).exists() {
         CertificateAuthority::load(dir).context("loading the CA")?
     } else {
@@ -45,6 +38,16 @@ pub fn open(dir: &Path, td: &TrustDomain) -> anyhow::Result<(CertificateAuthorit
         anyhow::bail!("{}: bundle.pem does not hold the CA's root", dir.display());
     }
     Ok((ca, bundle))
+}
+
+/// Creates the data directory if it is missing, owner only (it holds the CA key).
+pub fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// The trust bundle in the data directory.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use ward_runtime::Drain;
 
 use crate::inject::{BUNDLE_CONFIGMAP, BUNDLE_KEY};
@@ -73,24 +73,15 @@ pub async fn publish(
 }
 
 async fn apply(client: &kube::Client, namespace: &str, bundle: &str) -> Result<(), kube::Error> {
-    let map = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(BUNDLE_CONFIGMAP.into()),
-            namespace: Some(namespace.into()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/part-of".to_owned(),
-                "ward".to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(BUNDLE_KEY.to_owned(), bundle.to_owned())])),
-        ..ConfigMap::default()
-    };
     let value = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": map.metadata,
-        "data": map.data,
+        "metadata": {
+            "name": BUNDLE_CONFIGMAP,
+            "namespace": namespace,
+            "labels": { "app.kubernetes.io/part-of": "ward" },
+        },
+        "data": { BUNDLE_KEY: bundle },
     });
     Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .patch(

@@ -78,14 +78,7 @@ pub async fn sync(
 }
 
 fn write_files(secret: &Secret, dir: &Path, namespace: &str) -> anyhow::Result<()> {
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
+    ward_control_plane::datadir::create_dir(dir)?;
     let data = secret.data.clone().unwrap_or_default();
     for (file, mode) in FILES {
         let bytes = data

@@ -24,7 +24,7 @@ use ward_certs::ca::CertificateAuthority;
 use ward_runtime::Drain;
 use ward_runtime::accept::Accept;
 
-use crate::inject::{InjectError, Injected, Injector, inject};
+use crate::inject::{Injected, Injector, inject};
 use crate::install::names::{CONTROL_PLANE, WEBHOOK_CONFIGURATION, WEBHOOK_PATH};
 
 /// The largest AdmissionReview read (the API server's own request limit is 3 MiB).
@@ -235,7 +235,7 @@ fn admit(request: &AdmissionRequest<Pod>, injector: &Injector) -> AdmissionRespo
             tracing::debug!(pod = %name, why, "not injected");
             response
         }
-        Err(e @ (InjectError::HostNetwork | InjectError::Annotation { .. })) => {
+        Err(e) => {
             tracing::info!(namespace = request.namespace.as_deref().unwrap_or(""), pod = %name, reason = %e, "refused a pod");
             response.deny(format!("ward: {e}"))
         }

@@ -72,6 +72,25 @@ impl Netns {
         cmd
     }
 
+    /// The command prefix that runs a program in the namespace as the proxy's UID and GID
+    /// (1337), as an injected sidecar runs.
+    pub fn proxy_prefix(&self) -> Vec<String> {
+        [
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     /// Runs `f` on a thread that joined the namespace: sockets it makes live there.
     pub fn in_thread<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
         in_named(&self.name, f)

@@ -235,18 +235,9 @@ impl Node {
         cp: SocketAddr,
         log: &Path,
     ) -> Child {
-        let mut command = Command::new("ip");
-        command.args([
-            "netns",
-            "exec",
-            &netns.name,
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-        ]);
+        let prefix = netns.proxy_prefix();
+        let mut command = Command::new(&prefix[0]);
+        command.args(&prefix[1..]);
         command.arg(crate::bin::path("ward-proxy"));
         for a in spec["args"]
             .as_array()

@@ -373,7 +373,7 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
         let out = init(pod, Rules::Nftables, args);
         assert!(out.status.success(), "{out:?}");
     }
-    let in_orders = as_proxy(&orders);
+    let in_orders = orders.proxy_prefix();
     let in_orders: Vec<&str> = in_orders.iter().map(String::as_str).collect();
     let orders_cfg = String::from(
         "trust_domain: example.org\n\
@@ -404,7 +404,7 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
              \x20   - {{ address: \"10.77.0.2:3306\", spiffe_id: \"{orders_id}\" }}\n"
         )
     };
-    let as_proxy = as_proxy(&web);
+    let as_proxy = web.proxy_prefix();
     let as_proxy: Vec<&str> = as_proxy.iter().map(String::as_str).collect();
     let mut web_proxy = Proxy::spawn_prefixed(
         &dir,
@@ -648,7 +648,7 @@ fn discovery_from_the_control_plane_routes_captured_calls() {
         )
     };
     let start = |ns: &Netns, sa: &str, serving: &str| {
-        let prefix = as_proxy(ns);
+        let prefix = ns.proxy_prefix();
         let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
         let mut proxy = Proxy::spawn_prefixed(
             &dir,
@@ -699,23 +699,4 @@ fn ns_device(ns: &Netns) -> String {
         .map(|name| name.split('@').next().unwrap_or(name).to_owned())
         .find(|name| name != "lo")
         .expect("a veth device")
-}
-
-/// The command prefix that runs a program in `ns` as the proxy's UID and GID (1337).
-fn as_proxy(ns: &Netns) -> Vec<String> {
-    let name = ns.name.as_str();
-    [
-        "ip",
-        "netns",
-        "exec",
-        name,
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-    ]
-    .map(str::to_owned)
-    .to_vec()
 }
