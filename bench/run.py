@@ -634,9 +634,16 @@ def main() -> int:
                         f"{res['failed']} failed")
                     runs[t].append(res)
             lat = {}
+            # A smoke run (debug builds, 1 s) offers at most half of what the slowest
+            # target just sustained: past its capacity the queue, not the proxy, is
+            # measured, and the load tool's own timeouts count as failures.
+            rate = args.rate
+            if args.smoke:
+                slowest = min(sum(x["rps"] for x in runs[t]) / len(runs[t]) for t in TARGETS)
+                rate = max(50, min(args.rate, int(slowest / 2)))
             for t in TARGETS:
-                lat[t] = latency(case, stacks[t], seconds, args.rate, grpc_body, app)
-                log(f"{case} latency at {args.rate}/s {t}: p50 {lat[t]['p50_ms']} ms, "
+                lat[t] = latency(case, stacks[t], seconds, rate, grpc_body, app)
+                log(f"{case} latency at {rate}/s {t}: p50 {lat[t]['p50_ms']} ms, "
                     f"p99 {lat[t]['p99_ms']} ms, p99.9 {lat[t]['p999_ms']} ms"
                     + (f", errors {lat[t]['errors']}" if lat[t]["errors"] else ""))
             case_out = {}
