@@ -16,14 +16,22 @@ pub enum CaCommand {
     Init(InitArgs),
     /// Rotate the root of a running control plane, one step per call: prepare (add the new
     /// root to the bundle) -> activate (sign with it) -> finish (drop the old root). A step
-    /// is refused, naming the proxies, while any proxy lags.
+    /// is refused, naming the proxies, while any proxy lags. With --kubernetes, asks the
+    /// leader replica to rotate: it takes each step as soon as the proxies allow.
     Rotate {
         /// The control plane's data directory.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "kubernetes")]
+        data_dir: Option<PathBuf>,
         /// Insist on this step (default: the next one).
-        #[arg(long, value_parser = ["prepare", "activate", "finish"])]
+        #[arg(long, value_parser = ["prepare", "activate", "finish"], conflicts_with = "kubernetes")]
         step: Option<String>,
+        /// Rotate the root of the control plane on the cluster of KUBECONFIG (or
+        /// in-cluster).
+        #[arg(long, conflicts_with = "data_dir")]
+        kubernetes: bool,
+        /// With --kubernetes: the control plane's namespace.
+        #[arg(long, value_name = "NS", default_value = ward_policy::ROOT_NAMESPACE, requires = "kubernetes")]
+        namespace: String,
     },
     /// Roots, the signing root, the rotation phase, and every proxy's bundle and leaf.
     Status {
@@ -54,8 +62,14 @@ pub struct InitArgs {
 pub fn run(cmd: CaCommand) -> anyhow::Result<Outcome> {
     match cmd {
         CaCommand::Init(args) => init(args),
-        CaCommand::Rotate { data_dir, step } => {
+        CaCommand::Rotate {
+            kubernetes: true,
+            namespace,
+            ..
+        } => crate::kube::request_rotation(&namespace),
+        CaCommand::Rotate { data_dir, step, .. } => {
             use ward_control_plane::rotation::{Phase, advance};
+            let data_dir = data_dir.context("--data-dir is required")?;
             let step = step.map(|s| match s.as_str() {
                 "prepare" => Phase::Prepared,
                 "activate" => Phase::Activated,

@@ -62,6 +62,26 @@ pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     }
 }
 
+/// `ward ca rotate --kubernetes`: asks the leader to rotate the root.
+pub fn request_rotation(namespace: &str) -> anyhow::Result<Outcome> {
+    use anyhow::Context;
+    use ward_control_plane::rotation::Phase;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let phase = runtime.block_on(ward_k8s::rotation::request_default(namespace))?;
+    if phase == Phase::Stable {
+        println!(
+            "root rotation requested: the leader adds a new root, signs with it once every proxy trusts it, and drops the old one once every leaf chains to the new root"
+        );
+    } else {
+        println!("a root rotation is already under way (phase: {phase:?})");
+    }
+    println!("follow it with `ward check`");
+    Ok(Outcome::Success)
+}
+
 #[derive(Debug, Args)]
 pub struct InjectArgs {
     /// The manifests (`-` for stdin): Pods, and the pod templates of Deployments,

@@ -45,6 +45,10 @@ pub struct ControlPlaneArgs {
     /// replica takes over (renewed every fifth of it).
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration, requires = "kubernetes")]
     leader_lease: Duration,
+    /// With --kubernetes: the leader rotates the root CA by itself once it has less than
+    /// this left (at most 180d, so a new one-year root is not due at once).
+    #[arg(long, value_name = "DURATION", default_value = "60d", value_parser = parse_rotate_before, requires = "kubernetes")]
+    rotate_root_before: Duration,
     /// Admin address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
@@ -91,6 +95,7 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
                 .proxy_image
                 .unwrap_or_else(ward_k8s::install::default_image),
             lease: args.leader_lease,
+            rotate_root_before: args.rotate_root_before,
         };
         runtime.block_on(ward_k8s::control_plane::run(settings, kube, Some(metrics)))?;
     } else {
@@ -149,4 +154,18 @@ pub(crate) fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> 
                 .ok_or_else(|| format!("label {pair:?} is not key=value"))
         })
         .collect()
+}
+
+/// `--rotate-root-before`: a duration up to half a new root's lifetime.
+fn parse_rotate_before(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let most = ward_certs::ca::DEFAULT_CA_TTL / 2;
+    if d > most {
+        return Err(format!(
+            "at most {}d: a new root lives {}d, and must not be due for rotation at once",
+            most.as_secs() / 86_400,
+            ward_certs::ca::DEFAULT_CA_TTL.as_secs() / 86_400
+        ));
+    }
+    Ok(d)
 }

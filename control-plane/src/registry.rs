@@ -170,7 +170,7 @@ impl Registry {
 
     /// Writes what every known proxy has applied to `status.json` (for `ward ca rotate`
     /// and `ward ca status`, and for the next start to remember who holds leaves).
-    pub fn write_status(&self, trust: &Trust) {
+    pub fn write_status(&self, trust: &Trust, svid_ttl: Duration) {
         let now = SystemTime::now();
         let proxies = lock(&self.proxies)
             .iter()
@@ -194,6 +194,7 @@ impl Registry {
                 .filter_map(|r| ward_certs::verify::key_id(r).ok())
                 .collect(),
             active_root: trust.active_root.clone(),
+            svid_ttl_secs: svid_ttl.as_secs(),
             proxies,
         };
         let _serialized = lock(&self.status_lock);
@@ -299,7 +300,7 @@ mod tests {
         let registry = Registry::open(dir.path(), 1, 1);
         assert!(registry.issued(&id, 1_900_000_000, "root-1", SystemTime::now()));
         assert!(!registry.issued(&id, 1_900_000_100, "root-1", SystemTime::now()));
-        registry.write_status(&trust);
+        registry.write_status(&trust, Duration::from_secs(60));
         let reopened = Registry::open(dir.path(), 1, 1);
         assert!(!reopened.issued(&id, 1_900_000_200, "root-1", SystemTime::now()));
         assert_eq!(reopened.connected(), 0);

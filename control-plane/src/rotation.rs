@@ -47,6 +47,9 @@ pub struct Status {
     pub roots: Vec<String>,
     /// Key ID of the root that signs new leaves.
     pub active_root: String,
+    /// The lifetime of the leaves the server issues (0 when unknown), for certificate ages.
+    #[serde(default)]
+    pub svid_ttl_secs: u64,
     pub proxies: BTreeMap<String, ProxyStatus>,
 }
 
@@ -103,11 +106,34 @@ impl Status {
     /// Proxies that count for a rotation step: every identity that still holds a valid
     /// leaf, connected or not. One that has gone away stops counting when its leaf expires
     /// (it could not talk to anyone after that anyway).
-    fn live_proxies(&self) -> impl Iterator<Item = (&String, &ProxyStatus)> {
+    pub fn live_proxies(&self) -> impl Iterator<Item = (&String, &ProxyStatus)> {
         let now = i64::try_from(self.written_unix).unwrap_or(i64::MAX);
         self.proxies
             .iter()
             .filter(move |(_, p)| p.leaf_not_after_unix > now)
+    }
+
+    /// Live proxies that have not applied the bundle the server pushes, each with what it
+    /// has: what holds `activate` back.
+    pub fn lagging_bundle(&self) -> Vec<String> {
+        self.live_proxies()
+            .filter(|(_, p)| p.bundle_version != self.bundle_version)
+            .map(|(id, p)| {
+                format!(
+                    "{id} (has bundle {:x}, needs {:x})",
+                    p.bundle_version, self.bundle_version
+                )
+            })
+            .collect()
+    }
+
+    /// Live proxies whose leaf does not chain to `active` (a root's key ID): what holds
+    /// `finish` back.
+    pub fn lagging_leaves(&self, active: &str) -> Vec<String> {
+        self.live_proxies()
+            .filter(|(_, p)| p.leaf_issuer != active)
+            .map(|(id, p)| format!("{id} (leaf from {})", p.leaf_issuer))
+            .collect()
     }
 }
 
@@ -220,16 +246,7 @@ fn activate(dir: &Path) -> anyhow::Result<Report> {
     if !status.roots.contains(&key_id(next.root())) {
         anyhow::bail!("the control plane does not push the new root yet; try again in a moment");
     }
-    let lagging: Vec<String> = status
-        .live_proxies()
-        .filter(|(_, p)| p.bundle_version != status.bundle_version)
-        .map(|(id, p)| {
-            format!(
-                "{id} (has bundle {:x}, needs {:x})",
-                p.bundle_version, status.bundle_version
-            )
-        })
-        .collect();
+    let lagging = status.lagging_bundle();
     if !lagging.is_empty() {
         anyhow::bail!(
             "not activating: proxies lag behind the bundle: {}",
@@ -283,11 +300,7 @@ fn finish(dir: &Path) -> anyhow::Result<Report> {
             "the control plane does not sign with the new root yet; try again in a moment"
         );
     }
-    let lagging: Vec<String> = status
-        .live_proxies()
-        .filter(|(_, p)| p.leaf_issuer != active)
-        .map(|(id, p)| format!("{id} (leaf from {})", p.leaf_issuer))
-        .collect();
+    let lagging = status.lagging_leaves(&active);
     if !lagging.is_empty() {
         anyhow::bail!(
             "not finishing: proxies still hold leaves of the old root: {}",

@@ -50,6 +50,6 @@ impl State {
     /// Writes `status.json` with the trust in force.
     pub fn write_status(&self) {
         let trust = self.bundle.borrow().clone();
-        self.registry.write_status(&trust);
+        self.registry.write_status(&trust, self.settings.svid_ttl);
     }
 }

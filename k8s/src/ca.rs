@@ -2,9 +2,12 @@
 //! same key and a restarted pod finds it again. At start a replica copies the Secret into
 //! its data directory (memory-backed); the first replica ever creates the CA and the
 //! Secret, and if another replica created it at the same moment, takes that one instead.
+//! Every replica then follows the Secret, which the leader changes through a root rotation
+//! (`crate::rotation`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::ByteString;
@@ -14,7 +17,12 @@ use ward_certs::TrustDomain;
 use ward_certs::ca::{BUNDLE_FILE, CA_CERT_FILE, CA_KEY_FILE};
 use ward_certs::pem::{FileMode, write_atomic};
 
+use ward_runtime::Drain;
+
 use crate::install::names::CA_SECRET;
+
+/// How often a replica looks at the Secret again.
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// The files the Secret holds, and how each is written.
 const FILES: [(&str, FileMode); 3] = [
@@ -37,7 +45,7 @@ pub async fn sync(
         .await
         .with_context(|| format!("reading Secret {namespace}/{CA_SECRET}"))?
     {
-        return write_files(&secret, dir, namespace);
+        return write_files(&secret, dir, namespace).map(drop);
     }
     ward_control_plane::datadir::open(dir, td)?;
     let mut data = BTreeMap::new();
@@ -71,21 +79,63 @@ pub async fn sync(
                 .get(CA_SECRET)
                 .await
                 .with_context(|| format!("reading Secret {namespace}/{CA_SECRET}"))?;
-            write_files(&theirs, dir, namespace)
+            write_files(&theirs, dir, namespace).map(drop)
         }
         Err(e) => Err(e).with_context(|| format!("creating Secret {namespace}/{CA_SECRET}")),
     }
 }
 
-fn write_files(secret: &Secret, dir: &Path, namespace: &str) -> anyhow::Result<()> {
+/// Writes the Secret's CA files into `dir`, each only if it changed (the server reloads on
+/// a change). The bundle goes first: a new root is trusted before it signs anything.
+fn write_files(secret: &Secret, dir: &Path, namespace: &str) -> anyhow::Result<bool> {
     ward_control_plane::datadir::create_dir(dir)?;
     let data = secret.data.clone().unwrap_or_default();
+    let mut changed = false;
     for (file, mode) in FILES {
         let bytes = data
             .get(file)
             .with_context(|| format!("Secret {namespace}/{CA_SECRET} has no {file}"))?;
-        write_atomic(&dir.join(file), &bytes.0, mode)
-            .with_context(|| format!("writing {}", dir.join(file).display()))?;
+        let path = dir.join(file);
+        if std::fs::read(&path).is_ok_and(|on_disk| on_disk == bytes.0) {
+            continue;
+        }
+        write_atomic(&path, &bytes.0, mode)
+            .with_context(|| format!("writing {}", path.display()))?;
+        changed = true;
     }
-    Ok(())
+    Ok(changed)
+}
+
+/// Keeps `dir` in step with the Secret, which the leader changes through a root rotation
+/// (the server follows the directory), until the drain begins.
+pub async fn follow(client: kube::Client, namespace: String, dir: PathBuf, drain: Drain) {
+    let secrets = Api::<Secret>::namespaced(client, &namespace);
+    let mut seen: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            () = drain.signaled() => return,
+        }
+        let secret = match secrets.get(CA_SECRET).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(secret = %format!("{namespace}/{CA_SECRET}"), error = %e, "cannot read the CA Secret; keeping the CA in use");
+                continue;
+            }
+        };
+        if secret.metadata.resource_version.is_some() && secret.metadata.resource_version == seen {
+            continue;
+        }
+        match write_files(&secret, &dir, &namespace) {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!(secret = %format!("{namespace}/{CA_SECRET}"), "the CA Secret changed; loading it");
+                }
+                seen = secret.metadata.resource_version;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the CA Secret does not load; keeping the CA in use")
+            }
+        }
+    }
 }

@@ -16,40 +16,8 @@ use kube::api::{Api, ListParams, PostParams};
 use crate::inject::{INJECTED_ANNOTATION, PROXY};
 use crate::install::names::{CA_SECRET, CONTROL_PLANE, INJECT_LABEL, LEASE, WEBHOOK_CONFIGURATION};
 
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
-
-/// One line of the report.
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub status: Status,
-    pub name: &'static str,
-    pub detail: String,
-}
-
-impl std::fmt::Display for Check {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mark = match self.status {
-            Status::Ok => "[ok]  ",
-            Status::Warn => "[warn]",
-            Status::Fail => "[FAIL]",
-        };
-        write!(f, "{mark} {}: {}", self.name, self.detail)
-    }
-}
-
-fn check(status: Status, name: &'static str, detail: impl Into<String>) -> Check {
-    Check {
-        status,
-        name,
-        detail: detail.into(),
-    }
-}
+use crate::check_line::check;
+pub use crate::check_line::{Check, Status};
 
 /// The CA's last 30 days are a warning.
 const CA_WARN: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -90,6 +58,7 @@ pub async fn run(client: &kube::Client, namespace: &str) -> Vec<Check> {
     checks.extend(webhook(client, namespace).await);
     checks.push(ca(client, namespace).await);
     checks.push(proxies(client).await);
+    checks.extend(crate::check_certs::run(client, namespace).await);
     checks
 }
 

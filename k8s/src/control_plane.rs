@@ -29,6 +29,8 @@ pub struct KubeSettings {
     pub proxy_image: String,
     /// How long the leader's Lease lasts unrenewed before another replica takes over.
     pub lease: std::time::Duration,
+    /// The leader rotates the root once the CA has less than this left.
+    pub rotate_root_before: std::time::Duration,
 }
 
 /// Runs the control plane against the cluster until SIGTERM/SIGINT.
@@ -56,6 +58,27 @@ pub async fn run(
         lease: kube.lease,
     };
     let leader = crate::leader::start(client.clone(), candidate, drain.clone());
+    tokio::spawn(crate::ca::follow(
+        client.clone(),
+        namespace.clone(),
+        settings.data_dir.clone(),
+        drain.clone(),
+    ));
+    tokio::spawn(crate::status::publish(
+        client.clone(),
+        namespace.clone(),
+        replica_name(),
+        settings.data_dir.clone(),
+        drain.clone(),
+    ));
+    tokio::spawn(crate::rotation::drive(
+        client.clone(),
+        namespace.clone(),
+        settings.data_dir.join("rotation-work"),
+        kube.rotate_root_before,
+        leader.clone(),
+        drain.clone(),
+    ));
     let bundle_file = settings.data_dir.join(ward_certs::ca::BUNDLE_FILE);
     tokio::spawn(crate::bundle::publish(
         client.clone(),

@@ -117,6 +117,10 @@ fn rbac() -> Vec<Value> {
         { "apiGroups": [""], "resources": ["secrets"], "resourceNames": [CA_SECRET],
           "verbs": ["get", "update"] },
         { "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"] },
+        // Each replica's status ConfigMap (`ward-status-POD`: named after the pod, so not
+        // listable by name here), read by the leader for rotation and by `ward check`.
+        { "apiGroups": [""], "resources": ["configmaps"],
+          "verbs": ["get", "list", "create", "patch", "delete"] },
     ]);
     let subject =
         json!([{ "kind": "ServiceAccount", "name": CONTROL_PLANE, "namespace": ROOT_NAMESPACE }]);

@@ -144,6 +144,22 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Runs `ward` against this cluster as admin (`ward check`, `ward ca rotate
+    /// --kubernetes`).
+    pub fn ward<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let output = std::process::Command::new(crate::bin::path("ward"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("running ward");
+        Run::from_output(output)
+    }
+
     /// Runs kubectl against this cluster as admin.
     pub fn kubectl<I, S>(&self, args: I) -> Run
     where

@@ -159,6 +159,19 @@ fn injected_pods_attest_discover_each_other_and_talk_mtls_under_crd_policy() {
         "traffic after the failover"
     );
 
+    // A root rotation asked for with `ward ca rotate --kubernetes`: the leader takes the
+    // three steps as the proxies catch up, and not one call fails meanwhile.
+    let old_bundle = cluster.trust_bundle("shop");
+    let rotated = rotate_under_load(&cluster, &web.ns, &url, &old_bundle);
+    assert_eq!(rotated.matches("BEGIN CERTIFICATE").count(), 1, "{rotated}");
+    assert_ne!(rotated, old_bundle, "a new root");
+    let check = cluster.ward(["check"]).stdout;
+    assert!(
+        check.contains("[ok]   proxy certificates: 2 proxies")
+            && check.contains("[ok]   root rotation: none under way"),
+        "{check}"
+    );
+
     // Deleting the policy denies web again within a second.
     let deleted = std::time::Instant::now();
     cluster
@@ -172,4 +185,47 @@ fn injected_pods_attest_discover_each_other_and_talk_mtls_under_crd_policy() {
         took < Duration::from_secs(1),
         "kubectl delete took {took:?}"
     );
+}
+
+/// Asks for a root rotation and calls `url` from `ns` without pause until the bundle
+/// published to `shop` is a single root other than `old_bundle`; every call must answer
+/// 200. Returns the new bundle.
+fn rotate_under_load(cluster: &Cluster, ns: &Netns, url: &str, old_bundle: &str) -> String {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                answers.push(curl(ns, url));
+            }
+            answers
+        });
+        let asked = cluster.ward(["ca", "rotate", "--kubernetes"]);
+        assert!(
+            asked.stdout.contains("root rotation requested"),
+            "{asked:?}"
+        );
+        let rotated = eventually(
+            Duration::from_secs(90),
+            "the rotation completes (one new root published)",
+            || {
+                let now = cluster.trust_bundle("shop");
+                (now != old_bundle && now.matches("BEGIN CERTIFICATE").count() == 1).then_some(now)
+            },
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answers = load.join().expect("the load thread");
+        let failed: Vec<&String> = answers
+            .iter()
+            .filter(|a| !a.contains("status=200"))
+            .collect();
+        assert!(answers.len() >= 20, "only {} calls", answers.len());
+        assert!(
+            failed.is_empty(),
+            "{} of {} calls failed: {failed:?}",
+            failed.len(),
+            answers.len()
+        );
+        rotated
+    })
 }

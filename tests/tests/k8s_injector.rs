@@ -241,15 +241,8 @@ fn the_webhook_injects_what_ward_inject_prints_and_refuses_what_it_must() {
 
 /// `ward check` against the cluster: (exit code, its lines).
 fn ward_check(cluster: &Cluster) -> (i32, String) {
-    let output = std::process::Command::new(ward_tests::bin::path("ward"))
-        .arg("check")
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .output()
-        .expect("ward check");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    let run = cluster.ward(["check"]);
+    (run.code, run.stdout)
 }
 
 fn yaml_to_json(yaml: &str) -> serde_json::Value {

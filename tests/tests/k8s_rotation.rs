@@ -1,0 +1,173 @@
+//! Root rotation on Kubernetes, driven by the leader replica against a real
+//! kube-apiserver: a step waits while a proxy that holds a leaf has not caught up (and
+//! `ward check` names it), and goes ahead once that leaf has expired. The rotation under
+//! load, with no failed call, is in `k8s_e2e`.
+
+use std::time::{Duration, SystemTime};
+
+use ward_api::v1;
+use ward_tests::bin::ward;
+use ward_tests::k8s::{Cluster, eventually};
+use ward_tests::mesh::{ControlPlane, cp_channel, csr_for};
+use ward_tests::net::free_addr;
+
+const WEB_ID: &str = "spiffe://cluster.local/ns/bank/sa/web";
+
+/// A file of the CA Secret, decoded.
+fn secret_file(cluster: &Cluster, file: &str) -> String {
+    cluster
+        .kubectl([
+            "get",
+            "secret",
+            "ward-ca",
+            "-n",
+            "ward-system",
+            "-o",
+            &format!("go-template={{{{index .data \"{file}\" | base64decode}}}}"),
+        ])
+        .stdout
+}
+
+#[test]
+fn a_rotation_step_waits_for_a_lagging_proxy_until_its_leaf_expires() {
+    let cluster = Cluster::start();
+    cluster.install_ward();
+    cluster.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: bank }\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: { name: web, namespace: bank }\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: { name: web-0, namespace: bank }\n\
+         spec: { serviceAccountName: web, containers: [ { name: app, image: web:test } ] }\n",
+    );
+    let cp = ControlPlane::start_replica_on(
+        cluster.dir(),
+        &cluster.kubeconfig,
+        "cp-a",
+        free_addr(),
+        "25s",
+        &["--leader-lease", "3s"],
+    );
+    let old_bundle = secret_file(&cluster, "bundle.pem");
+    assert_eq!(
+        old_bundle.matches("BEGIN CERTIFICATE").count(),
+        1,
+        "{old_bundle}"
+    );
+
+    // A workload takes a leaf and never opens its bundle stream: it cannot learn a new root.
+    let token = cluster
+        .kubectl([
+            "create",
+            "token",
+            "web",
+            "-n",
+            "bank",
+            "--audience",
+            "ward",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "web-0",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let leaf_not_after = rt.block_on(async {
+        let channel = cp_channel(cp.listen, &cp.bundle_path(), "cluster.local", None).await;
+        let issued = v1::identity_client::IdentityClient::new(channel)
+            .certify(v1::CertifyRequest {
+                csr: csr_for(None),
+                token,
+                spiffe_id: String::new(),
+                serving: Vec::new(),
+            })
+            .await
+            .expect("certify")
+            .into_inner();
+        assert_eq!(issued.spiffe_id, WEB_ID);
+        SystemTime::UNIX_EPOCH + Duration::from_secs(issued.not_after_unix as u64)
+    });
+
+    let asked = cluster.ward(["ca", "rotate", "--kubernetes"]);
+    assert!(
+        asked.stdout.contains("root rotation requested"),
+        "{asked:?}"
+    );
+    // The leader prepares (a second root in the bundle), then holds activation for the
+    // proxy that does not have it; `ward check` says which.
+    let check = eventually(
+        Duration::from_secs(20),
+        "ward check reports the wait",
+        || {
+            let out = cluster.ward(["check"]).stdout;
+            out.contains("[warn] root rotation: prepared")
+                .then_some(out)
+        },
+    );
+    assert!(
+        check.contains(&format!("waiting for {WEB_ID} (has bundle 0,")),
+        "{check}"
+    );
+    assert_eq!(
+        secret_file(&cluster, "bundle.pem")
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        2
+    );
+    let again = cluster.ward(["ca", "rotate", "--kubernetes"]);
+    assert!(
+        again.stdout.contains("already under way (phase: Prepared)"),
+        "{again:?}"
+    );
+    assert!(
+        SystemTime::now() < leaf_not_after,
+        "the leaf lived through the wait"
+    );
+
+    // Once its leaf has expired the proxy no longer counts: activate and finish follow.
+    let new_bundle = eventually(Duration::from_secs(60), "the rotation completes", || {
+        let bundle = secret_file(&cluster, "bundle.pem");
+        (bundle != old_bundle && bundle.matches("BEGIN CERTIFICATE").count() == 1).then_some(bundle)
+    });
+    assert!(
+        SystemTime::now() >= leaf_not_after,
+        "activated while the lagging leaf was alive"
+    );
+    assert!(secret_file(&cluster, "ca.pem").len() > 100);
+    assert!(!new_bundle.is_empty());
+    assert!(
+        cluster
+            .ward(["check"])
+            .stdout
+            .contains("[ok]   root rotation: none under way"),
+        "the rotation is over"
+    );
+}
+
+/// The flags: `--rotate-root-before` is bounded (a new root must not be due at once), and
+/// `ward ca rotate` needs a data directory or `--kubernetes`, not both.
+#[test]
+fn rotation_flags_are_refused_when_they_cannot_work() {
+    let too_long = ward([
+        "control-plane",
+        "--kubernetes",
+        "--rotate-root-before",
+        "200d",
+    ]);
+    assert!(
+        too_long.fails_with(2).contains("at most 182d"),
+        "{too_long:?}"
+    );
+    let neither = ward(["ca", "rotate"]);
+    assert!(neither.fails_with(2).contains("--data-dir"), "{neither:?}");
+    let both = ward(["ca", "rotate", "--kubernetes", "--data-dir", "/tmp/x"]);
+    assert!(
+        both.fails_with(2).contains("cannot be used with"),
+        "{both:?}"
+    );
+    let step = ward(["ca", "rotate", "--kubernetes", "--step", "finish"]);
+    assert!(
+        step.fails_with(2).contains("cannot be used with"),
+        "{step:?}"
+    );
+}
