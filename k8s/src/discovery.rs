@@ -3,6 +3,9 @@
 //! (`spiffe://TD/ns/NS/sa/SA`), and what each port speaks: `ward.dev/app-protocols:
 //! "8080=grpc,5432=tcp"` on the pod, else the `appProtocol` of a Service port that selects
 //! it, else the port's name (Istio-style: `http`, `http2`, `grpc`, `tcp`, ...).
+//! A Service's ClusterIP ports are endpoints too, as the identity of the pods it selects
+//! (when they are all meshed and of one service account), so that a call to a Service
+//! name goes over mTLS like a call to a pod.
 //! What proxies say about themselves is ignored here: an address belongs to the pod the
 //! API server says has it.
 
@@ -142,7 +145,7 @@ fn endpoints(
     services: &BTreeMap<Key, Service>,
     td: &TrustDomain,
 ) -> BTreeMap<SocketAddr, v1::Endpoint> {
-    let known: BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>> = pods
+    let mut known: BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>> = pods
         .iter()
         .map(|(key, pod)| {
             let hints = service_protocols(
@@ -154,7 +157,138 @@ fn endpoints(
             (key.clone(), endpoints_of(pod, td, &hints))
         })
         .collect();
+    let by_service: Vec<(Key, Vec<(SocketAddr, v1::Endpoint)>)> = services
+        .iter()
+        .map(|((ns, name), service)| {
+            // `service/NS` cannot be a namespace's name: no clash with a pod's key.
+            let key = (format!("service/{ns}"), name.clone());
+            (key, cluster_ip_endpoints(service, pods, &known))
+        })
+        .collect();
+    known.extend(by_service);
     merged(&known)
+}
+
+/// Whether `labels` has every pair of a non-empty `selector`.
+fn selects(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
+    !selector.is_empty()
+        && labels.is_some_and(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// A pod that has not finished and is not being deleted.
+fn live(pod: &Pod) -> bool {
+    let finished = pod
+        .status
+        .as_ref()
+        .is_some_and(|s| matches!(s.phase.as_deref(), Some("Succeeded" | "Failed")));
+    !finished && pod.metadata.deletion_timestamp.is_none()
+}
+
+fn injected(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION))
+}
+
+/// A Service's cluster IPs and ports, as the identity of the pods it selects: an app dials
+/// the ClusterIP, its sidecar sees that as the destination, and connects there with mTLS
+/// (kube-proxy takes the connection on to a pod, whose sidecar captures it). Only when
+/// every live pod it selects is injected and all run as one service account: a connection
+/// to a mixed Service could reach a pod the mTLS would fail on, or one of another
+/// identity, so such a Service is left as the app dialled it (and logged).
+fn cluster_ip_endpoints(
+    service: &Service,
+    pods: &BTreeMap<Key, Pod>,
+    known: &BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>>,
+) -> Vec<(SocketAddr, v1::Endpoint)> {
+    let (Some(spec), Some(namespace)) = (&service.spec, &service.metadata.namespace) else {
+        return Vec::new();
+    };
+    let ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let selector = spec.selector.clone().unwrap_or_default();
+    if ips.is_empty() || spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let selected: Vec<(&Key, &Pod)> = pods
+        .iter()
+        .filter(|((ns, _), pod)| {
+            ns == namespace && live(pod) && selects(&selector, pod.metadata.labels.as_ref())
+        })
+        .collect();
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    if selected.iter().any(|(_, pod)| !injected(pod)) {
+        tracing::debug!(service = %format!("{namespace}/{name}"), "selects pods without the sidecar; its ClusterIP is not meshed");
+        return Vec::new();
+    }
+    // Pods with an address (and so endpoints) speak for the Service.
+    let serving: Vec<&Vec<(SocketAddr, v1::Endpoint)>> = selected
+        .iter()
+        .filter_map(|(key, _)| known.get(*key))
+        .filter(|e| !e.is_empty())
+        .collect();
+    let ids: std::collections::BTreeSet<&str> = serving
+        .iter()
+        .flat_map(|e| e.iter().map(|(_, e)| e.spiffe_id.as_str()))
+        .collect();
+    let [id] = ids.into_iter().collect::<Vec<_>>()[..] else {
+        if !serving.is_empty() {
+            tracing::warn!(service = %format!("{namespace}/{name}"), "selects pods of several service accounts; its ClusterIP is not meshed (dial the pods, or split the Service)");
+        }
+        return Vec::new();
+    };
+    let mut endpoints = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+            continue;
+        }
+        let Ok(number) = u16::try_from(port.port) else {
+            continue;
+        };
+        let target = match &port.target_port {
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+            Some(IntOrString::String(_)) => None,
+            None => Some(number),
+        };
+        // What the port speaks: its appProtocol, else what the pods say of the target
+        // port, else the port's name.
+        let from_pods = target.and_then(|t| {
+            serving
+                .iter()
+                .flat_map(|e| e.iter())
+                .find(|(a, e)| a.port() == t && !e.protocol.is_empty())
+                .map(|(_, e)| e.protocol.clone())
+        });
+        let protocol = port
+            .app_protocol
+            .as_deref()
+            .and_then(protocol_word)
+            .map(str::to_owned)
+            .or(from_pods)
+            .or_else(|| port.name.as_deref().map(protocol_of_name))
+            .unwrap_or_default();
+        for ip in &ips {
+            let addr = SocketAddr::new(*ip, number);
+            endpoints.push((
+                addr,
+                v1::Endpoint {
+                    address: addr.to_string(),
+                    spiffe_id: id.to_owned(),
+                    inbound_port: 0,
+                    protocol: protocol.clone(),
+                },
+            ));
+        }
+    }
+    endpoints
 }
 
 /// The protocols the Services selecting `pod` name for its ports (`appProtocol`), by
@@ -163,12 +297,13 @@ pub fn service_protocols<'a>(
     pod: &Pod,
     services: impl Iterator<Item = &'a Service>,
 ) -> BTreeMap<u16, String> {
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
     let containers: Vec<_> = pod.spec.iter().flat_map(|s| s.containers.iter()).collect();
     let mut hints = BTreeMap::new();
     for spec in services.filter_map(|s| s.spec.as_ref()) {
-        let selector = spec.selector.clone().unwrap_or_default();
-        if selector.is_empty() || !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        if !selects(
+            &spec.selector.clone().unwrap_or_default(),
+            pod.metadata.labels.as_ref(),
+        ) {
             continue;
         }
         for port in spec.ports.iter().flatten() {
@@ -221,18 +356,12 @@ pub fn endpoints_of(
     td: &TrustDomain,
     service_hints: &BTreeMap<u16, String>,
 ) -> Vec<(SocketAddr, v1::Endpoint)> {
-    let injected = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
     let (Some(spec), Some(status), Some(namespace)) =
         (&pod.spec, &pod.status, &pod.metadata.namespace)
     else {
         return Vec::new();
     };
-    let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
-    if !injected || finished || pod.metadata.deletion_timestamp.is_some() {
+    if !injected(pod) || !live(pod) {
         return Vec::new();
     }
     let account = spec.service_account_name.as_deref().unwrap_or("default");
@@ -330,119 +459,4 @@ fn annotated_protocols(pod: &Pod) -> BTreeMap<u16, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(yaml: &str) -> Pod {
-        yaml_serde::from_str(yaml).unwrap()
-    }
-
-    const WEB: &str = "metadata: { name: web-1, namespace: shop, annotations: { ward.dev/injected: \"0.1.0\", ward.dev/app-protocols: \"9090=grpc, x=y\" } }
-spec:
-  serviceAccountName: web
-  initContainers: [ { name: ward-proxy, image: w, ports: [ { containerPort: 15000 } ] } ]
-  containers:
-  - { name: app, image: a, ports: [ { name: http-web, containerPort: 8080 }, { containerPort: 9090 }, { containerPort: 53, protocol: UDP } ] }
-status: { phase: Running, podIP: 10.1.0.7, podIPs: [ { ip: 10.1.0.7 }, { ip: \"fd00::7\" } ] }
-";
-
-    fn td() -> TrustDomain {
-        ward_certs::parse_trust_domain("cluster.local").unwrap()
-    }
-
-    #[test]
-    fn an_injected_pod_serves_its_tcp_ports_on_every_ip_as_its_service_account() {
-        let endpoints = endpoints_of(&pod(WEB), &td(), &BTreeMap::new());
-        let got: Vec<(String, String, String)> = endpoints
-            .iter()
-            .map(|(a, e)| (a.to_string(), e.spiffe_id.clone(), e.protocol.clone()))
-            .collect();
-        let id = "spiffe://cluster.local/ns/shop/sa/web".to_owned();
-        assert_eq!(
-            got,
-            [
-                ("10.1.0.7:8080".into(), id.clone(), "http1".into()),
-                ("[fd00::7]:8080".into(), id.clone(), "http1".into()),
-                ("10.1.0.7:9090".into(), id.clone(), "grpc".into()),
-                ("[fd00::7]:9090".into(), id, "grpc".into()),
-            ]
-        );
-    }
-
-    #[test]
-    fn pods_without_the_sidecar_finished_or_deleted_serve_nothing() {
-        let plain = WEB.replace("ward.dev/injected: \"0.1.0\", ", "");
-        let done = WEB.replace("phase: Running", "phase: Succeeded");
-        let gone = WEB.replace(
-            "name: web-1,",
-            "name: web-1, deletionTimestamp: \"2026-12-01T00:00:00Z\",",
-        );
-        for yaml in [plain, done, gone] {
-            assert!(
-                endpoints_of(&pod(&yaml), &td(), &BTreeMap::new()).is_empty(),
-                "{yaml}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_address_two_identities_claim_goes_to_neither() {
-        let other = WEB
-            .replace("serviceAccountName: web", "serviceAccountName: thief")
-            .replace("web-1", "web-2");
-        let mut known = BTreeMap::new();
-        known.insert(
-            ("shop".to_owned(), "web-1".to_owned()),
-            endpoints_of(&pod(WEB), &td(), &BTreeMap::new()),
-        );
-        known.insert(
-            ("shop".to_owned(), "web-2".to_owned()),
-            endpoints_of(&pod(&other), &td(), &BTreeMap::new()),
-        );
-        assert!(merged(&known).is_empty());
-        known.remove(&("shop".to_owned(), "web-2".to_owned()));
-        assert_eq!(merged(&known).len(), 4);
-    }
-
-    #[test]
-    fn a_selecting_services_app_protocol_names_the_port_and_the_pod_annotation_wins() {
-        let services: Vec<Service> = [
-            // Selects web-1; named and numbered target ports.
-            "metadata: { name: web, namespace: shop }\nspec: { selector: { app: web }, ports: [ { port: 80, targetPort: http-web, appProtocol: kubernetes.io/h2c }, { port: 91, targetPort: 9090, appProtocol: tcp } ] }",
-            // Another namespace's, and one whose selector does not match: no say.
-            "metadata: { name: web, namespace: other }\nspec: { selector: { app: web }, ports: [ { port: 80, targetPort: 8080, appProtocol: grpc } ] }",
-            "metadata: { name: db, namespace: shop }\nspec: { selector: { app: db }, ports: [ { port: 80, targetPort: 8080, appProtocol: tcp } ] }",
-        ]
-        .iter()
-        .map(|y| yaml_serde::from_str(y).unwrap())
-        .collect();
-        let web = pod(&WEB.replace("name: web-1,", "name: web-1, labels: { app: web },"));
-        let same_namespace = services
-            .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some("shop"));
-        let hints = service_protocols(&web, same_namespace);
-        assert_eq!(
-            hints.get(&8080).map(String::as_str),
-            Some("http2"),
-            "{hints:?}"
-        );
-        let endpoints = endpoints_of(&web, &td(), &hints);
-        let protocol = |port: u16| {
-            endpoints
-                .iter()
-                .find(|(a, _)| a.port() == port)
-                .map(|(_, e)| e.protocol.clone())
-                .unwrap()
-        };
-        assert_eq!(
-            protocol(8080),
-            "http2",
-            "the Service's appProtocol beats the port name"
-        );
-        assert_eq!(
-            protocol(9090),
-            "grpc",
-            "the pod's annotation beats the Service"
-        );
-    }
-}
+mod tests;

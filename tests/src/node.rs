@@ -86,6 +86,22 @@ impl Node {
         }
     }
 
+    /// A ClusterIP for a Service in this node's range (`10.96.N.last`, N this node's; the
+    /// API server's range is 10.96.0.0/16), held by the root namespace so that `service`
+    /// can play kube-proxy there.
+    pub fn cluster_ip(&self, last: u8) -> Ipv4Addr {
+        let ip = Ipv4Addr::new(10, 96, self.host.octets()[2], last);
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            &self.bridge,
+        ]);
+        ip
+    }
+
     /// Runs pod `ns/name` as stored: its sidecar reaches the control plane at `cp`, its app
     /// answers on every container port. Waits until the sidecar is ready.
     pub fn run_pod(
@@ -171,6 +187,10 @@ impl Node {
             .ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])
             .expect("pod address");
         netns.ip(&["link", "set", "eth0", "up"]).expect("pod link");
+        // As a node gives its pods: everything else through the node (ClusterIPs too).
+        netns
+            .ip(&["route", "add", "default", "via", &self.host.to_string()])
+            .expect("pod default route");
         let status = serde_json::json!({ "status": {
             "phase": "Running", "podIP": ip.to_string(), "podIPs": [{ "ip": ip.to_string() }] } });
         cluster

@@ -109,9 +109,16 @@ fn injected_pods_attest_discover_each_other_and_talk_mtls_under_crd_policy() {
             (run.code == 0).then_some(())
         });
     }
+    // A Service in front of orders, its ClusterIP played by the harness.
+    let orders_vip = node.cluster_ip(10);
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{ name: orders, namespace: shop }}\n\
+         spec: {{ clusterIP: {orders_vip}, selector: {{ app: orders }}, ports: [ {{ name: http, port: 80, targetPort: 8080 }} ] }}\n"
+    ));
     let (web_pod, orders_pod) = (pod_of(&cluster, "web"), pod_of(&cluster, "orders"));
     let web = node.run_pod(&cluster, "shop", &web_pod, service);
     let orders = node.run_pod(&cluster, "shop", &orders_pod, service);
+    ward_tests::node::service((orders_vip, 80).into(), vec![(orders.ip, 8080).into()]);
 
     // The web sidecar learns the orders pod from discovery (the Pods), then its captured
     // call goes over mTLS: the orders app sees web's SPIFFE ID set by its own sidecar.
@@ -128,6 +135,20 @@ fn injected_pods_attest_discover_each_other_and_talk_mtls_under_crd_policy() {
         seen.contains(&format!("x-ward-peer-identity: {WEB_ID}")),
         "{seen}\n{}",
         std::fs::read_to_string(&web.log).unwrap_or_default()
+    );
+    // The same call by the Service's ClusterIP: mTLS too, as the identity of the pods the
+    // Service selects.
+    let by_service = eventually(
+        Duration::from_secs(20),
+        "web reaches orders by its ClusterIP over the mesh",
+        || {
+            let seen = curl(&web.ns, &format!("http://{orders_vip}/orders/1"));
+            seen.contains("status=200").then_some(seen)
+        },
+    );
+    assert!(
+        by_service.contains(&format!("x-ward-peer-identity: {WEB_ID}")),
+        "{by_service}"
     );
     // Policy: nothing allows orders to call web.
     let back = curl(&orders.ns, &format!("http://{}:8080/", web.ip));
