@@ -13,7 +13,9 @@
 //! - annotations `ward.dev/exclude-inbound-ports`, `ward.dev/exclude-outbound-ports`
 //!   (`PORT,...`), `ward.dev/exclude-outbound-cidrs` (`CIDR,...`), `ward.dev/opaque-ports`
 //!   (`PORT,...`), `ward.dev/proxy-cpu-request`, `ward.dev/proxy-memory-request`,
-//!   `ward.dev/proxy-cpu-limit`, `ward.dev/proxy-memory-limit` (quantities).
+//!   `ward.dev/proxy-cpu-limit`, `ward.dev/proxy-memory-limit` (quantities),
+//!   `ward.dev/rewrite-app-probes` (`"false"` keeps the app's probes as they are; by
+//!   default they move to the admin port, see [`probes`]).
 //!
 //! A pod that already has `ward-proxy` is left alone (never injected twice); a
 //! `hostNetwork` pod is refused with the reason (its capture rules would take the node's
@@ -112,9 +114,14 @@ pub fn inject(pod: &Pod, injector: &Injector) -> Result<Injected, InjectError> {
     let options = Options::read(&annotations)?;
     let mut pod = pod.clone();
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    let probes = if options.rewrite_probes {
+        probes::rewrite(spec, &options.exclude_inbound_ports)
+    } else {
+        BTreeMap::new()
+    };
     let mut init = vec![
         init_container(injector, &options),
-        proxy_container(injector, &options),
+        proxy_container(injector, &options, &probes),
     ];
     init.extend(spec.init_containers.take().unwrap_or_default());
     spec.init_containers = Some(init);
@@ -142,6 +149,7 @@ struct Options {
     exclude_outbound_cidrs: Vec<String>,
     opaque_ports: Vec<u16>,
     resources: BTreeMap<&'static str, Quantity>,
+    rewrite_probes: bool,
 }
 
 const RESOURCE_ANNOTATIONS: [(&str, &str); 4] = [
@@ -197,7 +205,22 @@ impl Options {
                 resources.insert(key, Quantity(value.clone()));
             }
         }
+        let rewrite_probes = match annotations
+            .get(probes::REWRITE_ANNOTATION)
+            .map(String::as_str)
+        {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(InjectError::Annotation {
+                    annotation: probes::REWRITE_ANNOTATION,
+                    value: other.to_owned(),
+                    why: "is not \"true\" or \"false\"",
+                });
+            }
+        };
         Ok(Self {
+            rewrite_probes,
             exclude_inbound_ports: ports("ward.dev/exclude-inbound-ports")?,
             exclude_outbound_ports: ports("ward.dev/exclude-outbound-ports")?,
             exclude_outbound_cidrs,
@@ -337,7 +360,11 @@ fn admin_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn proxy_container(injector: &Injector, options: &Options) -> Container {
+fn proxy_container(
+    injector: &Injector,
+    options: &Options,
+    probes: &BTreeMap<String, serde_json::Value>,
+) -> Container {
     let mut resources = resources(&[
         ("requests.cpu", "100m"),
         ("requests.memory", "32Mi"),
@@ -351,7 +378,7 @@ fn proxy_container(injector: &Injector, options: &Options) -> Container {
         };
         map.insert(resource.to_owned(), quantity.clone());
     }
-    let environment = vec![
+    let mut environment = vec![
         env_field("POD_NAME", "metadata.name"),
         env_field("POD_NAMESPACE", "metadata.namespace"),
         env("WARD_TRUST_DOMAIN", injector.trust_domain.clone()),
@@ -365,6 +392,10 @@ fn proxy_container(injector: &Injector, options: &Options) -> Container {
         env("WARD_IDENTITY_BUNDLE", format!("{BUNDLE_DIR}/{BUNDLE_KEY}")),
         env("WARD_CAPTURE_INBOUND", format!("0.0.0.0:{INBOUND_PORT}")),
     ];
+    if !probes.is_empty() {
+        let json = serde_json::to_string(probes).unwrap_or_default();
+        environment.push(env(probes::PROBES_ENV, json));
+    }
     Container {
         name: PROXY.into(),
         image: Some(injector.proxy_image.clone()),
@@ -444,6 +475,7 @@ fn volumes() -> Vec<Volume> {
 }
 
 mod manifests;
+pub mod probes;
 
 pub use manifests::inject_manifests;
 

@@ -56,12 +56,18 @@ impl ProxyInputs {
             tokio::spawn(upkeep(handle.clone(), UPKEEP_EVERY));
         }
         let reports = Arc::new(Reports::default());
-        let admin = crate::admin::server(
+        let mut admin = crate::admin::server(
             readiness.clone(),
             metrics,
             serde_json::to_string_pretty(config).unwrap_or_default(),
             reports.clone(),
         );
+        if !config.app_probes.is_empty() {
+            admin = admin.prefix(
+                crate::probes::PREFIX,
+                crate::probes::route(config.app_probes.clone()),
+            );
+        }
         tokio::spawn(admin.serve(admin_listener, drain.clone()));
 
         let (identity, workload, control) = start_identity(validated, &reports).await?;

@@ -21,6 +21,7 @@ pub mod init;
 pub mod inputs;
 pub mod metrics;
 pub mod outbound;
+pub mod probes;
 pub mod record;
 pub mod resolve;
 pub mod sidecar;

@@ -26,6 +26,14 @@ pub type Body = Full<Bytes>;
 /// What a binary adds: a GET route's answer, made per request.
 pub type Route = Arc<dyn Fn() -> Response<Body> + Send + Sync>;
 
+/// What a binary adds under a path prefix: the answer for the path's rest, made per
+/// request and possibly after I/O (the sidecar's app probes).
+pub type PrefixRoute = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Extra fields of the `/ready` JSON (for example, the control-plane streams' health).
 pub type ReadyDetail = Arc<dyn Fn(&mut serde_json::Value) + Send + Sync>;
 
@@ -37,6 +45,7 @@ pub struct Admin {
     readiness: Readiness,
     metrics: Option<PrometheusHandle>,
     routes: BTreeMap<&'static str, Route>,
+    prefixes: Vec<(&'static str, PrefixRoute)>,
     ready_detail: Vec<ReadyDetail>,
 }
 
@@ -46,6 +55,7 @@ impl Admin {
             readiness,
             metrics,
             routes: BTreeMap::new(),
+            prefixes: Vec::new(),
             ready_detail: Vec::new(),
         }
     }
@@ -53,6 +63,12 @@ impl Admin {
     /// Adds a GET route (`/live`, `/ready` and `/metrics` are taken).
     pub fn route(mut self, path: &'static str, route: Route) -> Self {
         self.routes.insert(path, route);
+        self
+    }
+
+    /// Adds GET routes under `prefix` (ending in `/`); the route gets the rest of the path.
+    pub fn prefix(mut self, prefix: &'static str, route: PrefixRoute) -> Self {
+        self.prefixes.push((prefix, route));
         self
     }
 
@@ -72,7 +88,7 @@ impl Admin {
                 async move {
                     let service = service_fn(move |req| {
                         let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.answer(&req)) }
+                        async move { Ok::<_, Infallible>(admin.answer(&req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -84,11 +100,19 @@ impl Admin {
             .await
     }
 
-    fn answer(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn answer(&self, req: &Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
-        match req.uri().path() {
+        let path = req.uri().path();
+        if let Some((rest, route)) = self
+            .prefixes
+            .iter()
+            .find_map(|(prefix, route)| Some((path.strip_prefix(prefix)?, route)))
+        {
+            return route(rest.to_owned()).await;
+        }
+        match path {
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => self.ready(),
             "/metrics" => match &self.metrics {
@@ -167,6 +191,10 @@ mod tests {
                 "/config",
                 Arc::new(|| json_text(StatusCode::OK, "{\"a\":1}".into())),
             )
+            .prefix(
+                "/echo/",
+                Arc::new(|rest| Box::pin(async move { json_text(StatusCode::OK, rest) })),
+            )
             .ready_detail(Arc::new(|d| d["extra"] = serde_json::json!(true)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -186,6 +214,7 @@ mod tests {
                 .starts_with("HTTP/1.1 404")
         );
         assert!(ask(addr, "GET", "/nope").await.starts_with("HTTP/1.1 404"));
+        assert!(ask(addr, "GET", "/echo/a/b").await.ends_with("a/b"));
         assert!(
             ask(addr, "POST", "/ready")
                 .await

@@ -33,7 +33,8 @@ fn deployment(app: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{ name: {app}, namespace: shop }}\n\
          spec:\n  replicas: 1\n  selector: {{ matchLabels: {{ app: {app} }} }}\n  template:\n    metadata: {{ labels: {{ app: {app} }} }}\n    \
-         spec: {{ serviceAccountName: {app}, containers: [ {{ name: {app}, image: \"{app}:1\", ports: [ {{ name: http, containerPort: 8080 }} ] }} ] }}\n\
+         spec: {{ serviceAccountName: {app}, containers: [ {{ name: {app}, image: \"{app}:1\", ports: [ {{ name: http, containerPort: 8080 }} ], \
+         readinessProbe: {{ httpGet: {{ path: /healthz, port: http }} }}, livenessProbe: {{ tcpSocket: {{ port: 8080 }} }} }} ] }}\n\
          ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: {app}, namespace: shop }}\n"
     )
 }
@@ -150,6 +151,20 @@ fn injected_pods_attest_discover_each_other_and_talk_mtls_under_crd_policy() {
         by_service.contains(&format!("x-ward-peer-identity: {WEB_ID}")),
         "{by_service}"
     );
+    // The kubelet's probes (played here from the node, as the kubelet would send them):
+    // the app's own port takes only mTLS now, so the injector moved them to the admin
+    // port, where the sidecar runs them against the app.
+    for kind in ["readinessProbe", "livenessProbe"] {
+        let (path, port) = kubelet_probe(&cluster, &orders_pod, kind);
+        assert_eq!(port, 15000, "{kind}");
+        let answer = ward_tests::net::http_get((orders.ip, port).into(), &path);
+        assert_eq!(answer.map(|(s, _)| s), Some(200), "{kind} {path}");
+    }
+    let plain = ward_tests::net::http_get((orders.ip, 8080).into(), "/healthz");
+    assert!(
+        plain.is_none_or(|(s, _)| s != 200),
+        "a plaintext probe of the app port is not answered by the app"
+    );
     // Policy: nothing allows orders to call web.
     let back = curl(&orders.ns, &format!("http://{}:8080/", web.ip));
     assert!(back.contains("status=403"), "{back}");
@@ -249,4 +264,25 @@ fn rotate_under_load(cluster: &Cluster, ns: &Netns, url: &str, old_bundle: &str)
         );
         rotated
     })
+}
+
+/// The HTTP GET the kubelet would send for the pod's `kind` probe, as stored.
+fn kubelet_probe(cluster: &Cluster, pod: &str, kind: &str) -> (String, u16) {
+    let probe: serde_json::Value = serde_json::from_str(
+        cluster
+            .kubectl([
+                "get",
+                "pod",
+                pod,
+                "-n",
+                "shop",
+                "-o",
+                &format!("jsonpath={{.spec.containers[0].{kind}}}"),
+            ])
+            .ok(),
+    )
+    .unwrap();
+    let get = &probe["httpGet"];
+    let port = get["port"].as_u64().expect("a numbered port") as u16;
+    (get["path"].as_str().unwrap().to_owned(), port)
 }

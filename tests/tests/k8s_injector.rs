@@ -256,7 +256,14 @@ fn yaml_to_json(yaml: &str) -> serde_json::Value {
 fn the_injected_environment_is_a_valid_sidecar_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pod.yaml");
-    std::fs::write(&file, pod("web", "app: web", "")).unwrap();
+    // With probes of each kind the sidecar runs.
+    let probed = pod("web", "app: web", "").replace(
+        "ports: [ { containerPort: 8080 } ] }",
+        "ports: [ { containerPort: 8080 } ], readinessProbe: { httpGet: { path: /healthz, port: 8080 } }, \
+         livenessProbe: { tcpSocket: { port: 8080 } }, startupProbe: { grpc: { port: 8080 }, timeoutSeconds: 5 } }",
+    );
+    assert!(probed.contains("startupProbe"));
+    std::fs::write(&file, probed).unwrap();
     let printed: Value = yaml_to_json(ward(["inject", "-f", &file.to_string_lossy()]).ok());
     let proxy = printed["spec"]["initContainers"]
         .as_array()
@@ -290,5 +297,23 @@ fn the_injected_environment_is_a_valid_sidecar_configuration() {
     let config = ward_proxy::config::SidecarConfig::from_env(env).expect("a valid configuration");
     assert!(config.config.identity.renew_with_token);
     assert!(config.config.capture.is_some(), "transparent capture");
+    let probes: Vec<&str> = config
+        .config
+        .app_probes
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        probes,
+        [
+            "/app-health/app/livez",
+            "/app-health/app/readyz",
+            "/app-health/app/startupz"
+        ]
+    );
+    assert_eq!(
+        config.config.app_probes["/app-health/app/startupz"].timeout,
+        std::time::Duration::from_secs(5)
+    );
     assert_eq!(config.trust_domain.to_string(), "cluster.local");
 }

@@ -156,3 +156,113 @@ fn annotations_set_exclusions_opaque_ports_and_resources_and_bad_ones_are_refuse
         );
     }
 }
+
+const PROBED: &str = "metadata: { name: web, annotations: { ward.dev/exclude-inbound-ports: \"9901\" } }
+spec:
+  containers:
+  - name: web
+    image: web
+    ports: [ { name: http, containerPort: 8080 }, { name: admin, containerPort: 9901 } ]
+    readinessProbe: { httpGet: { path: healthz, port: http, scheme: HTTPS, httpHeaders: [ { name: x-probe, value: r } ] }, timeoutSeconds: 3, periodSeconds: 7 }
+    livenessProbe: { tcpSocket: { port: 8080 } }
+    startupProbe: { grpc: { port: 8080, service: shop.Orders } }
+  - name: sidecar
+    image: s
+    readinessProbe: { httpGet: { path: /ready, port: 9901 } }
+    livenessProbe: { exec: { command: [ \"true\" ] } }
+    startupProbe: { httpGet: { path: /, port: 8080, host: example.com } }
+";
+
+fn proxy_env(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .init_containers
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == PROXY)?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+#[test]
+fn app_probes_move_to_the_admin_port_and_their_originals_to_the_sidecar() {
+    let injected = injected(&pod(PROBED));
+    let spec = injected.spec.as_ref().unwrap();
+    let web = &spec.containers[0];
+    let ready = web.readiness_probe.as_ref().unwrap();
+    let get = ready.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/app-health/web/readyz"));
+    assert_eq!(get.port, IntOrString::Int(i32::from(ADMIN_PORT)));
+    assert_eq!(get.scheme.as_deref(), Some("HTTP"));
+    assert_eq!(ready.period_seconds, Some(7), "the timing stays");
+    for (probe, path) in [
+        (&web.liveness_probe, "/app-health/web/livez"),
+        (&web.startup_probe, "/app-health/web/startupz"),
+    ] {
+        let probe = probe.as_ref().unwrap();
+        assert!(
+            probe.tcp_socket.is_none() && probe.grpc.is_none(),
+            "{probe:?}"
+        );
+        assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some(path));
+    }
+    let moved: serde_json::Value =
+        serde_json::from_str(&proxy_env(&injected, probes::PROBES_ENV).unwrap()).unwrap();
+    assert_eq!(
+        moved,
+        serde_json::json!({
+            "/app-health/web/readyz": { "http": { "port": 8080, "path": "/healthz", "https": true, "headers": [["x-probe", "r"]] }, "timeout": 3 },
+            "/app-health/web/livez": { "tcp": { "port": 8080 }, "timeout": 1 },
+            "/app-health/web/startupz": { "grpc": { "port": 8080, "service": "shop.Orders" }, "timeout": 1 },
+        })
+    );
+    // An excluded port (not captured), an exec probe and another host's are left alone.
+    let other = &spec.containers[1];
+    assert_eq!(
+        other
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/ready")
+    );
+    assert!(other.liveness_probe.as_ref().unwrap().exec.is_some());
+    assert_eq!(
+        other
+            .startup_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .host
+            .as_deref(),
+        Some("example.com")
+    );
+}
+
+#[test]
+fn the_probe_rewrite_can_be_turned_off_and_a_bad_value_is_refused() {
+    let off = PROBED.replace(
+        "ward.dev/exclude-inbound-ports: \"9901\"",
+        "ward.dev/rewrite-app-probes: \"false\"",
+    );
+    let kept = injected(&pod(&off));
+    let web = &kept.spec.as_ref().unwrap().containers[0];
+    assert!(web.liveness_probe.as_ref().unwrap().tcp_socket.is_some());
+    assert!(proxy_env(&kept, probes::PROBES_ENV).is_none());
+    let bad = PROBED.replace(
+        "ward.dev/exclude-inbound-ports: \"9901\"",
+        "ward.dev/rewrite-app-probes: \"no\"",
+    );
+    let err = inject(&pod(&bad), &injector()).unwrap_err().to_string();
+    assert!(err.contains("ward.dev/rewrite-app-probes"), "{err}");
+}

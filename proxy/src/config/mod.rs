@@ -29,7 +29,14 @@ const SECTIONS: &[&str] = &[
 /// What errors name when there is no file.
 const ENV_ORIGIN: &str = "WARD_* environment";
 /// Top-level fields settable from the environment.
-const TOP_LEVEL: &[&str] = &["trust_domain", "admin", "access_log", "inbound", "outbound"];
+const TOP_LEVEL: &[&str] = &[
+    "trust_domain",
+    "admin",
+    "access_log",
+    "inbound",
+    "outbound",
+    "app_probes",
+];
 
 /// A configuration that cannot be used; its text is the one line the operator sees.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +80,10 @@ pub struct SidecarConfig {
     /// their original destination.
     #[serde(default)]
     pub capture: Option<Capture>,
+    /// The app's probes, which the kubelet asks the admin port for
+    /// (`/app-health/CONTAINER/KIND`; the injector moves them there).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub app_probes: crate::probes::AppProbes,
 }
 
 /// Transparent capture of the app's outbound connections.

@@ -33,6 +33,8 @@ impl SidecarConfig {
         config.check_capture(&trust_domain, &at)?;
         config.check_listeners(&at)?;
         config.check_limits(&at)?;
+        crate::probes::validate(&config.app_probes)
+            .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
         Ok(Validated {
             config,
             trust_domain,
