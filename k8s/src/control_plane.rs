@@ -71,6 +71,11 @@ pub async fn run(
         settings.data_dir.clone(),
         drain.clone(),
     ));
+    tokio::spawn(crate::policy_status::write(
+        client.clone(),
+        leader.clone(),
+        drain.clone(),
+    ));
     tokio::spawn(crate::rotation::drive(
         client.clone(),
         namespace.clone(),

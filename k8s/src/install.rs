@@ -98,6 +98,9 @@ fn rbac() -> Vec<Value> {
     let cluster_rules = json!([
         { "apiGroups": ["ward.dev"], "resources": ["authorizationpolicies", "meshpolicies"],
           "verbs": ["get", "list", "watch"] },
+        // Their Accepted condition (the leader writes it).
+        { "apiGroups": ["ward.dev"], "resources": ["authorizationpolicies/status", "meshpolicies/status"],
+          "verbs": ["patch"] },
         { "apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list", "watch"] },
         { "apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"] },
         { "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],

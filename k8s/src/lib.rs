@@ -24,6 +24,7 @@ pub mod inject;
 pub mod install;
 pub mod leader;
 pub mod policy;
+pub mod policy_status;
 pub mod rotation;
 pub mod status;
 pub mod webhook;

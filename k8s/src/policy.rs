@@ -119,7 +119,7 @@ fn key(object: &DynamicObject) -> Option<Key> {
 }
 
 /// The object's `spec` read strictly, or `field: reason`.
-fn read<T: serde::de::DeserializeOwned>(object: &DynamicObject) -> Result<T, String> {
+pub(crate) fn read<T: serde::de::DeserializeOwned>(object: &DynamicObject) -> Result<T, String> {
     let spec = object.data.get("spec").cloned().unwrap_or_default();
     serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();

@@ -96,7 +96,9 @@ impl Action {
         shortname = "wap",
         category = "ward",
         doc = "Who may call the workloads a selector picks in this namespace (all of them in ward-system), and how.",
+        status = "PolicyStatus",
         printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
@@ -314,6 +316,38 @@ impl MeshDefault {
     }
 }
 
+/// What the control plane says of a policy object on Kubernetes (the leader replica writes
+/// it): whether it reads, for which generation, and which generation is in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+pub struct PolicyStatus {
+    /// The generation the conditions are about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The last generation that read, which stays in force while a later one does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<PolicyCondition>,
+}
+
+/// A condition, as Kubernetes writes them (`Accepted`: True or False).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+pub struct PolicyCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339.
+    pub last_transition_time: String,
+}
+
 /// What the `MeshPolicy` says: the mesh's defaults. One per mesh, in `ward-system`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -328,8 +362,10 @@ impl MeshDefault {
         category = "ward",
         doc = "The mesh's defaults: one, named default, in ward-system.",
         validation = Rule::new("self.metadata.name == 'default'").message("there is one MeshPolicy per mesh: name it default (in namespace ward-system)"),
+        status = "PolicyStatus",
         printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
-        printcolumn = r#"{"name":"Outbound","type":"string","jsonPath":".spec.outboundTrafficPolicy"}"#
+        printcolumn = r#"{"name":"Outbound","type":"string","jsonPath":".spec.outboundTrafficPolicy"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#
     )
 )]
 pub struct MeshSpec {

@@ -223,3 +223,82 @@ fn tokens_for_another_audience_a_deleted_account_or_a_gone_pod_are_refused() {
         );
     });
 }
+
+/// The `Accepted` condition the leader writes on each policy object, for the generation
+/// it read: True when in force; False with the field and reason for one that does not
+/// read (here: stored under a laxer CRD, as after an upgrade to a stricter one), naming
+/// the generation that stays in force.
+#[test]
+fn policy_objects_carry_the_control_planes_accepted_condition() {
+    let cluster = Cluster::start();
+    workloads(&cluster);
+    let _cp = kubernetes_control_plane(&cluster);
+    let policy = |principals: &str| {
+        format!(
+            "apiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{ name: orders-read, namespace: bank }}\n\
+             spec: {{ action: ALLOW, rules: [ {{ from: [ {{ {principals} }} ] }} ] }}\n"
+        )
+    };
+    cluster.apply(&policy(&format!("principals: [\"{WEB_ID}\"]")));
+    let condition = |field: &str| {
+        cluster
+            .kubectl([
+                "get",
+                "wap",
+                "orders-read",
+                "-n",
+                "bank",
+                "-o",
+                &format!("jsonpath={{.status.conditions[?(@.type==\"Accepted\")].{field}}}"),
+            ])
+            .stdout
+    };
+    eventually(Duration::from_secs(20), "Accepted=True", || {
+        (condition("status") == "True" && condition("observedGeneration") == "1").then_some(())
+    });
+    let table = cluster
+        .kubectl(["get", "wap", "-n", "bank"])
+        .ok()
+        .to_owned();
+    assert!(
+        table.contains("ACCEPTED") && table.contains("True"),
+        "{table}"
+    );
+
+    // A CRD that no longer checks the spec (as an older one might), and an edit it lets
+    // through that the control plane does not read.
+    cluster
+        .kubectl([
+            "patch",
+            "crd",
+            "authorizationpolicies.ward.dev",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec","value":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}]"#,
+        ])
+        .ok();
+    eventually(
+        Duration::from_secs(20),
+        "the lax CRD takes the edit",
+        || {
+            let run = cluster.kubectl_with_input(
+                ["apply", "-f", "-"],
+                &policy(&format!("principal: [\"{WEB_ID}\"]")),
+            );
+            (run.code == 0).then_some(())
+        },
+    );
+    let message = eventually(Duration::from_secs(20), "Accepted=False", || {
+        (condition("status") == "False" && condition("observedGeneration") == "2")
+            .then(|| condition("message"))
+    });
+    assert!(
+        message.contains("spec.rules[0].from[0]") && message.contains("unknown field `principal`"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("generation 1 stays in force"),
+        "{message}"
+    );
+    assert_eq!(condition("reason"), "Invalid");
+}

@@ -137,6 +137,19 @@ fn injected_pods_attest_discover_each_other_and_talk_mtls_under_crd_policy() {
         "{seen}\n{}",
         std::fs::read_to_string(&web.log).unwrap_or_default()
     );
+    // The leader (with only the install's RBAC) marked the policy accepted.
+    eventually(Duration::from_secs(10), "orders-read is Accepted", || {
+        let accepted = cluster.kubectl([
+            "get",
+            "wap",
+            "orders-read",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status}",
+        ]);
+        (accepted.stdout == "True").then_some(())
+    });
     // The same call by the Service's ClusterIP: mTLS too, as the identity of the pods the
     // Service selects.
     let by_service = eventually(
