@@ -57,6 +57,7 @@ bench:
 	@echo "  certs/benches/certs.rs           CSR signing, SVID chain verification"
 	@echo "  policy/benches/policy.rs         policy decisions and compilation at 1,000 policies"
 	@echo "  tests/benches/control_plane.rs   Certify rate, 10,000 Policy.Watch streams, control-plane RSS"
+	@echo "  k8s/benches/discovery.rs         endpoints from 5,000 pods and 1,000 Services, whole and per event"
 
 ## bench-compare: latency of this release build beside an earlier one, alternating
 ## (BASE=bin dir of the earlier build, e.g. target/baseline/release)
@@ -69,6 +70,7 @@ bench-compare:
 bench-micro:
 	$(CARGO) bench -p ward-certs --bench certs
 	$(CARGO) bench -p ward-policy --bench policy
+	$(CARGO) bench -p ward-k8s --bench discovery
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p ward-tests --bench control_plane
 

@@ -52,7 +52,7 @@ impl DiscoverySource for PodEndpoints {
 }
 
 /// `namespace/name`
-type Key = (String, String);
+pub type Key = (String, String);
 
 /// Objects of one kind as a watch sees them: put in force whole after each (re)list.
 struct Watched<K> {
@@ -68,30 +68,123 @@ impl<K: kube::Resource> Watched<K> {
         }
     }
 
-    /// Applies one event; true when the objects in force changed.
-    fn apply(&mut self, event: watcher::Event<K>) -> bool {
+    /// Applies one event; what changed in the objects in force.
+    fn apply(&mut self, event: watcher::Event<K>) -> Option<Changed> {
         let key = |o: &K| Some((o.meta().namespace.clone()?, o.meta().name.clone()?));
         match event {
             watcher::Event::Init => {
                 self.listing = Some(BTreeMap::new());
-                false
+                None
             }
             watcher::Event::InitApply(o) => {
                 if let Some(k) = key(&o) {
                     self.listing.get_or_insert_with(BTreeMap::new).insert(k, o);
                 }
-                false
+                None
             }
             watcher::Event::InitDone => {
                 self.objects = self.listing.take().unwrap_or_default();
-                true
+                Some(Changed::All)
             }
-            watcher::Event::Apply(o) => key(&o).is_some_and(|k| {
-                self.objects.insert(k, o);
-                true
-            }),
-            watcher::Event::Delete(o) => key(&o).is_some_and(|k| self.objects.remove(&k).is_some()),
+            watcher::Event::Apply(o) => {
+                let k = key(&o)?;
+                self.objects.insert(k.clone(), o);
+                Some(Changed::Namespace(k.0))
+            }
+            watcher::Event::Delete(o) => {
+                let k = key(&o)?;
+                self.objects.remove(&k)?;
+                Some(Changed::Namespace(k.0))
+            }
         }
+    }
+}
+
+/// What a watch event changed: one namespace's objects, or all of them (a relist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    Namespace(String),
+    All,
+}
+
+/// Endpoints by pod and by Service, so that an event recomputes only its namespace (a
+/// pod's protocols and a Service's ClusterIP depend on that namespace alone).
+pub struct Index {
+    td: TrustDomain,
+    pods: BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>>,
+    services: BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>>,
+}
+
+/// The objects of `map` in namespace `ns`.
+fn in_namespace<'a, T>(
+    map: &'a BTreeMap<Key, T>,
+    ns: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a T)> {
+    map.range((ns.to_owned(), String::new())..)
+        .take_while(move |((n, _), _)| n == ns)
+}
+
+impl Index {
+    pub fn new(td: TrustDomain) -> Self {
+        Self {
+            td,
+            pods: BTreeMap::new(),
+            services: BTreeMap::new(),
+        }
+    }
+
+    /// Recomputes what `changed` touched, from the objects in force.
+    pub fn refresh(
+        &mut self,
+        changed: &Changed,
+        pods: &BTreeMap<Key, Pod>,
+        services: &BTreeMap<Key, Service>,
+    ) {
+        match changed {
+            Changed::Namespace(ns) => self.refresh_namespace(ns, pods, services),
+            Changed::All => {
+                self.pods.clear();
+                self.services.clear();
+                let namespaces: std::collections::BTreeSet<&String> = pods
+                    .keys()
+                    .chain(services.keys())
+                    .map(|(ns, _)| ns)
+                    .collect();
+                for ns in namespaces {
+                    self.refresh_namespace(ns, pods, services);
+                }
+            }
+        }
+    }
+
+    fn refresh_namespace(
+        &mut self,
+        ns: &str,
+        pods: &BTreeMap<Key, Pod>,
+        services: &BTreeMap<Key, Service>,
+    ) {
+        for map in [&mut self.pods, &mut self.services] {
+            let stale: Vec<Key> = in_namespace(map, ns).map(|(k, _)| k.clone()).collect();
+            for key in stale {
+                map.remove(&key);
+            }
+        }
+        let local_services: Vec<&Service> = in_namespace(services, ns).map(|(_, s)| s).collect();
+        for (key, pod) in in_namespace(pods, ns) {
+            let hints = service_protocols(pod, local_services.iter().copied());
+            self.pods
+                .insert(key.clone(), endpoints_of(pod, &self.td, &hints));
+        }
+        let local_pods: Vec<(&Key, &Pod)> = in_namespace(pods, ns).collect();
+        for (key, service) in in_namespace(services, ns) {
+            let endpoints = cluster_ip_endpoints(service, &local_pods, &self.pods);
+            self.services.insert(key.clone(), endpoints);
+        }
+    }
+
+    /// Every endpoint, by address (a contested address goes to no one).
+    pub fn endpoints(&self) -> BTreeMap<SocketAddr, v1::Endpoint> {
+        merged(self.pods.values().chain(self.services.values()))
     }
 }
 
@@ -107,20 +200,22 @@ async fn follow(
     let mut service_events =
         std::pin::pin!(watcher(Api::<Service>::all(client), config).default_backoff());
     let (mut pods, mut services) = (Watched::<Pod>::new(), Watched::<Service>::new());
+    let mut index = Index::new(td);
     loop {
         let changed = tokio::select! {
             () = drain.signaled() => return,
             Some(event) = pod_events.next() => match event {
                 Ok(event) => pods.apply(event),
-                Err(e) => { watch_failed("pods", &e); false }
+                Err(e) => { watch_failed("pods", &e); None }
             },
             Some(event) = service_events.next() => match event {
                 Ok(event) => services.apply(event),
-                Err(e) => { watch_failed("services", &e); false }
+                Err(e) => { watch_failed("services", &e); None }
             },
         };
-        if changed {
-            let by_address = endpoints(&pods.objects, &services.objects, &td);
+        if let Some(changed) = changed {
+            index.refresh(&changed, &pods.objects, &services.objects);
+            let by_address = index.endpoints();
             tx.send_if_modified(|current| {
                 if current.by_address == by_address {
                     return false;
@@ -139,34 +234,16 @@ fn watch_failed(what: &str, e: &watcher::Error) {
     tracing::warn!(error = %e, "watching {what} failed; retrying, the last endpoints stay");
 }
 
-/// Every injected pod's endpoints, with protocols its Services' `appProtocol` names.
-fn endpoints(
+/// Every injected pod's endpoints (with protocols its Services' `appProtocol` names) and
+/// every meshed Service's ClusterIP ports, computed whole.
+pub fn endpoints(
     pods: &BTreeMap<Key, Pod>,
     services: &BTreeMap<Key, Service>,
     td: &TrustDomain,
 ) -> BTreeMap<SocketAddr, v1::Endpoint> {
-    let mut known: BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>> = pods
-        .iter()
-        .map(|(key, pod)| {
-            let hints = service_protocols(
-                pod,
-                services
-                    .values()
-                    .filter(|s| s.metadata.namespace == pod.metadata.namespace),
-            );
-            (key.clone(), endpoints_of(pod, td, &hints))
-        })
-        .collect();
-    let by_service: Vec<(Key, Vec<(SocketAddr, v1::Endpoint)>)> = services
-        .iter()
-        .map(|((ns, name), service)| {
-            // `service/NS` cannot be a namespace's name: no clash with a pod's key.
-            let key = (format!("service/{ns}"), name.clone());
-            (key, cluster_ip_endpoints(service, pods, &known))
-        })
-        .collect();
-    known.extend(by_service);
-    merged(&known)
+    let mut index = Index::new(td.clone());
+    index.refresh(&Changed::All, pods, services);
+    index.endpoints()
 }
 
 /// Whether `labels` has every pair of a non-empty `selector`.
@@ -199,7 +276,7 @@ fn injected(pod: &Pod) -> bool {
 /// identity, so such a Service is left as the app dialled it (and logged).
 fn cluster_ip_endpoints(
     service: &Service,
-    pods: &BTreeMap<Key, Pod>,
+    local_pods: &[(&Key, &Pod)],
     known: &BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>>,
 ) -> Vec<(SocketAddr, v1::Endpoint)> {
     let (Some(spec), Some(namespace)) = (&service.spec, &service.metadata.namespace) else {
@@ -218,8 +295,9 @@ fn cluster_ip_endpoints(
     if ips.is_empty() || spec.type_.as_deref() == Some("ExternalName") {
         return Vec::new();
     }
-    let selected: Vec<(&Key, &Pod)> = pods
+    let selected: Vec<(&Key, &Pod)> = local_pods
         .iter()
+        .copied()
         .filter(|((ns, _), pod)| {
             ns == namespace && live(pod) && selects(&selector, pod.metadata.labels.as_ref())
         })
@@ -329,12 +407,12 @@ pub fn service_protocols<'a>(
 
 /// All pods' endpoints by address; an address two pods claim (an IP reused while the old
 /// pod is still listed) goes to neither, and is logged.
-fn merged(
-    known: &BTreeMap<Key, Vec<(SocketAddr, v1::Endpoint)>>,
+fn merged<'a>(
+    known: impl Iterator<Item = &'a Vec<(SocketAddr, v1::Endpoint)>>,
 ) -> BTreeMap<SocketAddr, v1::Endpoint> {
     let mut by_address: BTreeMap<SocketAddr, v1::Endpoint> = BTreeMap::new();
     let mut contested = Vec::new();
-    for (addr, endpoint) in known.values().flatten() {
+    for (addr, endpoint) in known.flatten() {
         match by_address.get(addr) {
             Some(held) if held.spiffe_id != endpoint.spiffe_id => contested.push(*addr),
             _ => {

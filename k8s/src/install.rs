@@ -98,6 +98,9 @@ fn rbac() -> Vec<Value> {
     let cluster_rules = json!([
         { "apiGroups": ["ward.dev"], "resources": ["authorizationpolicies", "meshpolicies"],
           "verbs": ["get", "list", "watch"] },
+        // Their definitions, read to notice an upgrade (policy watches start over then).
+        { "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+          "resourceNames": crate::crd_changes::POLICY_CRDS, "verbs": ["get"] },
         // Their Accepted condition (the leader writes it).
         { "apiGroups": ["ward.dev"], "resources": ["authorizationpolicies/status", "meshpolicies/status"],
           "verbs": ["patch"] },

@@ -19,6 +19,7 @@ mod check_certs;
 mod check_line;
 pub mod control_plane;
 pub mod crd;
+pub mod crd_changes;
 pub mod discovery;
 pub mod inject;
 pub mod install;

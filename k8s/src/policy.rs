@@ -179,9 +179,14 @@ impl PolicySource for CrdPolicies {
         stop: impl Future<Output = ()> + Send + 'static,
     ) {
         let config = watcher::Config::default();
-        let mut policies =
-            std::pin::pin!(watcher(self.authorization(), config.clone()).default_backoff());
-        let mut meshes = std::pin::pin!(watcher(self.mesh(), config).default_backoff());
+        let start = || {
+            (
+                Box::pin(watcher(self.authorization(), config.clone()).default_backoff()),
+                Box::pin(watcher(self.mesh(), config.clone()).default_backoff()),
+            )
+        };
+        let (mut policies, mut meshes) = start();
+        let mut crds = crate::crd_changes::follow(self.client.clone());
         let mut stop = std::pin::pin!(stop);
         let mut objects = Objects::default();
         // Objects listed since the last (re)start of each watch, put in force together
@@ -190,6 +195,12 @@ impl PolicySource for CrdPolicies {
         loop {
             let changed = tokio::select! {
                 () = &mut stop => return,
+                Ok(()) = crds.changed() => {
+                    // A relist follows: what reads stays, what no longer does keeps its
+                    // last good version.
+                    (policies, meshes) = start();
+                    false
+                }
                 Some(event) = policies.next() => match event {
                     Ok(event) => on_event::<Authorization>(event, &mut objects, &mut listing_policies),
                     Err(e) => { watch_failed("AuthorizationPolicy", &e); false }

@@ -32,13 +32,24 @@ pub async fn write(client: kube::Client, mut leader: watch::Receiver<bool>, drai
             led = leader.wait_for(|leads| *leads) => if led.is_err() { return },
         }
         let config = watcher::Config::default();
-        let all = Api::<DynamicObject>::all_with(client.clone(), &authorization);
-        let mut policies = std::pin::pin!(watcher(all, config.clone()).default_backoff());
-        let in_root = Api::<DynamicObject>::namespaced_with(client.clone(), ROOT_NAMESPACE, &mesh);
-        let mut meshes = std::pin::pin!(watcher(in_root, config).default_backoff());
+        let start = || {
+            let all = Api::<DynamicObject>::all_with(client.clone(), &authorization);
+            let in_root =
+                Api::<DynamicObject>::namespaced_with(client.clone(), ROOT_NAMESPACE, &mesh);
+            (
+                Box::pin(watcher(all, config.clone()).default_backoff()),
+                Box::pin(watcher(in_root, config.clone()).default_backoff()),
+            )
+        };
+        let (mut policies, mut meshes) = start();
+        let mut crds = crate::crd_changes::follow(client.clone());
         loop {
             let (object, resource, judged) = tokio::select! {
                 () = drain.signaled() => return,
+                Ok(()) = crds.changed() => {
+                    (policies, meshes) = start();
+                    continue;
+                }
                 changed = leader.changed() => {
                     if changed.is_err() { return }
                     if !*leader.borrow() { break }

@@ -66,9 +66,9 @@ fn an_address_two_identities_claim_goes_to_neither() {
         ("shop".to_owned(), "web-2".to_owned()),
         endpoints_of(&pod(&other), &td(), &BTreeMap::new()),
     );
-    assert!(merged(&known).is_empty());
+    assert!(merged(known.values()).is_empty());
     known.remove(&("shop".to_owned(), "web-2".to_owned()));
-    assert_eq!(merged(&known).len(), 4);
+    assert_eq!(merged(known.values()).len(), 4);
 }
 
 #[test]
@@ -210,4 +210,41 @@ fn a_cluster_ip_in_front_of_unmeshed_or_mixed_pods_or_headless_is_not_an_endpoin
             "{what}: the pod itself is still meshed"
         );
     }
+}
+
+#[test]
+fn an_event_recomputes_its_namespace_to_what_a_whole_recompute_gives() {
+    let mut pods = keyed(vec![
+        labelled("web-1", "web", "10.1.0.7"),
+        labelled("web-2", "web", "10.1.0.8"),
+    ]);
+    let mut other = labelled("web-1", "web", "10.2.0.7");
+    other.metadata.namespace = Some("other".into());
+    pods.insert(("other".into(), "web-1".into()), other);
+    let mut services = keyed(vec![service(WEB_SERVICE)]);
+    let mut index = Index::new(td());
+    index.refresh(&Changed::All, &pods, &services);
+    assert_eq!(index.endpoints(), endpoints(&pods, &services, &td()));
+    // A pod goes, a pod of another account comes: the ClusterIP is no longer meshed.
+    pods.remove(&("shop".into(), "web-2".into()));
+    pods.insert(
+        ("shop".into(), "web-3".into()),
+        labelled("web-3", "thief", "10.1.0.9"),
+    );
+    index.refresh(&Changed::Namespace("shop".into()), &pods, &services);
+    let now = index.endpoints();
+    assert_eq!(now, endpoints(&pods, &services, &td()));
+    assert!(!now.contains_key(&"10.96.0.10:80".parse().unwrap()));
+    assert!(
+        !now.contains_key(&"10.1.0.8:8080".parse().unwrap()),
+        "the gone pod"
+    );
+    assert!(
+        now.contains_key(&"10.2.0.7:8080".parse().unwrap()),
+        "other namespaces kept"
+    );
+    // The Service goes.
+    services.clear();
+    index.refresh(&Changed::Namespace("shop".into()), &pods, &services);
+    assert_eq!(index.endpoints(), endpoints(&pods, &services, &td()));
 }
