@@ -354,16 +354,7 @@ fn cluster_ip_endpoints(
             .or_else(|| port.name.as_deref().map(protocol_of_name))
             .unwrap_or_default();
         for ip in &ips {
-            let addr = SocketAddr::new(*ip, number);
-            endpoints.push((
-                addr,
-                v1::Endpoint {
-                    address: addr.to_string(),
-                    spiffe_id: id.to_owned(),
-                    inbound_port: 0,
-                    protocol: protocol.clone(),
-                },
-            ));
+            endpoints.push(captured(SocketAddr::new(*ip, number), id, &protocol));
         }
     }
     endpoints
@@ -472,21 +463,27 @@ pub fn endpoints_of(
                 .or_else(|| port.name.as_deref().map(protocol_of_name))
                 .unwrap_or_default();
             for ip in &ips {
-                let addr = SocketAddr::new(*ip, number);
-                endpoints.push((
-                    addr,
-                    v1::Endpoint {
-                        address: addr.to_string(),
-                        spiffe_id: id.to_string(),
-                        // Captured: the pod's sidecar takes mTLS on the port itself.
-                        inbound_port: 0,
-                        protocol: protocol.clone(),
-                    },
+                endpoints.push(captured(
+                    SocketAddr::new(*ip, number),
+                    &id.to_string(),
+                    &protocol,
                 ));
             }
         }
     }
     endpoints
+}
+
+/// An endpoint whose traffic a pod's sidecar captures: it takes mTLS on the address's own
+/// port (a ClusterIP's, after kube-proxy).
+fn captured(addr: SocketAddr, id: &str, protocol: &str) -> (SocketAddr, v1::Endpoint) {
+    let endpoint = v1::Endpoint {
+        address: addr.to_string(),
+        spiffe_id: id.to_owned(),
+        inbound_port: 0,
+        protocol: protocol.to_owned(),
+    };
+    (addr, endpoint)
 }
 
 /// What a port named like `grpc-api` or `http` speaks ("" : detect).

@@ -160,6 +160,29 @@ impl Cluster {
         Run::from_output(output)
     }
 
+    /// A token (TokenRequest) for service account `account` in `namespace`, bound to its
+    /// pod `pod`, for `audience`, living 10 minutes: what a pod's projected volume holds.
+    pub fn pod_token(&self, namespace: &str, account: &str, pod: &str, audience: &str) -> String {
+        self.kubectl([
+            "create",
+            "token",
+            account,
+            "-n",
+            namespace,
+            "--audience",
+            audience,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            pod,
+            "--duration",
+            "10m",
+        ])
+        .ok()
+        .trim()
+        .to_owned()
+    }
+
     /// Runs kubectl against this cluster as admin.
     pub fn kubectl<I, S>(&self, args: I) -> Run
     where

@@ -30,27 +30,9 @@ fn workloads(cluster: &Cluster) {
     cluster.apply(&yaml);
 }
 
-/// A token for `account`'s pod `pod`, for `audience`.
+/// A token for `account`'s pod `pod` in `bank`, for `audience`.
 fn token(cluster: &Cluster, account: &str, pod: &str, audience: &str) -> String {
-    cluster
-        .kubectl([
-            "create",
-            "token",
-            account,
-            "-n",
-            "bank",
-            "--audience",
-            audience,
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            pod,
-            "--duration",
-            "10m",
-        ])
-        .ok()
-        .trim()
-        .to_owned()
+    cluster.pod_token("bank", account, pod, audience)
 }
 
 fn kubernetes_control_plane(cluster: &Cluster) -> ControlPlane {
@@ -240,7 +222,7 @@ fn policy_objects_carry_the_control_planes_accepted_condition() {
         )
     };
     cluster.apply(&policy(&format!("principals: [\"{WEB_ID}\"]")));
-    let condition = |field: &str| {
+    let status = |path: &str| {
         cluster
             .kubectl([
                 "get",
@@ -249,10 +231,11 @@ fn policy_objects_carry_the_control_planes_accepted_condition() {
                 "-n",
                 "bank",
                 "-o",
-                &format!("jsonpath={{.status.conditions[?(@.type==\"Accepted\")].{field}}}"),
+                &format!("jsonpath={{.status.{path}}}"),
             ])
             .stdout
     };
+    let condition = |field: &str| status(&format!("conditions[?(@.type==\"Accepted\")].{field}"));
     eventually(Duration::from_secs(20), "Accepted=True", || {
         (condition("status") == "True" && condition("observedGeneration") == "1").then_some(())
     });
@@ -309,22 +292,11 @@ fn policy_objects_carry_the_control_planes_accepted_condition() {
     // The generation in force is the last that read: 1, or the edit itself if the API
     // server served it pruned by the old schema before the new one took effect (its last
     // good reading is then what stays in force).
-    let status = |field: &str| {
-        cluster
-            .kubectl([
-                "get",
-                "wap",
-                "orders-read",
-                "-n",
-                "bank",
-                "-o",
-                &format!("jsonpath={{.status.{field}}}"),
-            ])
-            .stdout
-            .parse::<i64>()
-            .unwrap()
-    };
-    let (accepted, observed) = (status("acceptedGeneration"), status("observedGeneration"));
+    let generation = |field: &str| status(field).parse::<i64>().unwrap();
+    let (accepted, observed) = (
+        generation("acceptedGeneration"),
+        generation("observedGeneration"),
+    );
     assert!(
         accepted >= 1 && accepted <= observed,
         "{accepted} {observed}"

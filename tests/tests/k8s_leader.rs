@@ -47,23 +47,7 @@ fn the_lease_moves_when_the_leader_dies_and_is_given_up_on_a_graceful_stop() {
     assert!(!leads(follower), "one leader");
 
     // Both replicas share the CA (the Secret) and attest proxies.
-    let token = cluster
-        .kubectl([
-            "create",
-            "token",
-            "web",
-            "-n",
-            "bank",
-            "--audience",
-            "ward",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "web-0",
-        ])
-        .ok()
-        .trim()
-        .to_owned();
+    let token = cluster.pod_token("bank", "web", "web-0", "ward");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let certify = |cp: &ControlPlane| {
         let (addr, bundle, token) = (cp.listen, cp.bundle_path(), token.clone());

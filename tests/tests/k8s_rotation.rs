@@ -54,23 +54,7 @@ fn a_rotation_step_waits_for_a_lagging_proxy_until_its_leaf_expires() {
     );
 
     // A workload takes a leaf and never opens its bundle stream: it cannot learn a new root.
-    let token = cluster
-        .kubectl([
-            "create",
-            "token",
-            "web",
-            "-n",
-            "bank",
-            "--audience",
-            "ward",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "web-0",
-        ])
-        .ok()
-        .trim()
-        .to_owned();
+    let token = cluster.pod_token("bank", "web", "web-0", "ward");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let leaf_not_after = rt.block_on(async {
         let channel = cp_channel(cp.listen, &cp.bundle_path(), "cluster.local", None).await;
