@@ -267,6 +267,25 @@ pub async fn cp_channel(
         .expect("connect to the control plane")
 }
 
+/// Certify with a token as a proxy's first call does (no SVID yet), for the identity the
+/// token attests: the control plane at `addr` is trusted through `bundle`.
+pub async fn certify_with_token(
+    addr: SocketAddr,
+    bundle: &Path,
+    token: String,
+) -> Result<ward_api::v1::CertifyResponse, tonic::Status> {
+    let channel = cp_channel(addr, bundle, "cluster.local", None).await;
+    ward_api::v1::identity_client::IdentityClient::new(channel)
+        .certify(ward_api::v1::CertifyRequest {
+            csr: csr_for(None),
+            token,
+            spiffe_id: String::new(),
+            serving: Vec::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// A fresh key's CSR, for `id` if given.
 pub fn csr_for(id: Option<&str>) -> Vec<u8> {
     let id = id.map(|s| ward_certs::parse_spiffe_id(s).expect("SPIFFE ID"));

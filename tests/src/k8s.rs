@@ -183,6 +183,20 @@ impl Cluster {
         .to_owned()
     }
 
+    /// A file of the CA Secret `ward-system/ward-ca`, decoded ("" if there is none).
+    pub fn ca_secret_file(&self, file: &str) -> String {
+        self.kubectl([
+            "get",
+            "secret",
+            "ward-ca",
+            "-n",
+            "ward-system",
+            "-o",
+            &format!("go-template={{{{index .data \"{file}\" | base64decode}}}}"),
+        ])
+        .stdout
+    }
+
     /// Runs kubectl against this cluster as admin.
     pub fn kubectl<I, S>(&self, args: I) -> Run
     where

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::pki::TestPki;
 
 use crate::control_plane::POLICY_DIR;
-pub use crate::control_plane::{ControlPlane, cp_channel, csr_for};
+pub use crate::control_plane::{ControlPlane, certify_with_token, cp_channel, csr_for};
 pub use crate::net::{free_addr, http_get};
 
 /// A running `ward-proxy sidecar`.

@@ -49,18 +49,7 @@ fn proxies_attested_by_pod_tokens_follow_crd_policy_within_a_second() {
     workloads(&cluster);
     let cp = kubernetes_control_plane(&cluster);
     // The CA is in the Secret, and the bundle the proxies bootstrap with comes from it.
-    let bundle = cluster
-        .kubectl([
-            "get",
-            "secret",
-            "ward-ca",
-            "-n",
-            "ward-system",
-            "-o",
-            "jsonpath={.data.bundle\\.pem}",
-        ])
-        .ok()
-        .to_owned();
+    let bundle = cluster.ca_secret_file("bundle.pem");
     assert!(!bundle.is_empty(), "no CA Secret");
     let dir = cluster.dir();
     std::fs::copy(cp.bundle_path(), dir.join("bundle.pem")).unwrap();
@@ -222,7 +211,7 @@ fn policy_objects_carry_the_control_planes_accepted_condition() {
         )
     };
     cluster.apply(&policy(&format!("principals: [\"{WEB_ID}\"]")));
-    let status = |path: &str| {
+    let object = |path: &str| {
         cluster
             .kubectl([
                 "get",
@@ -231,10 +220,11 @@ fn policy_objects_carry_the_control_planes_accepted_condition() {
                 "-n",
                 "bank",
                 "-o",
-                &format!("jsonpath={{.status.{path}}}"),
+                &format!("jsonpath={{.{path}}}"),
             ])
             .stdout
     };
+    let status = |path: &str| object(&format!("status.{path}"));
     let condition = |field: &str| status(&format!("conditions[?(@.type==\"Accepted\")].{field}"));
     eventually(Duration::from_secs(20), "Accepted=True", || {
         (condition("status") == "True" && condition("observedGeneration") == "1").then_some(())
@@ -269,16 +259,8 @@ fn policy_objects_carry_the_control_planes_accepted_condition() {
                 ["apply", "-f", "-"],
                 &policy(&format!("principal: [\"{WEB_ID}\"]")),
             );
-            let stored = cluster.kubectl([
-                "get",
-                "wap",
-                "orders-read",
-                "-n",
-                "bank",
-                "-o",
-                "jsonpath={.spec.rules[0].from[0].principal}",
-            ]);
-            stored.stdout.contains(WEB_ID).then_some(())
+            let stored = object("spec.rules[0].from[0].principal");
+            stored.contains(WEB_ID).then_some(())
         },
     );
     let edited = Instant::now();

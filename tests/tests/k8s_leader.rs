@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use ward_api::v1;
 use ward_tests::k8s::{Cluster, eventually};
-use ward_tests::mesh::{ControlPlane, cp_channel, csr_for, http_get};
+use ward_tests::mesh::{ControlPlane, certify_with_token, http_get};
 
 const LEASE: &str = "3s";
 
@@ -52,16 +51,9 @@ fn the_lease_moves_when_the_leader_dies_and_is_given_up_on_a_graceful_stop() {
     let certify = |cp: &ControlPlane| {
         let (addr, bundle, token) = (cp.listen, cp.bundle_path(), token.clone());
         rt.block_on(async move {
-            let channel = cp_channel(addr, &bundle, "cluster.local", None).await;
-            v1::identity_client::IdentityClient::new(channel)
-                .certify(v1::CertifyRequest {
-                    csr: csr_for(None),
-                    token,
-                    spiffe_id: String::new(),
-                    serving: Vec::new(),
-                })
+            certify_with_token(addr, &bundle, token)
                 .await
-                .map(|r| r.into_inner().spiffe_id)
+                .map(|r| r.spiffe_id)
         })
     };
     for cp in [&*leader, &*follower] {

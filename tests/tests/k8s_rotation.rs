@@ -5,28 +5,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use ward_api::v1;
 use ward_tests::bin::ward;
 use ward_tests::k8s::{Cluster, eventually};
-use ward_tests::mesh::{ControlPlane, cp_channel, csr_for};
+use ward_tests::mesh::{ControlPlane, certify_with_token};
 use ward_tests::net::free_addr;
 
 const WEB_ID: &str = "spiffe://cluster.local/ns/bank/sa/web";
-
-/// A file of the CA Secret, decoded.
-fn secret_file(cluster: &Cluster, file: &str) -> String {
-    cluster
-        .kubectl([
-            "get",
-            "secret",
-            "ward-ca",
-            "-n",
-            "ward-system",
-            "-o",
-            &format!("go-template={{{{index .data \"{file}\" | base64decode}}}}"),
-        ])
-        .stdout
-}
 
 #[test]
 fn a_rotation_step_waits_for_a_lagging_proxy_until_its_leaf_expires() {
@@ -46,7 +30,7 @@ fn a_rotation_step_waits_for_a_lagging_proxy_until_its_leaf_expires() {
         "25s",
         &["--leader-lease", "3s"],
     );
-    let old_bundle = secret_file(&cluster, "bundle.pem");
+    let old_bundle = cluster.ca_secret_file("bundle.pem");
     assert_eq!(
         old_bundle.matches("BEGIN CERTIFICATE").count(),
         1,
@@ -57,17 +41,9 @@ fn a_rotation_step_waits_for_a_lagging_proxy_until_its_leaf_expires() {
     let token = cluster.pod_token("bank", "web", "web-0", "ward");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let leaf_not_after = rt.block_on(async {
-        let channel = cp_channel(cp.listen, &cp.bundle_path(), "cluster.local", None).await;
-        let issued = v1::identity_client::IdentityClient::new(channel)
-            .certify(v1::CertifyRequest {
-                csr: csr_for(None),
-                token,
-                spiffe_id: String::new(),
-                serving: Vec::new(),
-            })
+        let issued = certify_with_token(cp.listen, &cp.bundle_path(), token)
             .await
-            .expect("certify")
-            .into_inner();
+            .expect("certify");
         assert_eq!(issued.spiffe_id, WEB_ID);
         SystemTime::UNIX_EPOCH + Duration::from_secs(issued.not_after_unix as u64)
     });
@@ -93,7 +69,8 @@ fn a_rotation_step_waits_for_a_lagging_proxy_until_its_leaf_expires() {
         "{check}"
     );
     assert_eq!(
-        secret_file(&cluster, "bundle.pem")
+        cluster
+            .ca_secret_file("bundle.pem")
             .matches("BEGIN CERTIFICATE")
             .count(),
         2
@@ -110,14 +87,14 @@ fn a_rotation_step_waits_for_a_lagging_proxy_until_its_leaf_expires() {
 
     // Once its leaf has expired the proxy no longer counts: activate and finish follow.
     let new_bundle = eventually(Duration::from_secs(60), "the rotation completes", || {
-        let bundle = secret_file(&cluster, "bundle.pem");
+        let bundle = cluster.ca_secret_file("bundle.pem");
         (bundle != old_bundle && bundle.matches("BEGIN CERTIFICATE").count() == 1).then_some(bundle)
     });
     assert!(
         SystemTime::now() >= leaf_not_after,
         "activated while the lagging leaf was alive"
     );
-    assert!(secret_file(&cluster, "ca.pem").len() > 100);
+    assert!(cluster.ca_secret_file("ca.pem").len() > 100);
     assert!(!new_bundle.is_empty());
     assert!(
         cluster
