@@ -100,6 +100,17 @@ fn collect(dir: &Path) -> anyhow::Result<BTreeMap<String, ByteString>> {
     Ok(data)
 }
 
+/// The signing CA certificate's notAfter, from the Secret's `ca.pem` (its first
+/// certificate).
+fn ca_not_after(data: &BTreeMap<String, ByteString>) -> anyhow::Result<SystemTime> {
+    let pem = data
+        .get(ward_certs::ca::CA_CERT_FILE)
+        .context("no ca.pem")?;
+    let first = pem::parse(&pem.0)?;
+    let der = rustls_pki_types::CertificateDer::from(first.contents().to_vec());
+    Ok(ward_certs::CertInfo::parse(&der)?.not_after)
+}
+
 /// Whether a CA that ends at `not_after` is due for rotation at `now`.
 pub fn due(not_after: SystemTime, now: SystemTime, before: Duration) -> bool {
     not_after
@@ -171,13 +182,15 @@ async fn round(
         .as_ref()
         .is_some_and(|a| a.contains_key(REQUEST_ANNOTATION));
     let data = secret.data.clone().unwrap_or_default();
-    materialize(&data, work)?;
-    if phase(&secret)? == Phase::Stable {
-        let ca = CertificateAuthority::load(work).context("the CA Secret's CA does not load")?;
-        if !requested && !due(ca.not_after(), now, before) {
+    // Nothing is written out (keys included) unless a step may be due.
+    if phase(&secret)? == Phase::Stable && !requested {
+        let not_after = ca_not_after(&data).context("the CA Secret's ca.pem does not read")?;
+        if !due(not_after, now, before) {
             return Ok(None);
         }
     }
+    materialize(&data, work)?;
+    CertificateAuthority::load(work).context("the CA Secret's CA does not load")?;
     let merged = status::merge(&status::fresh(replicas, now), now)?;
     steps::write_status(work, &merged)?;
     let report = steps::advance(work, None)?;
@@ -270,6 +283,22 @@ mod tests {
             .collect();
         materialize(&fewer, &work).unwrap();
         assert!(!work.join("next/ca.pem").exists());
+    }
+
+    #[test]
+    fn the_ca_expiry_is_read_from_the_secret_without_writing_it_out() {
+        let ca = CertificateAuthority::create(
+            ward_certs::parse_trust_domain("cluster.local").unwrap(),
+            &ward_certs::ca::CaOptions::default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        ca.save(dir.path(), false).unwrap();
+        let pem = std::fs::read(dir.path().join(ward_certs::ca::CA_CERT_FILE)).unwrap();
+        let data = BTreeMap::from([("ca.pem".to_owned(), ByteString(pem))]);
+        assert_eq!(ca_not_after(&data).unwrap(), ca.not_after());
+        assert!(ca_not_after(&BTreeMap::new()).is_err());
     }
 
     #[test]
