@@ -14,6 +14,7 @@ pub mod authz;
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod inbound;
