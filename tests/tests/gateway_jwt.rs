@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
-use ward_proxy::gateway::jwt::{Issuer, JwtError, MAX_TOKEN_BYTES, verify};
+use ward_proxy::gateway::jwt::{Issuer, IssuerConfig, JwtError, MAX_TOKEN_BYTES, verify};
 
 const ISS: &str = "https://idp.example";
 
@@ -344,4 +344,59 @@ fn a_key_rotation_retires_the_old_kid_and_a_lone_key_needs_no_kid() {
     assert!(check(&no_kid, &after).is_ok());
     let both = [issuer(&[&old, &new])];
     assert_eq!(check(&no_kid, &both), Err(JwtError::UnknownKey(None)));
+}
+
+#[test]
+fn an_issuer_is_configured_with_a_jwks_file_and_asymmetric_algorithms_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = key("ec-1", Algorithm::ES256);
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({ "keys": [ec.jwk] }).to_string()).unwrap();
+    let config = |yaml: &str| -> IssuerConfig {
+        yaml_serde::from_str(&format!("{yaml}\njwks_file: {}", jwks.display())).unwrap()
+    };
+    let issuer = config(&format!(
+        "issuer: {ISS}\naudiences: [bank-api]\nalgorithms: [ES256]\nclock_skew: 30s"
+    ))
+    .load()
+    .unwrap();
+    assert_eq!(issuer.clock_skew, Duration::from_secs(30));
+    assert_eq!(check(&mint(&ec, claims()), &[issuer]).unwrap(), "alice");
+    for (alg, why) in [
+        ("none", "not accepted"),
+        ("HS256", "never none or HMAC"),
+        ("ES512", "not accepted"),
+    ] {
+        let err = config(&format!(
+            "issuer: {ISS}\naudiences: [bank-api]\nalgorithms: [{alg}]"
+        ))
+        .load()
+        .unwrap_err();
+        assert!(err.contains(why) && err.contains(alg), "{err}");
+    }
+    // A JWKS whose kid repeats, or that is not one, is refused with the file.
+    std::fs::write(&jwks, json!({ "keys": [ec.jwk, ec.jwk] }).to_string()).unwrap();
+    let err = config(&format!(
+        "issuer: {ISS}\naudiences: [a]\nalgorithms: [ES256]"
+    ))
+    .load()
+    .unwrap_err();
+    assert!(
+        err.contains("appears twice") && err.contains("jwks.json"),
+        "{err}"
+    );
+    std::fs::write(&jwks, "{}").unwrap();
+    let err = config(&format!(
+        "issuer: {ISS}\naudiences: [a]\nalgorithms: [ES256]"
+    ))
+    .load()
+    .unwrap_err();
+    assert!(err.contains("not a JWKS"), "{err}");
+    assert!(
+        yaml_serde::from_str::<IssuerConfig>(
+            "issuer: x\naudiences: [a]\nalgorithms: [ES256]\njwks_file: j\naud: b"
+        )
+        .is_err(),
+        "unknown fields are refused"
+    );
 }
