@@ -227,14 +227,17 @@ fn the_negative_matrix_is_refused_each_for_its_reason() {
             JwtError::Signature,
         ),
         (
+            // A valid signature by the same key, over other claims.
             "signature of another token",
             format!(
                 "{head}.{payload}.{}",
-                mint(&ec, claims())
-                    .rsplit('.')
-                    .next()
-                    .unwrap()
-                    .replace('A', "B")
+                mint(
+                    &ec,
+                    json!({ "iss": ISS, "sub": "bob", "aud": "bank-api", "exp": now() + 300 })
+                )
+                .rsplit('.')
+                .next()
+                .unwrap()
             ),
             JwtError::Signature,
         ),
