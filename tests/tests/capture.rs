@@ -441,23 +441,22 @@ fn captured_calls_go_over_mtls_pass_through_or_are_refused() {
     assert_eq!(denied, "403");
     // A caller outside the mesh (here: plaintext, as the uncaptured proxy UID) never
     // reaches the captured app: its inbound takes mTLS only.
-    let outsider = web.exec(&[
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "10",
-        "http://10.77.0.2:8080/accounts/1",
-    ]);
+    let prefix = web.proxy_prefix();
+    let outsider = std::process::Command::new(&prefix[0])
+        .args(&prefix[1..])
+        .args([
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "http://10.77.0.2:8080/accounts/1",
+        ])
+        .output()
+        .expect("curl as the proxy UID");
     assert_eq!(String::from_utf8_lossy(&outsider.stdout), "000");
     // Not a mesh destination: passed through as it came (its port is excluded from capture
     // in the orders pod, so it reaches the plain server there).
