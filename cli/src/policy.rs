@@ -267,6 +267,7 @@ fn decide(
             path: &path,
             authority: authority.as_ref(),
             headers: &headers,
+            auth: None,
         }),
     };
     Ok(Verdict::Decided(workload.decide(&call)))
@@ -469,7 +470,10 @@ fn describe_rule(rule: &Rule) -> Vec<String> {
         out.push(format!("to:   {}", describe_operation(o)));
     }
     for c in &rule.when {
-        let mut cond = format!("when: header {}", c.key.0);
+        let mut cond = match &c.key {
+            ward_policy::model::ConditionKey::Header(name) => format!("when: header {name}"),
+            ward_policy::model::ConditionKey::Claim(path) => format!("when: {path}"),
+        };
         if let Some(present) = c.present {
             cond.push_str(if present { " present" } else { " absent" });
         }
@@ -508,8 +512,8 @@ fn describe_operation(o: &Operation) -> String {
     let mut parts = Vec::new();
     let methods: Vec<_> = o.methods.iter().map(|m| m.0.clone()).collect();
     let not_methods: Vec<_> = o.not_methods.iter().map(|m| m.0.clone()).collect();
-    let paths: Vec<_> = o.paths.iter().map(|p| p.0.clone()).collect();
-    let not_paths: Vec<_> = o.not_paths.iter().map(|p| p.0.clone()).collect();
+    let paths: Vec<_> = o.paths.iter().map(ToString::to_string).collect();
+    let not_paths: Vec<_> = o.not_paths.iter().map(ToString::to_string).collect();
     let push = |parts: &mut Vec<String>, name: &str, v: String| {
         if !v.is_empty() {
             parts.push(format!("{name} [{v}]"));

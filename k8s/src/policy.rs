@@ -108,6 +108,10 @@ impl Objects {
             mesh.map(|m| m.default).unwrap_or_default(),
         )
         .with_outbound(mesh.map(|m| m.outbound_traffic_policy).unwrap_or_default())
+        .with_gateways(
+            mesh.map(|m| m.gateways.iter().map(|g| g.0.clone()).collect())
+                .unwrap_or_default(),
+        )
     }
 }
 

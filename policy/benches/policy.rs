@@ -80,6 +80,7 @@ fn bench(c: &mut Criterion) {
                 path: "/accounts/42",
                 authority: Some(&authority),
                 headers: &headers,
+                auth: None,
             }),
         };
         assert_eq!(workload.decide(&call).allowed, allowed);

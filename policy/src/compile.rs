@@ -13,11 +13,14 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::auth::RequestAuth;
+pub use crate::decision::{Decider, Decision};
+use crate::model::ConditionKey;
 use crate::model::{
     Action, AuthorizationPolicyDoc, Condition, MeshDefault, Operation, OutboundTrafficPolicy,
     ROOT_NAMESPACE, Rule, Source,
 };
-use crate::pattern::Pattern;
+use crate::pattern::{PathPattern, Pattern};
 use crate::request::{Authority, list_elements};
 
 /// One loaded policy.
@@ -87,6 +90,7 @@ pub struct PolicySet {
     policies: Vec<Policy>,
     mesh_default: MeshDefault,
     outbound: OutboundTrafficPolicy,
+    gateways: Vec<String>,
 }
 
 impl PolicySet {
@@ -95,7 +99,19 @@ impl PolicySet {
             policies,
             mesh_default,
             outbound: OutboundTrafficPolicy::default(),
+            gateways: Vec::new(),
         }
+    }
+
+    /// The set with the MeshPolicy's `gateways`.
+    pub fn with_gateways(mut self, gateways: Vec<String>) -> Self {
+        self.gateways = gateways;
+        self
+    }
+
+    /// The SPIFFE IDs of the mesh's gateways.
+    pub fn gateways(&self) -> &[String] {
+        &self.gateways
     }
 
     /// The set with the MeshPolicy's `outboundTrafficPolicy`.
@@ -148,6 +164,7 @@ impl PolicySet {
             allow: RuleIndex::new(allow),
             audit: RuleIndex::new(audit),
             mesh_default: self.mesh_default,
+            gateways: self.gateways.clone().into(),
         }
     }
 }
@@ -238,10 +255,11 @@ fn exact_principals(rule: &Rule) -> Option<Vec<&str>> {
     Some(out)
 }
 
-/// The facts of one call at the inbound side.
+/// The facts of one call at the inbound side (or at the gateway).
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
-    /// The caller's verified SPIFFE ID.
+    /// The caller's verified SPIFFE ID; empty for a caller from outside the mesh (at the
+    /// gateway), which no `principals` or `namespaces` pattern matches, not even `*`.
     pub principal: &'a str,
     /// The caller's namespace (from `…/ns/<namespace>/…`), if its ID has one.
     pub namespace: Option<&'a str>,
@@ -249,6 +267,14 @@ pub struct Call<'a> {
     pub port: u16,
     /// HTTP facts; `None` for a TCP connection.
     pub http: Option<HttpCall<'a>>,
+}
+
+impl Call<'_> {
+    /// Whether someone verified makes the call: a mesh peer, or an end user (at the
+    /// gateway) — what the mesh default `allow-authenticated` asks for.
+    pub fn is_authenticated(&self) -> bool {
+        !self.principal.is_empty() || self.http.as_ref().is_some_and(|h| h.auth.is_some())
+    }
 }
 
 /// Request headers as the engine reads them: every value of a name, in the order received,
@@ -285,6 +311,8 @@ pub struct HttpCall<'a> {
     /// The canonical authority, if the request named one.
     pub authority: Option<&'a Authority>,
     pub headers: &'a dyn Headers,
+    /// The verified end user, if the request carries one (see [`crate::auth`]).
+    pub auth: Option<RequestAuth<'a>>,
 }
 
 impl fmt::Debug for HttpCall<'_> {
@@ -293,6 +321,7 @@ impl fmt::Debug for HttpCall<'_> {
             .field("method", &self.method)
             .field("path", &self.path)
             .field("authority", &self.authority)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -307,66 +336,6 @@ pub fn namespace_of(principal: &str) -> Option<&str> {
     }
 }
 
-/// What decided a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decider {
-    /// A policy's rule (`namespace/name`, rule index).
-    Rule { policy: Arc<str>, rule: usize },
-    /// ALLOW policies apply and none matched.
-    NoAllowMatched,
-    /// The mesh default.
-    Default(MeshDefault),
-}
-
-impl fmt::Display for Decider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Decider::Rule { policy, rule } => write!(f, "{policy} rule {rule}"),
-            Decider::NoAllowMatched => f.write_str("default:deny (no ALLOW policy matched)"),
-            Decider::Default(d) => write!(f, "default:{}", d.name()),
-        }
-    }
-}
-
-impl Decider {
-    /// The value of the `policy` metric label and audit field.
-    pub fn policy_label(&self) -> String {
-        match self {
-            Decider::Rule { policy, .. } => policy.to_string(),
-            Decider::NoAllowMatched => "default:deny".to_owned(),
-            Decider::Default(d) => format!("default:{}", d.name()),
-        }
-    }
-
-    pub fn rule(&self) -> Option<usize> {
-        match self {
-            Decider::Rule { rule, .. } => Some(*rule),
-            _ => None,
-        }
-    }
-}
-
-/// The outcome for one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    pub decider: Decider,
-    /// The first AUDIT policy that matched, if any (never changes `allowed`).
-    pub audit: Option<Decider>,
-}
-
-impl Decision {
-    /// `ALLOW`, `DENY`, or with an audit match `AUDIT+ALLOW` / `AUDIT+DENY`.
-    pub fn verdict(&self) -> &'static str {
-        match (self.audit.is_some(), self.allowed) {
-            (false, true) => "ALLOW",
-            (false, false) => "DENY",
-            (true, true) => "AUDIT+ALLOW",
-            (true, false) => "AUDIT+DENY",
-        }
-    }
-}
-
 /// The policies that apply to one workload.
 #[derive(Debug, Clone)]
 pub struct WorkloadPolicy {
@@ -376,6 +345,7 @@ pub struct WorkloadPolicy {
     has_allow: bool,
     count: usize,
     mesh_default: MeshDefault,
+    gateways: Arc<[String]>,
 }
 
 /// Which action's rules are being matched; it decides how missing and repeated facts count.
@@ -401,7 +371,13 @@ impl WorkloadPolicy {
             has_allow: false,
             count: 0,
             mesh_default,
+            gateways: Arc::new([]),
         }
+    }
+
+    /// Whether `principal` is one of the mesh's gateways, whose end-user header is believed.
+    pub fn trusts_gateway(&self, principal: &str) -> bool {
+        !principal.is_empty() && self.gateways.iter().any(|g| g == principal)
     }
 
     pub fn decide(&self, call: &Call<'_>) -> Decision {
@@ -427,8 +403,13 @@ impl WorkloadPolicy {
                 },
             };
         }
+        let allowed = match self.mesh_default {
+            MeshDefault::Deny => false,
+            MeshDefault::AllowAuthenticated => call.is_authenticated(),
+            MeshDefault::Allow => true,
+        };
         Decision {
-            allowed: self.mesh_default != MeshDefault::Deny,
+            allowed,
             decider: Decider::Default(self.mesh_default),
             audit,
         }
@@ -449,18 +430,45 @@ fn any_or_empty<T>(list: &[T], f: impl Fn(&T) -> bool) -> bool {
 }
 
 fn rule_matches(rule: &Rule, call: &Call<'_>, mode: Mode) -> bool {
-    any_or_empty(&rule.from, |s| source_matches(s, call))
+    any_or_empty(&rule.from, |s| source_matches(s, call, mode))
         && any_or_empty(&rule.to, |o| operation_matches(o, call, mode))
         && rule.when.iter().all(|c| condition_matches(c, call, mode))
 }
 
-fn source_matches(s: &Source, call: &Call<'_>) -> bool {
+fn source_matches(s: &Source, call: &Call<'_>, mode: Mode) -> bool {
     let ns = call.namespace.unwrap_or("");
-    any_or_empty(&s.principals, |p| p.0.matches(call.principal))
+    request_principal_matches(s, call, mode)
+        && any_or_empty(&s.principals, |p| {
+            !call.principal.is_empty() && p.0.matches(call.principal)
+        })
         && !s.not_principals.iter().any(|p| p.0.matches(call.principal))
         && (s.namespaces.is_empty()
             || (call.namespace.is_some() && s.namespaces.iter().any(|p| p.matches(ns))))
         && !(call.namespace.is_some() && s.not_namespaces.iter().any(|p| p.matches(ns)))
+}
+
+/// The end-user part of a source. A request without a verified end user matches no
+/// `requestPrincipals` (not even `*`) and no `notRequestPrincipals`, so `notRequestPrincipals:
+/// ["*"]` in a DENY rule refuses anonymous requests. A TCP connection has no end user to
+/// judge: ALLOW and AUDIT do not match, DENY does (fail closed).
+fn request_principal_matches(s: &Source, call: &Call<'_>, mode: Mode) -> bool {
+    if s.request_principals.is_empty() && s.not_request_principals.is_empty() {
+        return true;
+    }
+    let Some(http) = &call.http else {
+        return mode == Mode::Deny;
+    };
+    let principal = http.auth.as_ref().map(|a| a.principal);
+    let matches = |p: &crate::pattern::RequestPrincipal| principal.is_some_and(|v| p.0.matches(v));
+    any_or_empty(&s.request_principals, matches) && !s.not_request_principals.iter().any(matches)
+}
+
+/// A path pattern judged for `mode` (`include`: in `paths`, else in `notPaths`). A
+/// claim-bound template that cannot be judged (no end user, or not the claim) fails closed:
+/// a DENY rule's `paths` match and its `notPaths` do not; for ALLOW and AUDIT the reverse.
+fn path_matches(p: &PathPattern, http: &HttpCall<'_>, mode: Mode, include: bool) -> bool {
+    p.matches(http.path, http.auth.as_ref())
+        .unwrap_or((mode == Mode::Deny) == include)
 }
 
 fn needs_http(o: &Operation) -> bool {
@@ -483,8 +491,11 @@ fn operation_matches(o: &Operation, call: &Call<'_>, mode: Mode) -> bool {
     };
     any_or_empty(&o.methods, |m| m.0 == http.method)
         && !o.not_methods.iter().any(|m| m.0 == http.method)
-        && any_or_empty(&o.paths, |p| p.0.matches(http.path))
-        && !o.not_paths.iter().any(|p| p.0.matches(http.path))
+        && any_or_empty(&o.paths, |p| path_matches(p, http, mode, true))
+        && !o
+            .not_paths
+            .iter()
+            .any(|p| path_matches(p, http, mode, false))
         && (o.hosts.is_empty()
             || http
                 .authority
@@ -502,7 +513,10 @@ fn condition_matches(c: &Condition, call: &Call<'_>, mode: Mode) -> bool {
     let Some(http) = &call.http else {
         return mode == Mode::Deny;
     };
-    let name = c.key.0.as_str();
+    let name = match &c.key {
+        ConditionKey::Header(name) => name.as_str(),
+        ConditionKey::Claim(path) => return claim_matches(c, &path.0, http.auth.as_ref()),
+    };
     if let Some(present) = c.present
         && http.headers.any_value(name, &mut |_| true) != present
     {
@@ -522,6 +536,23 @@ fn condition_matches(c: &Condition, call: &Call<'_>, mode: Mode) -> bool {
                     .any_value(name, &mut |v| !value_matches_all(&c.values, v))
         }
     }
+}
+
+/// A condition on a claim of the verified end user. The claim is verified data, not a
+/// header a client could repeat, so a list claim (`groups`, `scope`) matches when any of its
+/// values matches, for every action. No end user, or no such claim: it is absent.
+fn claim_matches(c: &Condition, path: &[String], auth: Option<&RequestAuth<'_>>) -> bool {
+    let mut present = false;
+    let hit = auth.is_some_and(|a| {
+        a.claims.any_value(path, &mut |v| {
+            present = true;
+            c.values.iter().any(|p| p.matches(v))
+        })
+    });
+    if c.present.is_some_and(|want| present != want) {
+        return false;
+    }
+    c.values.is_empty() || hit
 }
 
 /// For DENY: the value, or any element of it read as a list, matches a pattern.

@@ -7,7 +7,9 @@
 //! same spec types are the Kubernetes custom resources (`model::AuthorizationPolicy`,
 //! `model::MeshPolicy`), their OpenAPI schema generated from these types.
 
+pub mod auth;
 pub mod compile;
+pub mod decision;
 pub mod lint;
 pub mod load;
 pub mod model;
@@ -18,6 +20,7 @@ pub mod request;
 mod schema;
 pub mod wire;
 
+pub use auth::{Claims, RequestAuth};
 pub use compile::{Call, Decider, Decision, Headers, HttpCall, PolicySet, WorkloadPolicy};
 pub use load::{PolicyError, PolicyErrors, load_dir, load_sources};
 pub use model::{Action, MeshDefault, OutboundTrafficPolicy, ROOT_NAMESPACE};

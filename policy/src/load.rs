@@ -211,7 +211,13 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyEr
             .as_ref()
             .map(|m| m.0.outbound_traffic_policy)
             .unwrap_or_default();
-        Ok(PolicySet::new(policies, default).with_outbound(outbound))
+        let gateways = mesh_default
+            .as_ref()
+            .map(|m| m.0.gateways.iter().map(|g| g.0.clone()).collect())
+            .unwrap_or_default();
+        Ok(PolicySet::new(policies, default)
+            .with_outbound(outbound)
+            .with_gateways(gateways))
     } else {
         Err(PolicyErrors(errors))
     }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::pattern::{HostPattern, PathPattern, Pattern, PrincipalPattern};
+use crate::auth::ClaimPath;
+use crate::pattern::{HostPattern, PathPattern, Pattern, PrincipalPattern, RequestPrincipal};
 
 pub const API_VERSION: &str = "ward.dev/v1alpha1";
 /// The root namespace: policies here apply to every workload of the mesh.
@@ -142,6 +143,11 @@ pub struct Source {
     pub namespaces: Vec<Pattern>,
     #[serde(default)]
     pub not_namespaces: Vec<Pattern>,
+    /// The verified end user (`ISSUER/SUBJECT`), from a token the gateway checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<RequestPrincipal>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<RequestPrincipal>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -263,27 +269,47 @@ impl<'de> Deserialize<'de> for Condition {
     }
 }
 
-/// `request.headers[NAME]`, the name kept in lower case.
+/// What a condition tests: `request.headers[NAME]` (the name kept in lower case) or a claim
+/// of the verified end user, `request.auth.claims[NAME]` (nested: `[NAME][NAME]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConditionKey(pub String);
+pub enum ConditionKey {
+    Header(String),
+    Claim(ClaimPath),
+}
+
+impl std::fmt::Display for ConditionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConditionKey::Header(name) => write!(f, "request.headers[{name}]"),
+            ConditionKey::Claim(path) => path.fmt(f),
+        }
+    }
+}
 
 impl Serialize for ConditionKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("request.headers[{}]", self.0))
+        s.collect_str(self)
     }
 }
 
 impl<'de> Deserialize<'de> for ConditionKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
+        if s.starts_with("request.auth.") {
+            return ClaimPath::parse(&s).map(ConditionKey::Claim).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "condition key {s:?} is not request.auth.claims[NAME] (nested: [NAME][NAME])"
+                ))
+            });
+        }
         let name = s
             .strip_prefix("request.headers[")
             .and_then(|r| r.strip_suffix(']'))
             .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b':'));
         match name {
-            Some(n) => Ok(ConditionKey(n.to_ascii_lowercase())),
+            Some(n) => Ok(ConditionKey::Header(n.to_ascii_lowercase())),
             None => Err(serde::de::Error::custom(format!(
-                "condition key {s:?} is not request.headers[NAME]"
+                "condition key {s:?} is not request.headers[NAME] or request.auth.claims[NAME]"
             ))),
         }
     }
@@ -373,6 +399,29 @@ pub struct MeshSpec {
     /// What a captured connection to an address that is no mesh workload does.
     #[serde(default, rename = "outboundTrafficPolicy")]
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// The SPIFFE IDs of the mesh's gateways: the only callers whose `x-ward-end-user` (the
+    /// end user a gateway verified) a sidecar believes; from anyone else it is removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<SpiffeIdName>,
+}
+
+/// One exact SPIFFE ID (no pattern).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeIdName(pub String);
+
+impl Serialize for SpiffeIdName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpiffeIdName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ward_certs::parse_spiffe_id(&s)
+            .map(|id| SpiffeIdName(id.to_string()))
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not one exact SPIFFE ID: {e}")))
+    }
 }
 
 /// Where a pod's captured connections may go when the destination is no mesh workload.

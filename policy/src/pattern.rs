@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::auth::{PathTemplate, RequestAuth};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pattern {
     Any,
@@ -106,7 +108,19 @@ macro_rules! serialize_as_written {
         }
     )*};
 }
-serialize_as_written!(Pattern, PrincipalPattern, PathPattern, HostPattern);
+serialize_as_written!(
+    Pattern,
+    PrincipalPattern,
+    PathPattern,
+    HostPattern,
+    RequestPrincipal
+);
+
+impl fmt::Display for RequestPrincipal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl fmt::Display for PrincipalPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,7 +130,10 @@ impl fmt::Display for PrincipalPattern {
 
 impl fmt::Display for PathPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        match self {
+            PathPattern::Plain(p) => p.fmt(f),
+            PathPattern::Template(t) => t.fmt(f),
+        }
     }
 }
 
@@ -152,21 +169,68 @@ impl<'de> Deserialize<'de> for PrincipalPattern {
     }
 }
 
-/// A path pattern: like [`Pattern`], and an exact or prefix path must start with `/`.
+/// A request principal pattern (`ISSUER/SUBJECT`): exact, `prefix*`, `*suffix` or `*` (any
+/// verified end user, with or without `sub`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathPattern(pub Pattern);
+pub struct RequestPrincipal(pub Pattern);
+
+impl<'de> Deserialize<'de> for RequestPrincipal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let s = String::deserialize(d)?;
+        let pattern = Pattern::parse(&s).map_err(D::Error::custom)?;
+        if let Pattern::Exact(p) = &pattern
+            && !p.contains('/')
+        {
+            return Err(D::Error::custom(format!(
+                "request principal {s:?} must be ISSUER/SUBJECT (or a pattern of it)"
+            )));
+        }
+        Ok(Self(pattern))
+    }
+}
+
+/// A path pattern: like [`Pattern`], and an exact or prefix path must start with `/`; or a
+/// claim-bound template (see [`PathTemplate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    Plain(Pattern),
+    Template(PathTemplate),
+}
+
+impl PathPattern {
+    /// The plain pattern, if this is not a template.
+    pub fn plain(&self) -> Option<&Pattern> {
+        match self {
+            PathPattern::Plain(p) => Some(p),
+            PathPattern::Template(_) => None,
+        }
+    }
+
+    /// Whether a normalized path matches; `None` when a template needs an end user (or one
+    /// of their claims) that the request does not have.
+    pub fn matches(&self, path: &str, auth: Option<&RequestAuth<'_>>) -> Option<bool> {
+        match self {
+            PathPattern::Plain(p) => Some(p.matches(path)),
+            PathPattern::Template(t) => t.matches(path, auth),
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for PathPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let s = String::deserialize(d)?;
+        if let Some(t) = PathTemplate::parse(&s).map_err(D::Error::custom)? {
+            return Ok(PathPattern::Template(t));
+        }
         let pattern = Pattern::parse(&s).map_err(D::Error::custom)?;
         if let Pattern::Exact(p) | Pattern::Prefix(p) = &pattern
             && !p.starts_with('/')
         {
             return Err(D::Error::custom(format!("path {s:?} must start with '/'")));
         }
-        Ok(PathPattern(pattern))
+        Ok(PathPattern::Plain(pattern))
     }
 }
 

@@ -7,8 +7,8 @@ use std::borrow::Cow;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
-use crate::model::{ConditionKey, Method};
-use crate::pattern::{HostPattern, PathPattern, Pattern, PrincipalPattern};
+use crate::model::{ConditionKey, Method, SpiffeIdName};
+use crate::pattern::{HostPattern, PathPattern, Pattern, PrincipalPattern, RequestPrincipal};
 
 /// A string schema with a pattern, a length limit and a description a person reads when
 /// it fails. The limits keep the API server's estimated cost of checking them bounded.
@@ -59,7 +59,7 @@ string_schema!(
     "PathPattern",
     r"^(\*|\*[^*]+|/[^*]*\*?)$",
     1000,
-    "a path starting with /, as /exact, /prefix*, *suffix, or * alone"
+    "a path starting with /, as /exact, /prefix*, *suffix, or * alone; or a template with whole-segment claims, /accounts/{request.auth.claims[sub]}/*"
 );
 string_schema!(
     HostPattern,
@@ -67,6 +67,20 @@ string_schema!(
     r"^(\*|\*[^*\s@/%,;]+|[^*\s@/%,;]+\*?)(:[0-9]{1,5})?$",
     256,
     "a host name (exact, prefix*, *suffix, or *), optionally :port"
+);
+string_schema!(
+    RequestPrincipal,
+    "RequestPrincipal",
+    r"^(\*|\*[^*]+|[^*]+\*|[^*]*/[^*]*)$",
+    640,
+    "ISSUER/SUBJECT of a verified end user: exact, prefix*, *suffix, or * alone"
+);
+string_schema!(
+    SpiffeIdName,
+    "SpiffeIdName",
+    r"^spiffe://[^*/]+/[^*]+$",
+    640,
+    "one exact SPIFFE ID, spiffe://TD/PATH"
 );
 string_schema!(
     Method,
@@ -78,7 +92,7 @@ string_schema!(
 string_schema!(
     ConditionKey,
     "ConditionKey",
-    r"^request\.headers\[[!-9;-~]+\]$",
+    r"^(request\.headers\[[!-9;-~]+\]|request\.auth\.claims(\[[!-Z^-z|~]+\])+)$",
     256,
-    "request.headers[NAME]"
+    "request.headers[NAME] or request.auth.claims[NAME] (nested: [NAME][NAME])"
 );

@@ -39,6 +39,7 @@ pub fn snapshot(
             .filter(|p| p.applies_to(namespace, labels))
             .map(policy_to)
             .collect(),
+        gateways: set.gateways().to_vec(),
     }
 }
 
@@ -85,8 +86,17 @@ pub fn policy_set(snapshot: &v1::PolicySnapshot) -> Result<PolicySet, PolicyErro
             Err(reason) => errors.push(error(&p.origin, p.line, reason)),
         }
     }
+    let mut gateways = Vec::new();
+    for g in &snapshot.gateways {
+        match parse::<crate::model::SpiffeIdName>("gateways", g) {
+            Ok(id) => gateways.push(id.0),
+            Err(reason) => errors.push(error("snapshot", 0, reason)),
+        }
+    }
     if errors.is_empty() {
-        Ok(PolicySet::new(policies, mesh_default).with_outbound(outbound))
+        Ok(PolicySet::new(policies, mesh_default)
+            .with_outbound(outbound)
+            .with_gateways(gateways))
     } else {
         Err(PolicyErrors(errors))
     }
@@ -142,6 +152,16 @@ fn rule_to(r: &Rule) -> v1::Rule {
                 not_principals: s.not_principals.iter().map(|p| p.0.to_string()).collect(),
                 namespaces: texts(&s.namespaces),
                 not_namespaces: texts(&s.not_namespaces),
+                request_principals: s
+                    .request_principals
+                    .iter()
+                    .map(|p| p.0.to_string())
+                    .collect(),
+                not_request_principals: s
+                    .not_request_principals
+                    .iter()
+                    .map(|p| p.0.to_string())
+                    .collect(),
             })
             .collect(),
         to: r.to.iter().map(operation_to).collect(),
@@ -149,7 +169,7 @@ fn rule_to(r: &Rule) -> v1::Rule {
             .when
             .iter()
             .map(|c| v1::Condition {
-                key: format!("request.headers[{}]", c.key.0),
+                key: c.key.to_string(),
                 values: texts(&c.values),
                 present: c.present,
             })
@@ -163,8 +183,8 @@ fn operation_to(o: &Operation) -> v1::Operation {
         not_ports: o.not_ports.iter().map(|&p| u32::from(p)).collect(),
         methods: o.methods.iter().map(|m| m.0.clone()).collect(),
         not_methods: o.not_methods.iter().map(|m| m.0.clone()).collect(),
-        paths: o.paths.iter().map(|p| p.0.to_string()).collect(),
-        not_paths: o.not_paths.iter().map(|p| p.0.to_string()).collect(),
+        paths: texts(&o.paths),
+        not_paths: texts(&o.not_paths),
         hosts: texts(&o.hosts),
         grpc: o.grpc.as_ref().map(|g| v1::Grpc {
             service: g.service.as_ref().map(ToString::to_string),
@@ -236,6 +256,11 @@ fn rule_from(r: &v1::Rule) -> Result<Rule, String> {
                 not_principals: parse_all("from.notPrincipals", &s.not_principals)?,
                 namespaces: parse_all("from.namespaces", &s.namespaces)?,
                 not_namespaces: parse_all("from.notNamespaces", &s.not_namespaces)?,
+                request_principals: parse_all("from.requestPrincipals", &s.request_principals)?,
+                not_request_principals: parse_all(
+                    "from.notRequestPrincipals",
+                    &s.not_request_principals,
+                )?,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -288,7 +313,7 @@ mod tests {
 apiVersion: ward.dev/v1alpha1
 kind: MeshPolicy
 metadata: { name: mesh, namespace: ward-system }
-spec: { default: allow-authenticated, outboundTrafficPolicy: REGISTRY_ONLY }
+spec: { default: allow-authenticated, outboundTrafficPolicy: REGISTRY_ONLY, gateways: ["spiffe://example.org/ns/edge/sa/gateway"] }
 ---
 apiVersion: ward.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -300,6 +325,9 @@ spec:
   - from: [ { principals: ["spiffe://example.org/ns/shop/sa/web", "spiffe://example.org/ns/ops/*"], notNamespaces: ["test*"] } ]
     to: [ { methods: [GET, HEAD], notPaths: ["/admin*"], paths: ["/orders*", "*.json"], ports: [8080], hosts: ["Orders.Example.Org.:8080"] } ]
     when: [ { key: "request.headers[X-Tenant]", values: ["eu-*"] }, { key: "request.headers[x-debug]", present: false } ]
+  - from: [ { requestPrincipals: ["https://idp.example/*"], notRequestPrincipals: ["https://idp.example/banned"] } ]
+    to: [ { paths: ["/accounts/{request.auth.claims[sub]}/*"] } ]
+    when: [ { key: "request.auth.claims[realm][roles]", values: ["teller"] } ]
   - to: [ { grpc: { service: "bank.v1.*", methods: ["Get*"] } } ]
 ---
 apiVersion: ward.dev/v1alpha1
@@ -339,6 +367,7 @@ spec: { selector: { matchLabels: { app: web } }, action: AUDIT, rules: [ {} ] }
             back.outbound_traffic_policy(),
             OutboundTrafficPolicy::RegistryOnly
         );
+        assert_eq!(back.gateways(), ["spiffe://example.org/ns/edge/sa/gateway"]);
         let applying: Vec<_> = set
             .policies()
             .iter()
@@ -386,6 +415,20 @@ spec: { selector: { matchLabels: { app: web } }, action: AUDIT, rules: [ {} ] }
                 Box::new(|s| s.policies[0].rules[0].when[0].key = "headers.x".into()),
             ),
             (
+                "must be ISSUER/SUBJECT",
+                Box::new(|s| s.policies[0].rules[1].from[0].request_principals[0] = "alice".into()),
+            ),
+            (
+                "a placeholder must be a whole segment",
+                Box::new(|s| {
+                    s.policies[0].rules[1].to[0].paths[0] = "/a/{request.auth.claims[sub]}x".into()
+                }),
+            ),
+            (
+                "not request.auth.claims[NAME]",
+                Box::new(|s| s.policies[0].rules[1].when[0].key = "request.auth.claim[x]".into()),
+            ),
+            (
                 "port 70000",
                 Box::new(|s| s.policies[0].rules[0].to[0].ports[0] = 70_000),
             ),
@@ -406,6 +449,10 @@ spec: { selector: { matchLabels: { app: web } }, action: AUDIT, rules: [ {} ] }
                 Box::new(|s| s.policies[1] = s.policies[0].clone()),
             ),
             ("unknown mesh default", Box::new(|s| s.mesh_default = 9)),
+            (
+                "not one exact SPIFFE ID",
+                Box::new(|s| s.gateways[0] = "spiffe://example.org/ns/edge/*".into()),
+            ),
         ];
         for (want, tamper) in cases {
             let mut snap = good.clone();

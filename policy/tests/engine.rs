@@ -58,6 +58,7 @@ fn decide(set: &PolicySet, ns: &str, lbls: &[(&str, &str)], r: &Req) -> ward_pol
         path,
         authority: authority.as_ref(),
         headers: &r.headers,
+        auth: None,
     });
     wl.decide(&Call {
         principal: r.from,
@@ -609,6 +610,7 @@ spec:
                 path: "/",
                 authority: None,
                 headers: &headers,
+                auth: None,
             }),
         };
         assert_eq!(wl.decide(&call).allowed, allowed, "{why}");

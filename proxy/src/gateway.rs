@@ -1,6 +1,54 @@
-//! Gateway mode (`ward-proxy gateway`, being built): the edge of the mesh. So far:
-//! [`credentials`], where a request's end-user token is taken from, and [`jwt`], tokens
-//! checked against configured issuers.
+//! Gateway mode (`ward-proxy gateway`): the edge of the mesh. A public listener
+//! ([`edge`]: public TLS from [`public_tls`], or plaintext) takes requests from outside,
+//! routes them ([`routes`]), authenticates their end user ([`authn`]: the token from
+//! [`credentials`], checked by [`jwt`] against the configured issuers), authorizes them
+//! with the same policy engine as a sidecar — `requestPrincipals`, claims and claim-bound
+//! paths included — and carries them into the mesh over mutual TLS with the gateway's own
+//! SVID, the verified end user in `x-ward-end-user` ([`crate::authz::end_user`]).
 
+pub mod authn;
+pub mod config;
 pub mod credentials;
+pub mod edge;
 pub mod jwt;
+pub mod public_tls;
+pub mod routes;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use ward_runtime::Readiness;
+use ward_runtime::accept::bind;
+
+use self::config::GatewayValidated;
+use crate::inputs::ProxyInputs;
+
+/// Runs the gateway until a shutdown signal, then drains.
+pub async fn run(
+    validated: GatewayValidated,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<()> {
+    let readiness = Readiness::new();
+    let listening = readiness.register(format!("gateway {}", validated.gateway.listen));
+    let tls = match &validated.gateway.tls {
+        Some(tls) => {
+            let certs = public_tls::Certificates::load(&tls.certificates)?;
+            let config = public_tls::server_config(tls, certs.clone())?;
+            Some((config, certs))
+        }
+        None => None,
+    };
+    let inputs = ProxyInputs::start(&validated.common, metrics, readiness).await?;
+    let listener = bind("listen", validated.gateway.listen).await?;
+    let edge = edge::Edge::new(&validated, &inputs, tls.as_ref().map(|(c, _)| c.clone()))?;
+    if let Some((_, certs)) = tls {
+        tokio::spawn(certs.follow(inputs.drain.clone()));
+    }
+    inputs.serve("gateway", listener, move |tcp, drain| {
+        edge.clone().connection(tcp, drain)
+    });
+    drop(listening);
+    tracing::info!(spiffe_id = %inputs.own_id, listen = %validated.gateway.listen,
+        routes = validated.gateway.routes.len(), issuers = validated.issuers.len(),
+        "gateway ready");
+    inputs.serve_until_shutdown().await;
+    Ok(())
+}

@@ -32,6 +32,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Front the mesh: public TLS, end-user authentication and policy, then mTLS into the
+    /// mesh (see the README's "Gateway mode").
+    Gateway {
+        /// YAML configuration: the sidecar's identity, workload, policy, audit, admin,
+        /// limits and runtime sections, and the gateway's listen, tls, issuers and routes.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Install the rules that send the pod's TCP through its sidecar (run as root or with
     /// NET_ADMIN in the pod's network namespace, before the app starts).
     Init(InitArgs),
@@ -145,6 +153,47 @@ fn init(args: InitArgs) -> ExitCode {
     }
 }
 
+/// Installs metrics, starts the runtime with `workers` threads and runs a mode on it.
+fn serve<F, Fut>(workers: usize, mode: F) -> ExitCode
+where
+    F: FnOnce(Option<metrics_exporter_prometheus::PrometheusHandle>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let metrics = match ward_proxy::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            eprintln!("ward-proxy: metrics: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // One worker thread is a current-thread runtime: the same single thread doing the
+    // work, without the work-stealing scheduler's cross-thread bookkeeping.
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ward-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(mode(metrics)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ward-proxy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("ward-proxy: internal error: {info}");
@@ -168,44 +217,25 @@ fn main() -> ExitCode {
                 Some(file) => SidecarConfig::load(file, std::env::vars()),
                 None => SidecarConfig::from_env(std::env::vars()),
             };
-            let validated = match loaded {
-                Ok(v) => v,
+            match loaded {
+                Ok(v) => {
+                    let workers = v.config.runtime.worker_threads;
+                    serve(workers, |metrics| ward_proxy::sidecar::run(v, metrics))
+                }
                 Err(e) => {
                     eprintln!("ward-proxy: {e}");
-                    return ExitCode::from(1);
+                    ExitCode::from(1)
                 }
-            };
-            let metrics = match ward_proxy::metrics::install() {
-                Ok(handle) => Some(handle),
-                Err(e) => {
-                    eprintln!("ward-proxy: metrics: {e}");
-                    return ExitCode::from(1);
+            }
+        }
+        Command::Gateway { config } => {
+            match ward_proxy::gateway::config::GatewayValidated::load(&config, std::env::vars()) {
+                Ok(v) => {
+                    let workers = v.common.config.runtime.worker_threads;
+                    serve(workers, |metrics| ward_proxy::gateway::run(v, metrics))
                 }
-            };
-            // One worker thread is a current-thread runtime: the same single thread doing
-            // the work, without the work-stealing scheduler's cross-thread bookkeeping.
-            let workers = validated.config.runtime.worker_threads;
-            let runtime = if workers == 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .enable_all()
-                    .build()
-            };
-            let runtime = match runtime {
-                Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("ward-proxy: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match runtime.block_on(ward_proxy::sidecar::run(validated, metrics)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ward-proxy: {e:#}");
+                    eprintln!("ward-proxy: {e}");
                     ExitCode::from(1)
                 }
             }

@@ -29,6 +29,8 @@ const BUCKETS: &[f64] = &[
 pub enum Direction {
     Inbound,
     Outbound,
+    /// The gateway's public listener.
+    Gateway,
 }
 
 impl Direction {
@@ -36,6 +38,7 @@ impl Direction {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
+            Direction::Gateway => "gateway",
         }
     }
 }

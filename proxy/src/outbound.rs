@@ -49,13 +49,13 @@ pub struct Outbound {
 pub struct Upstream {
     /// The destination's SPIFFE ID, for metrics and logs.
     name: String,
-    h2: NextHop,
+    pub(crate) h2: NextHop,
     upgrade: Dialer,
     tcp: Dialer,
 }
 
 impl Upstream {
-    fn new(
+    pub(crate) fn new(
         to: &Destination,
         identity: &MeshIdentity,
         limits: &Limits,
@@ -276,7 +276,7 @@ impl Outbound {
 }
 
 /// Rewrites an app request for the HTTP/2 hop between sidecars.
-fn to_mesh_request(
+pub(crate) fn to_mesh_request(
     mut req: Request<Incoming>,
     app_http1: bool,
 ) -> Result<Request<Incoming>, Failure> {

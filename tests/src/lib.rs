@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod bin;
 pub mod control_plane;
+pub mod jwt;
 pub mod k8s;
 pub mod mesh;
 pub mod net;

@@ -51,6 +51,27 @@ impl Proxy {
         prefix: &[&str],
         netns: Option<&str>,
     ) -> Self {
+        Self::spawn_mode("sidecar", dir, name, config, env, args, prefix, netns)
+    }
+
+    /// Starts `ward-proxy gateway` with `config` and waits until `/ready` answers 200.
+    pub fn start_gateway(dir: &Path, name: &str, config: &str) -> Self {
+        let mut proxy = Self::spawn_mode("gateway", dir, name, config, &[], &[], &[], None);
+        proxy.wait_ready();
+        proxy
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_mode(
+        mode: &str,
+        dir: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        prefix: &[&str],
+        netns: Option<&str>,
+    ) -> Self {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write config");
         let admin = yaml_admin(config).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
@@ -67,7 +88,7 @@ impl Proxy {
         };
         let child = cmd
             .args(args)
-            .args(["sidecar", "--config"])
+            .args([mode, "--config"])
             .arg(&path)
             .envs(env.iter().copied())
             .env("WARD_LOG", "info,ward_proxy=debug")

@@ -4,84 +4,15 @@
 //! HS256 signed with the public key, unknown `kid`, `kid` after rotation, tampered payload,
 //! wrong key type, oversized, duplicate claims, `crit`, and a key offered in the header.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
 use ward_proxy::gateway::jwt::{Issuer, IssuerConfig, JwtError, MAX_TOKEN_BYTES, verify};
+use ward_tests::jwt::{Key, b64, key, mint, mint_raw, now};
 
 const ISS: &str = "https://idp.example";
-
-/// A signing key, its JWK (with `kid`) and its algorithm.
-struct Key {
-    encoding: EncodingKey,
-    jwk: Jwk,
-    alg: Algorithm,
-}
-
-fn key(kid: &str, alg: Algorithm) -> Key {
-    let (pair, encoding) = match alg {
-        Algorithm::ES256 => {
-            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let enc = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
-            (pair, enc)
-        }
-        Algorithm::EdDSA => {
-            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-            let enc = EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap();
-            (pair, enc)
-        }
-        _ => {
-            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-            let enc = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).unwrap();
-            (pair, enc)
-        }
-    };
-    let mut jwk = if alg == Algorithm::EdDSA {
-        // jsonwebtoken derives no Ed25519 JWK from a private key: state it from the raw
-        // public key (RFC 8037).
-        serde_json::from_value(json!({
-            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA",
-            "x": URL_SAFE_NO_PAD.encode(pair.public_key_raw()),
-        }))
-        .unwrap()
-    } else {
-        Jwk::from_encoding_key(&encoding, alg).unwrap()
-    };
-    jwk.common.key_id = Some(kid.to_owned());
-    Key { encoding, jwk, alg }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn b64(s: &str) -> String {
-    URL_SAFE_NO_PAD.encode(s)
-}
-
-/// A compact JWS of these exact header and payload texts, signed by `key` with `alg`.
-fn mint_raw(header: &str, payload: &str, key: &EncodingKey, alg: Algorithm) -> String {
-    let message = format!("{}.{}", b64(header), b64(payload));
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), key, alg).unwrap();
-    format!("{message}.{signature}")
-}
-
-fn mint(key: &Key, claims: serde_json::Value) -> String {
-    let header = json!({ "alg": key.alg, "typ": "JWT", "kid": key.jwk.common.key_id });
-    mint_raw(
-        &header.to_string(),
-        &claims.to_string(),
-        &key.encoding,
-        key.alg,
-    )
-}
 
 fn claims() -> serde_json::Value {
     json!({ "iss": ISS, "sub": "alice", "aud": "bank-api", "exp": now() + 300, "iat": now(), "scope": "read" })

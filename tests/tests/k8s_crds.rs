@@ -23,6 +23,13 @@ spec:
       grpc: { service: "bank.v1.Accounts", methods: ["Get*"] }
     when:
     - { key: "request.headers[x-tenant]", values: ["eu-*"] }
+  - from:
+    - requestPrincipals: ["https://idp.bank.example/*"]
+      notRequestPrincipals: ["https://idp.bank.example/banned"]
+    to:
+    - paths: ["/accounts/{request.auth.claims[sub]}/*"]
+    when:
+    - { key: "request.auth.claims[realm_access][roles]", values: ["teller"] }
 "#;
 
 /// (what is wrong, the spec, words the API server's refusal must contain)
@@ -56,6 +63,16 @@ const INVALID: &[(&str, &str, &str)] = &[
         "condition on something else",
         "action: ALLOW\n  rules: [{when: [{key: \"source.ip\", values: [x]}]}]",
         "must be request.headers[NAME]",
+    ),
+    (
+        "claim key of another shape",
+        "action: ALLOW\n  rules: [{when: [{key: \"request.auth.claim[sub]\", values: [x]}]}]",
+        "must be request.headers[NAME] or request.auth.claims[NAME]",
+    ),
+    (
+        "request principal without issuer",
+        "action: ALLOW\n  rules: [{from: [{requestPrincipals: [alice]}]}]",
+        "must be ISSUER/SUBJECT of a verified end user",
     ),
     (
         "port zero",
@@ -153,6 +170,14 @@ fn there_is_one_mesh_policy_and_it_lives_in_ward_system() {
         (
             mesh("default", "bank", "deny"),
             "a MeshPolicy belongs in namespace ward-system",
+        ),
+        (
+            mesh(
+                "default",
+                "ward-system",
+                "deny, gateways: [\"spiffe://td/ns/edge/*\"]",
+            ),
+            "must be one exact SPIFFE ID",
         ),
         (
             mesh("default", "ward-system", "maybe"),

@@ -19,6 +19,8 @@ use tokio::sync::{mpsc, watch};
 use ward_policy::{Call, Decider, Decision, MeshDefault, PolicySet, WorkloadPolicy};
 
 use crate::config::{Audit, AuditDecisions};
+
+pub mod end_user;
 use ward_runtime::Drain;
 use ward_runtime::Pending;
 
@@ -32,6 +34,21 @@ pub struct Facts<'a> {
     pub method: Option<&'a str>,
     pub path: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    /// At the gateway: the client and how its end user was authenticated.
+    pub edge: Option<EdgeFacts<'a>>,
+}
+
+/// What the gateway adds to an audit line. Never the token.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeFacts<'a> {
+    /// The client's address (as the connection, or trusted hops, say).
+    pub client: &'a str,
+    /// `routes[N]` of the gateway's configuration.
+    pub route: Option<usize>,
+    /// `none` (no token read), `anonymous`, `verified`, or why the token was refused.
+    pub authentication: &'a str,
+    pub issuer: Option<&'a str>,
+    pub kid: Option<&'a str>,
 }
 
 /// The workload's authorizer.
@@ -84,6 +101,15 @@ impl Authorizer {
         applying
     }
 
+    /// Whether `principal` is one of the mesh's gateways (MeshPolicy `gateways`), whose
+    /// `x-ward-end-user` is believed. Nobody is before a policy set is in force.
+    pub fn trusts_gateway(&self, principal: &str) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|p| p.trusts_gateway(principal))
+    }
+
     /// Changes whenever a new policy set is installed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
@@ -105,6 +131,22 @@ impl Authorizer {
         self.audit
             .record(call, &decision, facts, call.port, &self.destination);
         decision
+    }
+
+    /// Records a call refused before any policy could judge it (at the gateway: no valid
+    /// end-user token), as a denial by `policy` (e.g. `authentication`).
+    pub fn refused(&self, call: &Call<'_>, facts: Facts<'_>, policy: &str) {
+        counter!(DECISIONS_TOTAL, "decision" => "deny", "policy" => policy.to_owned()).increment(1);
+        let decision = Decision {
+            allowed: false,
+            decider: Decider::Default(MeshDefault::Deny),
+            audit: None,
+        };
+        self.audit.write(
+            self.audit
+                .line(call, &decision, facts, call.port, &self.destination),
+            Some(policy),
+        );
     }
 }
 
@@ -160,9 +202,19 @@ impl AuditLog {
     ) {
         let wanted =
             !decision.allowed || decision.audit.is_some() || self.mode == AuditDecisions::All;
-        if !wanted {
-            return;
+        if wanted {
+            self.write(self.line(call, decision, facts, port, destination), None);
         }
+    }
+
+    fn line(
+        &self,
+        call: &Call<'_>,
+        decision: &Decision,
+        facts: Facts<'_>,
+        port: u16,
+        destination: &str,
+    ) -> serde_json::Value {
         let rule = |d: &Decider| d.rule();
         let mut line = json!({
             "time": ward_runtime::time::rfc3339_millis(SystemTime::now()),
@@ -180,6 +232,25 @@ impl AuditLog {
         if let Some(audit) = &decision.audit {
             line["audit_policy"] = json!(audit.policy_label());
             line["audit_rule"] = json!(rule(audit));
+        }
+        if let Some(auth) = call.http.as_ref().and_then(|h| h.auth.as_ref()) {
+            line["request_principal"] = json!(auth.principal);
+        }
+        if let Some(edge) = facts.edge {
+            line["client"] = json!(edge.client);
+            line["route"] = json!(edge.route);
+            line["authentication"] = json!(edge.authentication);
+            line["issuer"] = json!(edge.issuer);
+            line["kid"] = json!(edge.kid);
+        }
+        line
+    }
+
+    /// Queues one line; `policy` replaces the decider's label (a refusal no policy made).
+    fn write(&self, mut line: serde_json::Value, policy: Option<&str>) {
+        if let Some(policy) = policy {
+            line["policy"] = json!(policy);
+            line["rule"] = serde_json::Value::Null;
         }
         let mut text = line.to_string();
         text.push('\n');

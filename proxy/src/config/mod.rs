@@ -44,7 +44,7 @@ const TOP_LEVEL: &[&str] = &[
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn new(msg: impl fmt::Display) -> Self {
+    pub(crate) fn new(msg: impl fmt::Display) -> Self {
         Self(msg.to_string())
     }
 }
@@ -377,7 +377,7 @@ fn default_admin() -> SocketAddr {
 }
 
 /// Durations as `300ms`, `10s`, `5m`, `1h`.
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -429,31 +429,56 @@ impl SidecarConfig {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Validated, ConfigError> {
-        let origin = path.display();
-        let mut value: Value = yaml_serde::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => ConfigError::new(format!(
-                "{origin}:{}:{}: {}",
-                loc.line(),
-                loc.column(),
-                strip_location(&e.to_string())
-            )),
-            None => ConfigError::new(format!("{origin}: {e}")),
-        })?;
-        if value.is_null() {
-            value = Value::Mapping(Default::default());
-        }
+        Self::from_value(read_yaml(text, path)?, path, env)
+    }
+
+    /// The configuration from a YAML document already read from `path` (the gateway takes
+    /// its own sections out first), with `WARD_*` overrides from `env`.
+    pub(crate) fn from_value(
+        mut value: Value,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Validated, ConfigError> {
         apply_env(&mut value, env)?;
-        let config: SidecarConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = strip_location(&e.into_inner().to_string());
-            if field == "." {
-                ConfigError::new(format!("{origin}: {inner}"))
-            } else {
-                ConfigError::new(format!("{origin}: {field}: {inner}"))
-            }
-        })?;
+        let config: SidecarConfig = deserialize(value, path)?;
         config.validate(path)
     }
+}
+
+/// A YAML document (an empty one is an empty mapping); errors say `file:line:column`.
+pub(crate) fn read_yaml(text: &str, path: &Path) -> Result<Value, ConfigError> {
+    let origin = path.display();
+    let value: Value = yaml_serde::from_str(text).map_err(|e| match e.location() {
+        Some(loc) => ConfigError::new(format!(
+            "{origin}:{}:{}: {}",
+            loc.line(),
+            loc.column(),
+            strip_location(&e.to_string())
+        )),
+        None => ConfigError::new(format!("{origin}: {e}")),
+    })?;
+    Ok(if value.is_null() {
+        Value::Mapping(Default::default())
+    } else {
+        value
+    })
+}
+
+/// `T` from a YAML value; errors name the file and the field.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    value: Value,
+    path: &Path,
+) -> Result<T, ConfigError> {
+    let origin = path.display();
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = strip_location(&e.into_inner().to_string());
+        if field == "." {
+            ConfigError::new(format!("{origin}: {inner}"))
+        } else {
+            ConfigError::new(format!("{origin}: {field}: {inner}"))
+        }
+    })
 }
 
 mod env;

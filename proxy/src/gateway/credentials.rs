@@ -6,9 +6,10 @@
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
-/// Where the gateway looks for the token.
+/// Where the gateway looks for the token: written `authorization`, `{ header: NAME }` or
+/// `{ cookie: NAME }`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "SourceFields")]
 pub enum TokenSource {
     /// `Authorization: Bearer TOKEN` (and `DPoP TOKEN`).
     Authorization,
@@ -16,6 +17,39 @@ pub enum TokenSource {
     Header(String),
     /// A cookie holding the bare token.
     Cookie(String),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum SourceFields {
+    Name(String),
+    Fields {
+        header: Option<String>,
+        cookie: Option<String>,
+    },
+}
+
+impl TryFrom<SourceFields> for TokenSource {
+    type Error = String;
+
+    fn try_from(f: SourceFields) -> Result<Self, String> {
+        let name_ok = |n: &str| http::HeaderName::from_bytes(n.as_bytes()).is_ok();
+        match f {
+            SourceFields::Name(n) if n == "authorization" => Ok(TokenSource::Authorization),
+            SourceFields::Fields {
+                header: Some(h),
+                cookie: None,
+            } if name_ok(&h) => Ok(TokenSource::Header(h.to_ascii_lowercase())),
+            SourceFields::Fields {
+                header: None,
+                cookie: Some(c),
+            } if !c.is_empty() && !c.contains([';', '=', ' ']) => Ok(TokenSource::Cookie(c)),
+            _ => Err(
+                "token is `authorization`, { header: NAME } or { cookie: NAME } (one of them)"
+                    .into(),
+            ),
+        }
+    }
 }
 
 /// How the token was presented.
@@ -88,6 +122,38 @@ pub fn token<'a>(
     }
 }
 
+/// Removes the token from where it was read (for the hop into the mesh, which gets the
+/// verified claims instead): the `Authorization` header, the configured header, or the
+/// one cookie from `Cookie` (the others stay).
+pub fn remove(headers: &mut HeaderMap, source: &TokenSource) {
+    match source {
+        TokenSource::Authorization => {
+            headers.remove(AUTHORIZATION);
+        }
+        TokenSource::Header(name) => {
+            headers.remove(name.as_str());
+        }
+        TokenSource::Cookie(name) => {
+            let kept: Vec<String> = headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k != name))
+                .filter(|pair| !pair.is_empty())
+                .map(str::to_owned)
+                .collect();
+            headers.remove(COOKIE);
+            if let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
+                && !kept.is_empty()
+            {
+                headers.insert(COOKIE, v);
+            }
+        }
+    }
+}
+
 fn single<'a>(
     headers: &'a HeaderMap,
     name: &str,
@@ -153,6 +219,20 @@ mod tests {
             Ok(Some(("a.b.c", Scheme::Bare)))
         );
         assert_eq!(token(&h, &TokenSource::Cookie("other".into())), Ok(None));
+    }
+
+    #[test]
+    fn the_token_is_removed_from_where_it_was_read_and_nothing_else() {
+        let mut h = headers(&[("authorization", "Bearer t"), ("x-keep", "1")]);
+        remove(&mut h, &TokenSource::Authorization);
+        assert!(h.get("authorization").is_none() && h.get("x-keep").is_some());
+        let mut h = headers(&[("cookie", "a=1; session=t"), ("cookie", "b=2")]);
+        remove(&mut h, &TokenSource::Cookie("session".into()));
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut h = headers(&[("cookie", "session=t")]);
+        remove(&mut h, &TokenSource::Cookie("session".into()));
+        assert!(h.get("cookie").is_none());
     }
 
     #[test]

@@ -30,12 +30,15 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 pub const ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("x-ward-original-protocol");
 pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-ward-peer-identity");
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// The end user the gateway verified (see `crate::gateway::end_user`).
+pub const END_USER: HeaderName = HeaderName::from_static("x-ward-end-user");
 
 /// Headers only ward sets, from what it verified itself. Whatever a caller sends under
 /// these names — in the head or in trailers — is removed; the inbound side sets the first
-/// two after every other header rule has run, and `x-ward-original-protocol` travels only
-/// between ward sidecars (ALPN [`crate::transport::alpn::ALPN_WARD_H2`]).
-pub const MESH_ONLY: [HeaderName; 3] = [PEER_IDENTITY, XFCC, ORIGINAL_PROTOCOL];
+/// two after every other header rule has run, `x-ward-original-protocol` travels only
+/// between ward sidecars (ALPN [`crate::transport::alpn::ALPN_WARD_H2`]), and
+/// `x-ward-end-user` only from the gateway.
+pub const MESH_ONLY: [HeaderName; 4] = [PEER_IDENTITY, XFCC, ORIGINAL_PROTOCOL, END_USER];
 
 /// Removes every [`MESH_ONLY`] header, and any spelt with `_` for `-` (which apps that
 /// read headers CGI-style, with `limits.allow_header_underscores`, take for the same).

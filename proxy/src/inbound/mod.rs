@@ -19,13 +19,16 @@ use ward_policy::compile::namespace_of;
 use ward_policy::request::Admitted as Judged;
 use ward_policy::{Call, HttpCall};
 
+use crate::authz::end_user::EndUser;
 use crate::authz::{Authorizer, Facts};
 use crate::config::{Inbound as InboundConfig, Limits, Protocol, UpgradeToken};
 use crate::http::forward::from_upstream;
 use crate::http::forward::{self, NextHop};
 use crate::http::guard::{SwitchSignal, may_switch, switched};
 use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
-use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
+use crate::http::{
+    Body, END_USER, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc,
+};
 use crate::inputs::ProxyInputs;
 use crate::metrics::{self, Direction, OpenConnection};
 use crate::record;
@@ -38,7 +41,7 @@ use ward_runtime::Drain;
 const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// A fresh request id: 128 random bits in hex.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
         let nanos = std::time::SystemTime::now()
@@ -51,7 +54,7 @@ fn new_request_id() -> String {
 }
 
 /// Request headers as the policy engine reads them: every value, as bytes.
-struct HttpHeaders<'a>(&'a http::HeaderMap);
+pub(crate) struct HttpHeaders<'a>(pub(crate) &'a http::HeaderMap);
 
 impl ward_policy::Headers for HttpHeaders<'_> {
     fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
@@ -322,6 +325,7 @@ impl Inbound {
             method: None,
             path: None,
             request_id: None,
+            edge: None,
         };
         self.authz.decide(&call, facts).allowed
     }
@@ -421,7 +425,18 @@ impl Inbound {
         };
         let upgrade = allowed_upgrade(&req, &self.upgrades);
         crate::http::strip_hop_by_hop(req.headers_mut());
+        let end_user = match self.end_user(&req, peer) {
+            Ok(end_user) => end_user,
+            Err(why) => {
+                tracing::debug!(peer = %peer.name, %path, reason = %why, "request refused (400)");
+                return Err((Failure::BadRequest, path));
+            }
+        };
         crate::http::strip_mesh_only(req.headers_mut());
+        if let Some((_, value)) = &end_user {
+            // The app may read the end user the gateway verified too.
+            req.headers_mut().insert(END_USER, value.clone());
+        }
         if let Err(e) = carry_judged_target(&mut req, &path, authority.as_ref()) {
             tracing::debug!(peer = %peer.name, %path, reason = %e, "request refused (400)");
             return Err((Failure::BadRequest, path));
@@ -446,6 +461,7 @@ impl Inbound {
                 path: &path,
                 authority: authority.as_ref(),
                 headers: &headers,
+                auth: end_user.as_ref().map(|(u, _)| u.auth()),
             }),
         };
         let facts = Facts {
@@ -453,6 +469,7 @@ impl Inbound {
             method: Some(req.method().as_str()),
             path: Some(&path),
             request_id: Some(&request_id),
+            edge: None,
         };
         if self.authz.decide(&call, facts).allowed {
             Ok(Admitted {
@@ -464,6 +481,27 @@ impl Inbound {
         } else {
             Err((Failure::Forbidden, path))
         }
+    }
+
+    /// The end user a trusted gateway sent (`x-ward-end-user`), with the header's value; from
+    /// any other caller the header is ignored here and removed with the other mesh-only
+    /// headers. A gateway's header that is sent twice or does not read is refused.
+    fn end_user(
+        &self,
+        req: &Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Option<(EndUser, HeaderValue)>, String> {
+        let mut values = req.headers().get_all(END_USER).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if !self.authz.trusts_gateway(&peer.name) {
+            return Ok(None);
+        }
+        if values.next().is_some() {
+            return Err("x-ward-end-user sent twice".into());
+        }
+        EndUser::from_header(value.as_bytes()).map(|u| Some((u, value.clone())))
     }
 
     async fn forward(

@@ -1,0 +1,215 @@
+//! `ward-proxy gateway` configuration: one YAML file. The sections a sidecar has for its
+//! identity, workload, policy, audit, admin, limits and runtime mean the same here (and take
+//! the same `WARD_*` overrides); the gateway's own sections are `listen`, `tls` (or
+//! `plaintext: true`), `issuers`, `token`, `forward_claims` and `routes`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use ward_certs::SpiffeId;
+use yaml_serde::Value;
+
+use super::credentials::TokenSource;
+use super::jwt::{Issuer, IssuerConfig};
+use super::routes::{Authentication, Route, RouteConfig, Routes};
+use crate::config::{ConfigError, SidecarConfig, Validated};
+
+/// The gateway's own sections.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// The public listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Public TLS; required unless `plaintext: true`.
+    #[serde(default)]
+    pub tls: Option<PublicTls>,
+    /// Serve the public listener without TLS (behind a TLS-terminating load balancer).
+    #[serde(default)]
+    pub plaintext: bool,
+    /// The end-user token issuers trusted.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Where the token is read: `authorization` (default), `{ header: NAME }`, `{ cookie:
+    /// NAME }`.
+    #[serde(default = "default_token")]
+    pub token: TokenSource,
+    /// The verified claims sent into the mesh (`x-ward-end-user`); all of them by default.
+    #[serde(default)]
+    pub forward_claims: Option<Vec<String>>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The public listener's TLS: server certificates (picked by SNI among their DNS names; the
+/// first serves clients that send no name), re-read when their files change.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicTls {
+    pub certificates: Vec<CertFiles>,
+    /// Roots for optional client certificates (certificate-bound tokens, RFC 8705); a
+    /// client without one is still served.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    /// The chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM; only the path is ever shown).
+    pub key: PathBuf,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+
+fn default_token() -> TokenSource {
+    TokenSource::Authorization
+}
+
+/// Sections of the file that belong to the gateway.
+const GATEWAY_KEYS: [&str; 7] = [
+    "listen",
+    "tls",
+    "plaintext",
+    "issuers",
+    "token",
+    "forward_claims",
+    "routes",
+];
+/// Sidecar sections with no meaning on a gateway.
+const SIDECAR_ONLY: [&str; 4] = ["inbound", "outbound", "capture", "app_probes"];
+
+/// A checked gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayValidated {
+    /// The shared sections, as a sidecar would have them (no listeners).
+    pub common: Validated,
+    pub gateway: GatewaySection,
+    pub issuers: Vec<Issuer>,
+    pub routes: Routes,
+}
+
+impl GatewayValidated {
+    /// Reads `path`, applies `WARD_*` overrides from `env` to the shared sections, checks
+    /// everything and reads the issuers' key sets.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
+        let mut value = crate::config::read_yaml(&text, path)?;
+        let Value::Mapping(map) = &mut value else {
+            return Err(ConfigError::new(format!(
+                "{}: not a mapping of sections",
+                path.display()
+            )));
+        };
+        for key in SIDECAR_ONLY {
+            if map.contains_key(key) {
+                return Err(ConfigError::new(format!(
+                    "{}: {key}: a sidecar setting; a gateway has `listen` and `routes`",
+                    path.display()
+                )));
+            }
+        }
+        let mut own = yaml_serde::Mapping::new();
+        for key in GATEWAY_KEYS {
+            if let Some(v) = map.remove(key) {
+                own.insert(Value::String(key.to_owned()), v);
+            }
+        }
+        let gateway: GatewaySection = crate::config::deserialize(Value::Mapping(own), path)?;
+        let common = SidecarConfig::from_value(value, path, env)?;
+        check(common, gateway, path)
+    }
+}
+
+fn check(
+    common: Validated,
+    mut gateway: GatewaySection,
+    path: &Path,
+) -> Result<GatewayValidated, ConfigError> {
+    let at = |field: &str, msg: &dyn std::fmt::Display| {
+        ConfigError::new(format!("{}: {field}: {msg}", path.display()))
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let relative = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    if common.config.policy.is_none() && common.config.identity.control_plane.is_none() {
+        return Err(at(
+            "policy",
+            &"required without a control plane: every request the gateway carries is authorized \
+              (policy: { dir: PATH })",
+        ));
+    }
+    match (&mut gateway.tls, gateway.plaintext) {
+        (Some(_), true) => return Err(at("plaintext", &"set both tls and plaintext: choose one")),
+        (None, false) => {
+            return Err(at(
+                "tls",
+                &"required (or `plaintext: true` behind a TLS-terminating load balancer)",
+            ));
+        }
+        (Some(tls), false) => {
+            if tls.certificates.is_empty() {
+                return Err(at("tls.certificates", &"at least one { cert, key }"));
+            }
+            for c in &mut tls.certificates {
+                relative(&mut c.cert);
+                relative(&mut c.key);
+            }
+            if let Some(ca) = &mut tls.client_ca {
+                relative(ca);
+            }
+        }
+        (None, true) => {}
+    }
+    let mut issuers = Vec::new();
+    for (i, issuer) in gateway.issuers.iter_mut().enumerate() {
+        relative(&mut issuer.jwks_file);
+        let loaded = issuer
+            .load()
+            .map_err(|e| at(&format!("issuers[{i}]"), &e))?;
+        if issuers.iter().any(|o: &Issuer| o.issuer == loaded.issuer) {
+            return Err(at(&format!("issuers[{i}]"), &"issuer listed twice"));
+        }
+        issuers.push(loaded);
+    }
+    if gateway.routes.is_empty() {
+        return Err(at("routes", &"at least one route"));
+    }
+    let mut routes = Vec::new();
+    for (i, r) in gateway.routes.iter().enumerate() {
+        let field = format!("routes[{i}]");
+        let id: SpiffeId = ward_certs::parse_spiffe_id(&r.server_identity)
+            .map_err(|e| at(&format!("{field}.server_identity"), &e))?;
+        if !id.is_member_of(&common.trust_domain) {
+            return Err(at(
+                &format!("{field}.server_identity"),
+                &format!("{id} is not in trust domain {}", common.trust_domain),
+            ));
+        }
+        if r.authentication != Authentication::None && issuers.is_empty() {
+            return Err(at(
+                &format!("{field}.authentication"),
+                &"needs at least one issuer (or authentication: none)",
+            ));
+        }
+        let route = Route::new(r, id).map_err(|e| at(&field, &e))?;
+        routes.push(route);
+    }
+    Ok(GatewayValidated {
+        common,
+        gateway,
+        issuers,
+        routes: Routes::new(routes),
+    })
+}

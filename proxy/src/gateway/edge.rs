@@ -1,0 +1,375 @@
+//! The public listener: a client's connection (public TLS, or plaintext if configured),
+//! then for each request — hygiene and path normalization as at a sidecar's inbound side,
+//! the route, the end user, the policy decision — and the request sent on into the mesh
+//! over mutual TLS with the gateway's own SVID, to the one identity the route names.
+//!
+//! Answers the gateway makes itself say nothing of why: 400, 401 (with its challenge),
+//! 403, 404, 502, 504. The audit log has the reason, the route, the end user's principal,
+//! issuer and key id — never the token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use ward_policy::request::Admitted as Judged;
+use ward_policy::{Call, HttpCall};
+
+use super::authn::{self, Authenticated};
+use super::config::GatewayValidated;
+use super::credentials::{self, TokenSource};
+use super::jwt::Issuer;
+use super::routes::{Route, Routes};
+use crate::authz::{Authorizer, EdgeFacts, Facts};
+use crate::config::Limits;
+use crate::http::END_USER;
+use crate::http::forward::{self, from_upstream};
+use crate::http::guard::{SwitchSignal, may_switch};
+use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
+use crate::http::{Body, Failure, failure_response, is_grpc};
+use crate::inputs::ProxyInputs;
+use crate::metrics::{self, Direction, OpenConnection};
+use crate::outbound::{Upstream, to_mesh_request};
+use crate::record;
+use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1};
+use crate::transport::idle::{Activity, Tracked};
+use ward_runtime::Drain;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The public listener's state.
+pub struct Edge {
+    routes: Routes,
+    /// One per route, in the routes' order.
+    upstreams: Vec<Arc<Upstream>>,
+    issuers: Arc<Vec<Issuer>>,
+    token: TokenSource,
+    forward_claims: Option<Vec<String>>,
+    authz: Arc<Authorizer>,
+    acceptor: Option<TlsAcceptor>,
+    port: u16,
+    limits: Limits,
+    servers: Servers,
+    access_log: bool,
+}
+
+/// Why the gateway answers a request itself.
+enum Refusal {
+    Failure(Failure),
+    NoRoute,
+    Unauthenticated(authn::Refusal),
+}
+
+/// What a request's connection says of its client.
+struct Client {
+    addr: String,
+    https: bool,
+}
+
+impl Edge {
+    pub fn new(
+        validated: &GatewayValidated,
+        inputs: &ProxyInputs,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+        let upstreams = validated
+            .routes
+            .iter()
+            .map(|r| {
+                let to = crate::resolve::Destination {
+                    addr: r.upstream,
+                    identity: r.identity.clone(),
+                };
+                Upstream::new(&to, &inputs.identity.mesh, &inputs.limits).map(Arc::new)
+            })
+            .collect::<Result<_, _>>()?;
+        let gateway = &validated.gateway;
+        Ok(Arc::new(Self {
+            routes: validated.routes.clone(),
+            upstreams,
+            issuers: Arc::new(validated.issuers.clone()),
+            token: gateway.token.clone(),
+            forward_claims: gateway.forward_claims.clone(),
+            authz: inputs.authz.clone(),
+            acceptor: tls.map(TlsAcceptor::from),
+            port: gateway.listen.port(),
+            limits: inputs.limits.clone(),
+            servers: inputs.servers.clone(),
+            access_log: inputs.access_log,
+        }))
+    }
+
+    /// Handles one client connection.
+    pub async fn connection(self: Arc<Self>, tcp: TcpStream, drain: Drain) {
+        let _open = OpenConnection::new(Direction::Gateway);
+        let addr = tcp
+            .peer_addr()
+            .map(|a: SocketAddr| a.ip().to_string())
+            .unwrap_or_default();
+        let activity = Activity::new();
+        let io = Tracked::new(tcp, activity.clone());
+        let Some(acceptor) = self.acceptor.clone() else {
+            let client = Arc::new(Client { addr, https: false });
+            return self.serve(io, Speak::Either, client, drain, activity).await;
+        };
+        let handshake = acceptor.accept(io);
+        let tls = match tokio::time::timeout(self.limits.header_read_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics::handshake(Direction::Gateway, "error");
+                tracing::debug!(error = %e, client = %addr, "public TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics::handshake(Direction::Gateway, "timeout");
+                return;
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        metrics::handshake(Direction::Gateway, crate::transport::handshake_kind(conn));
+        let speak = match conn.alpn_protocol() {
+            Some(ALPN_H2) => Speak::Http2,
+            Some(ALPN_HTTP1) => Speak::Http1,
+            _ => Speak::Either,
+        };
+        let client = Arc::new(Client { addr, https: true });
+        self.serve(tls, speak, client, drain, activity).await
+    }
+
+    async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        speak: Speak,
+        client: Arc<Client>,
+        drain: Drain,
+        activity: Activity,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = |switch: Option<SwitchSignal>| {
+            let (this, client) = (self.clone(), client.clone());
+            move |req| {
+                let (this, client) = (this.clone(), client.clone());
+                let switch = switch.clone();
+                async move {
+                    // Nothing is switched at the edge: `Upgrade` is hop-by-hop and dropped.
+                    if let Some(switch) = switch.filter(|_| may_switch(&req)) {
+                        switch.answered(false);
+                    }
+                    this.request(req, &client).await
+                }
+            }
+        };
+        let (servers, limits) = (&self.servers, &self.limits);
+        if speak == Speak::Http2 {
+            serve_http(servers, speak, io, service(None), &drain, &activity, limits).await
+        } else {
+            let service = |switch| service(Some(switch));
+            serve_guarded(servers, speak, io, service, &drain, &activity, limits).await
+        }
+    }
+
+    async fn request(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(&req);
+        let caller_http1 = req.version() != Version::HTTP_2;
+        let method = req.method().clone();
+        let raw_path = req.uri().path().to_owned();
+        let (response, cause, path) = self.handle(req, client, grpc, caller_http1).await;
+        let record = record::Request {
+            direction: Direction::Gateway,
+            protocol: record::Protocol::of(grpc, caller_http1),
+            peer: &client.addr,
+            method: &method,
+            path: path.as_deref().unwrap_or(&raw_path),
+            status: response.status().as_u16(),
+            cause,
+            elapsed: started.elapsed(),
+        };
+        record.write(self.access_log);
+        response
+    }
+
+    /// The answer, why the gateway answered itself (if it did), and the normalized path.
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: &Client,
+        grpc: bool,
+        caller_http1: bool,
+    ) -> (Response<Body>, Option<&'static str>, Option<String>) {
+        let (route, path) = match self.admit(&mut req, client, grpc) {
+            Ok(admitted) => admitted,
+            Err((refusal, path)) => {
+                let (answer, cause) = match refusal {
+                    Refusal::Failure(f) => (failure_response(f, grpc), f.cause()),
+                    Refusal::NoRoute => (authn::not_found(grpc), "no_route"),
+                    Refusal::Unauthenticated(r) => {
+                        (authn::unauthorized(&r, grpc), "unauthenticated")
+                    }
+                };
+                return (answer, Some(cause), path);
+            }
+        };
+        let up = &self.upstreams[route.index];
+        let limit = route.timeout.unwrap_or(self.limits.request_timeout);
+        let result = match to_mesh_request(req, caller_http1) {
+            Ok(req) => {
+                let limit = crate::http::deadline(&req, limit);
+                forward::send(&up.h2, req, limit).await
+            }
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok(resp) => (from_upstream(resp, caller_http1), None, Some(path)),
+            Err(f) => (failure_response(f, grpc), Some(f.cause()), Some(path)),
+        }
+    }
+
+    /// Everything before the request is sent on: hygiene, route, end user, decision, and
+    /// the request rewritten for the mesh. Returns the route and the normalized path, or
+    /// the answer the gateway gives itself.
+    fn admit(
+        &self,
+        req: &mut Request<Incoming>,
+        client: &Client,
+        grpc: bool,
+    ) -> Result<(&Route, String), (Refusal, Option<String>)> {
+        let admitted = ward_policy::request::Incoming {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            target_authority: req.uri().authority().map(|a| a.as_str().as_bytes()),
+            hosts: req
+                .headers()
+                .get_all(header::HOST)
+                .iter()
+                .map(|h| h.as_bytes()),
+            default_port: if client.https { 443 } else { 80 },
+            header_names: req.headers().keys().map(|n| n.as_str()),
+            allow_header_underscores: self.limits.allow_header_underscores,
+        }
+        .admit();
+        let Judged { path, authority } = match admitted {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::debug!(client = %client.addr, reason = %why, "request refused (400)");
+                let f = Failure::BadRequest;
+                return Err((Refusal::Failure(f), None));
+            }
+        };
+        let host = authority.as_ref().map(|a| a.host.as_str());
+        let Some(route) = self.routes.find(host, &path) else {
+            return Err((Refusal::NoRoute, Some(path)));
+        };
+        crate::http::strip_hop_by_hop(req.headers_mut());
+        crate::http::strip_mesh_only(req.headers_mut());
+        let request_id = crate::inbound::new_request_id();
+        let authenticated = authn::authenticate(
+            req.headers(),
+            route.authentication,
+            &self.token,
+            &self.issuers,
+            SystemTime::now(),
+        );
+        let user = authenticated.as_ref().ok().and_then(Authenticated::user);
+        let headers = crate::inbound::HttpHeaders(req.headers());
+        let call = Call {
+            principal: "",
+            namespace: None,
+            port: self.port,
+            http: Some(HttpCall {
+                method: req.method().as_str(),
+                path: &path,
+                authority: authority.as_ref(),
+                headers: &headers,
+                auth: user.map(|u| u.auth()),
+            }),
+        };
+        let outcome = match &authenticated {
+            Ok(a) => a.outcome().to_owned(),
+            Err(refusal) => format!("refused: {}", refusal.reason),
+        };
+        let facts = Facts {
+            protocol: if grpc { "grpc" } else { "http" },
+            method: Some(req.method().as_str()),
+            path: Some(&path),
+            request_id: Some(&request_id),
+            edge: Some(EdgeFacts {
+                client: &client.addr,
+                route: Some(route.index),
+                authentication: &outcome,
+                issuer: user.map(|u| u.issuer.as_str()),
+                kid: user.and_then(|u| u.kid.as_deref()),
+            }),
+        };
+        if authenticated.is_err() {
+            self.authz.refused(&call, facts, "authentication");
+            if let Err(refusal) = authenticated {
+                return Err((Refusal::Unauthenticated(refusal), Some(path)));
+            }
+        }
+        if !self.authz.decide(&call, facts).allowed {
+            return Err((Refusal::Failure(Failure::Forbidden), Some(path)));
+        }
+        let end_user = user.and_then(|u| u.header_value(self.forward_claims.as_deref()));
+        if let Err(f) = self.prepare(req, route, &path, client, &request_id, end_user) {
+            return Err((Refusal::Failure(f), Some(path)));
+        }
+        Ok((route, path))
+    }
+
+    /// The request as it goes into the mesh: the normalized path, the token removed (unless
+    /// the route forwards it), the route's header rewrites, the end user, the client.
+    fn prepare(
+        &self,
+        req: &mut Request<Incoming>,
+        route: &Route,
+        path: &str,
+        client: &Client,
+        request_id: &str,
+        end_user: Option<HeaderValue>,
+    ) -> Result<(), Failure> {
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            format!("{path}{query}")
+                .parse()
+                .map_err(|_| Failure::BadRequest)?,
+        );
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| Failure::BadRequest)?;
+        let headers = req.headers_mut();
+        if !route.forward_token && route.authentication != super::routes::Authentication::None {
+            credentials::remove(headers, &self.token);
+        }
+        for name in &route.remove_headers {
+            headers.remove(name);
+        }
+        for (name, value) in &route.set_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(v) = end_user {
+            headers.insert(END_USER, v);
+        }
+        // No hop in front of the gateway is trusted yet: the client is the connection's.
+        headers.remove(header::FORWARDED);
+        if let Ok(v) = HeaderValue::from_str(&client.addr) {
+            headers.insert(FORWARDED_FOR, v);
+        }
+        let proto = if client.https { "https" } else { "http" };
+        headers.insert(FORWARDED_PROTO, HeaderValue::from_static(proto));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID, v);
+        }
+        Ok(())
+    }
+}
