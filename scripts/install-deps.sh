@@ -6,8 +6,8 @@ set -euo pipefail
 need_apt=()
 # nft: `ward-proxy init` writes the capture rules with it, iptables-restore on machines
 # without nft (its tests run both in network namespaces); ip (iproute2): the tests make
-# those namespaces.
-for tool in openssl:openssl curl:curl make:make nft:nftables iptables-restore:iptables ip:iproute2; do
+# those namespaces. redis-server: the gateway's shared rate limits are tested against it.
+for tool in openssl:openssl curl:curl make:make nft:nftables iptables-restore:iptables ip:iproute2 redis-server:redis-server; do
   bin=${tool%%:*}; pkg=${tool##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod edge;
 pub mod jwt;
 pub mod public_tls;
+pub mod ratelimit;
 pub mod routes;
 
 use metrics_exporter_prometheus::PrometheusHandle;

@@ -49,6 +49,8 @@ pub struct EdgeFacts<'a> {
     pub authentication: &'a str,
     pub issuer: Option<&'a str>,
     pub kid: Option<&'a str>,
+    /// The rate limit that refused the request, if one did.
+    pub limit: Option<&'a str>,
 }
 
 /// The workload's authorizer.
@@ -242,6 +244,7 @@ impl AuditLog {
             line["authentication"] = json!(edge.authentication);
             line["issuer"] = json!(edge.issuer);
             line["kid"] = json!(edge.kid);
+            line["limit"] = json!(edge.limit);
         }
         line
     }

@@ -155,3 +155,27 @@ pub fn not_found(grpc: bool) -> Response<Body> {
     }
     response
 }
+
+/// The 429 for a request over a rate limit (gRPC: `RESOURCE_EXHAUSTED`); the caller adds
+/// `Retry-After` and `RateLimit-*`.
+pub fn too_many_requests(grpc: bool) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(if grpc {
+        Bytes::new()
+    } else {
+        Bytes::from_static(b"too many requests\n")
+    })));
+    if grpc {
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static("8"));
+    } else {
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response
+}

@@ -12,6 +12,8 @@ use yaml_serde::Value;
 
 use super::credentials::TokenSource;
 use super::jwt::{Issuer, IssuerConfig};
+use super::ratelimit::shared::RedisConfig;
+use super::ratelimit::{LimitSpec, RateLimitConfig};
 use super::routes::{Authentication, Route, RouteConfig, Routes};
 use crate::config::{ConfigError, SidecarConfig, Validated};
 
@@ -38,6 +40,12 @@ pub struct GatewaySection {
     /// The verified claims sent into the mesh (`x-ward-end-user`); all of them by default.
     #[serde(default)]
     pub forward_claims: Option<Vec<String>>,
+    /// Token buckets routes name in their `rate_limits`.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
+    /// Share the buckets with the other replicas through Redis.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -71,13 +79,15 @@ fn default_token() -> TokenSource {
 }
 
 /// Sections of the file that belong to the gateway.
-const GATEWAY_KEYS: [&str; 7] = [
+const GATEWAY_KEYS: [&str; 9] = [
     "listen",
     "tls",
     "plaintext",
     "issuers",
     "token",
     "forward_claims",
+    "rate_limits",
+    "redis",
     "routes",
 ];
 /// Sidecar sections with no meaning on a gateway.
@@ -90,6 +100,8 @@ pub struct GatewayValidated {
     pub common: Validated,
     pub gateway: GatewaySection,
     pub issuers: Vec<Issuer>,
+    /// The checked limits, in order; routes refer to them by index.
+    pub limits: Vec<LimitSpec>,
     pub routes: Routes,
 }
 
@@ -129,87 +141,132 @@ impl GatewayValidated {
     }
 }
 
+/// Makes errors that name the file and the field.
+struct At<'a>(&'a Path);
+
+impl At<'_> {
+    fn err(&self, field: &str, msg: &dyn std::fmt::Display) -> ConfigError {
+        ConfigError::new(format!("{}: {field}: {msg}", self.0.display()))
+    }
+
+    /// `p` relative to the configuration file's directory.
+    fn resolve(&self, p: &mut PathBuf) {
+        if p.is_relative() {
+            *p = self.0.parent().unwrap_or(Path::new(".")).join(&*p);
+        }
+    }
+}
+
 fn check(
     common: Validated,
     mut gateway: GatewaySection,
     path: &Path,
 ) -> Result<GatewayValidated, ConfigError> {
-    let at = |field: &str, msg: &dyn std::fmt::Display| {
-        ConfigError::new(format!("{}: {field}: {msg}", path.display()))
-    };
-    let base = path.parent().unwrap_or(Path::new("."));
-    let relative = |p: &mut PathBuf| {
-        if p.is_relative() {
-            *p = base.join(&*p);
-        }
-    };
+    let at = At(path);
     if common.config.policy.is_none() && common.config.identity.control_plane.is_none() {
-        return Err(at(
+        return Err(at.err(
             "policy",
             &"required without a control plane: every request the gateway carries is authorized \
               (policy: { dir: PATH })",
         ));
     }
-    match (&mut gateway.tls, gateway.plaintext) {
-        (Some(_), true) => return Err(at("plaintext", &"set both tls and plaintext: choose one")),
-        (None, false) => {
-            return Err(at(
-                "tls",
-                &"required (or `plaintext: true` behind a TLS-terminating load balancer)",
-            ));
-        }
-        (Some(tls), false) => {
-            if tls.certificates.is_empty() {
-                return Err(at("tls.certificates", &"at least one { cert, key }"));
-            }
-            for c in &mut tls.certificates {
-                relative(&mut c.cert);
-                relative(&mut c.key);
-            }
-            if let Some(ca) = &mut tls.client_ca {
-                relative(ca);
-            }
-        }
-        (None, true) => {}
-    }
+    check_tls(&mut gateway, &at)?;
     let mut issuers = Vec::new();
     for (i, issuer) in gateway.issuers.iter_mut().enumerate() {
-        relative(&mut issuer.jwks_file);
+        at.resolve(&mut issuer.jwks_file);
         let loaded = issuer
             .load()
-            .map_err(|e| at(&format!("issuers[{i}]"), &e))?;
+            .map_err(|e| at.err(&format!("issuers[{i}]"), &e))?;
         if issuers.iter().any(|o: &Issuer| o.issuer == loaded.issuer) {
-            return Err(at(&format!("issuers[{i}]"), &"issuer listed twice"));
+            return Err(at.err(&format!("issuers[{i}]"), &"issuer listed twice"));
         }
         issuers.push(loaded);
     }
+    let mut limits: Vec<LimitSpec> = Vec::new();
+    for (i, l) in gateway.rate_limits.iter().enumerate() {
+        let spec = l
+            .check()
+            .map_err(|e| at.err(&format!("rate_limits[{i}]"), &e))?;
+        if limits.iter().any(|o| o.name == spec.name) {
+            return Err(at.err(&format!("rate_limits[{i}].name"), &"named twice"));
+        }
+        limits.push(spec);
+    }
+    let routes = check_routes(&gateway, &common, !issuers.is_empty(), &limits, &at)?;
+    Ok(GatewayValidated {
+        common,
+        gateway,
+        issuers,
+        limits,
+        routes,
+    })
+}
+
+/// Public TLS or plaintext, one of them; certificate paths resolved.
+fn check_tls(gateway: &mut GatewaySection, at: &At) -> Result<(), ConfigError> {
+    match (&mut gateway.tls, gateway.plaintext) {
+        (Some(_), true) => Err(at.err("plaintext", &"set both tls and plaintext: choose one")),
+        (None, false) => Err(at.err(
+            "tls",
+            &"required (or `plaintext: true` behind a TLS-terminating load balancer)",
+        )),
+        (Some(tls), false) => {
+            if tls.certificates.is_empty() {
+                return Err(at.err("tls.certificates", &"at least one { cert, key }"));
+            }
+            for c in &mut tls.certificates {
+                at.resolve(&mut c.cert);
+                at.resolve(&mut c.key);
+            }
+            if let Some(ca) = &mut tls.client_ca {
+                at.resolve(ca);
+            }
+            Ok(())
+        }
+        (None, true) => Ok(()),
+    }
+}
+
+/// Each route checked: its service's identity in the trust domain, an issuer if it
+/// authenticates, and its limits by name.
+fn check_routes(
+    gateway: &GatewaySection,
+    common: &Validated,
+    have_issuers: bool,
+    limits: &[LimitSpec],
+    at: &At,
+) -> Result<Routes, ConfigError> {
     if gateway.routes.is_empty() {
-        return Err(at("routes", &"at least one route"));
+        return Err(at.err("routes", &"at least one route"));
     }
     let mut routes = Vec::new();
     for (i, r) in gateway.routes.iter().enumerate() {
         let field = format!("routes[{i}]");
         let id: SpiffeId = ward_certs::parse_spiffe_id(&r.server_identity)
-            .map_err(|e| at(&format!("{field}.server_identity"), &e))?;
+            .map_err(|e| at.err(&format!("{field}.server_identity"), &e))?;
         if !id.is_member_of(&common.trust_domain) {
-            return Err(at(
+            return Err(at.err(
                 &format!("{field}.server_identity"),
                 &format!("{id} is not in trust domain {}", common.trust_domain),
             ));
         }
-        if r.authentication != Authentication::None && issuers.is_empty() {
-            return Err(at(
+        if r.authentication != Authentication::None && !have_issuers {
+            return Err(at.err(
                 &format!("{field}.authentication"),
                 &"needs at least one issuer (or authentication: none)",
             ));
         }
-        let route = Route::new(r, id).map_err(|e| at(&field, &e))?;
+        let mut route = Route::new(r, id).map_err(|e| at.err(&field, &e))?;
+        for name in &r.rate_limits {
+            let index = limits.iter().position(|l| &l.name == name).ok_or_else(|| {
+                at.err(
+                    &format!("{field}.rate_limits"),
+                    &format!("no limit named {name:?}"),
+                )
+            })?;
+            route.limits.push(index);
+        }
         routes.push(route);
     }
-    Ok(GatewayValidated {
-        common,
-        gateway,
-        issuers,
-        routes: Routes::new(routes),
-    })
+    Ok(Routes::new(routes))
 }

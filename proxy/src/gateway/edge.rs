@@ -23,6 +23,8 @@ use super::authn::{self, Authenticated};
 use super::config::GatewayValidated;
 use super::credentials::{self, TokenSource};
 use super::jwt::Issuer;
+use super::ratelimit::shared::Shared;
+use super::ratelimit::{KeyFacts, Limiter, Verdict};
 use super::routes::{Route, Routes};
 use crate::authz::{Authorizer, EdgeFacts, Facts};
 use crate::config::Limits;
@@ -52,6 +54,7 @@ pub struct Edge {
     token: TokenSource,
     forward_claims: Option<Vec<String>>,
     authz: Arc<Authorizer>,
+    limiter: Limiter,
     acceptor: Option<TlsAcceptor>,
     port: u16,
     limits: Limits,
@@ -64,6 +67,24 @@ enum Refusal {
     Failure(Failure),
     NoRoute,
     Unauthenticated(authn::Refusal),
+    Limited,
+}
+
+/// A request with its route and end user, not yet judged.
+struct Identified<'a> {
+    route: &'a Route,
+    path: String,
+    authority: Option<ward_policy::Authority>,
+    authenticated: Result<Authenticated, authn::Refusal>,
+}
+
+impl Identified<'_> {
+    fn user(&self) -> Option<&crate::authz::end_user::EndUser> {
+        self.authenticated
+            .as_ref()
+            .ok()
+            .and_then(Authenticated::user)
+    }
 }
 
 /// What a request's connection says of its client.
@@ -77,7 +98,7 @@ impl Edge {
         validated: &GatewayValidated,
         inputs: &ProxyInputs,
         tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Result<Arc<Self>, ward_certs::tls::TlsConfigError> {
+    ) -> anyhow::Result<Arc<Self>> {
         let upstreams = validated
             .routes
             .iter()
@@ -90,6 +111,13 @@ impl Edge {
             })
             .collect::<Result<_, _>>()?;
         let gateway = &validated.gateway;
+        let shared = gateway
+            .redis
+            .as_ref()
+            .map(Shared::start)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let limiter = Limiter::new(validated.limits.clone(), shared);
         Ok(Arc::new(Self {
             routes: validated.routes.clone(),
             upstreams,
@@ -97,6 +125,7 @@ impl Edge {
             token: gateway.token.clone(),
             forward_claims: gateway.forward_claims.clone(),
             authz: inputs.authz.clone(),
+            limiter,
             acceptor: tls.map(TlsAcceptor::from),
             port: gateway.listen.port(),
             limits: inputs.limits.clone(),
@@ -204,19 +233,51 @@ impl Edge {
         grpc: bool,
         caller_http1: bool,
     ) -> (Response<Body>, Option<&'static str>, Option<String>) {
-        let (route, path) = match self.admit(&mut req, client, grpc) {
-            Ok(admitted) => admitted,
+        let refused = |refusal: Refusal| match refusal {
+            Refusal::Failure(f) => (failure_response(f, grpc), f.cause()),
+            Refusal::NoRoute => (authn::not_found(grpc), "no_route"),
+            Refusal::Unauthenticated(r) => (authn::unauthorized(&r, grpc), "unauthenticated"),
+            Refusal::Limited => (authn::too_many_requests(grpc), "rate_limited"),
+        };
+        let identified = match self.identify(&mut req, client) {
+            Ok(identified) => identified,
             Err((refusal, path)) => {
-                let (answer, cause) = match refusal {
-                    Refusal::Failure(f) => (failure_response(f, grpc), f.cause()),
-                    Refusal::NoRoute => (authn::not_found(grpc), "no_route"),
-                    Refusal::Unauthenticated(r) => {
-                        (authn::unauthorized(&r, grpc), "unauthenticated")
-                    }
-                };
+                let (answer, cause) = refused(refusal);
                 return (answer, Some(cause), path);
             }
         };
+        let key = KeyFacts {
+            principal: identified.user().map(|u| u.principal.as_str()),
+            client: &client.addr,
+            route: identified.route.index,
+        };
+        let verdict = self.limiter.check(&identified.route.limits, &key).await;
+        let route = identified.route;
+        let (mut response, cause, path) =
+            match self.decide(&mut req, client, grpc, identified, &verdict) {
+                Ok(path) => {
+                    let (response, cause) = self.forward(req, route, caller_http1, grpc).await;
+                    (response, cause, path)
+                }
+                Err((refusal, path)) => {
+                    let (answer, cause) = refused(refusal);
+                    (answer, Some(cause), path)
+                }
+            };
+        for (name, value) in verdict.headers {
+            response.headers_mut().insert(name, value);
+        }
+        (response, cause, Some(path))
+    }
+
+    /// Sends an admitted request on to the route's service.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        caller_http1: bool,
+        grpc: bool,
+    ) -> (Response<Body>, Option<&'static str>) {
         let up = &self.upstreams[route.index];
         let limit = route.timeout.unwrap_or(self.limits.request_timeout);
         let result = match to_mesh_request(req, caller_http1) {
@@ -227,20 +288,17 @@ impl Edge {
             Err(f) => Err(f),
         };
         match result {
-            Ok(resp) => (from_upstream(resp, caller_http1), None, Some(path)),
-            Err(f) => (failure_response(f, grpc), Some(f.cause()), Some(path)),
+            Ok(resp) => (from_upstream(resp, caller_http1), None),
+            Err(f) => (failure_response(f, grpc), Some(f.cause())),
         }
     }
 
-    /// Everything before the request is sent on: hygiene, route, end user, decision, and
-    /// the request rewritten for the mesh. Returns the route and the normalized path, or
-    /// the answer the gateway gives itself.
-    fn admit(
+    /// Request hygiene, the route, and the end user (or why there is none).
+    fn identify(
         &self,
         req: &mut Request<Incoming>,
         client: &Client,
-        grpc: bool,
-    ) -> Result<(&Route, String), (Refusal, Option<String>)> {
+    ) -> Result<Identified<'_>, (Refusal, Option<String>)> {
         let admitted = ward_policy::request::Incoming {
             method: req.method().as_str(),
             path: req.uri().path(),
@@ -269,7 +327,6 @@ impl Edge {
         };
         crate::http::strip_hop_by_hop(req.headers_mut());
         crate::http::strip_mesh_only(req.headers_mut());
-        let request_id = crate::inbound::new_request_id();
         let authenticated = authn::authenticate(
             req.headers(),
             route.authentication,
@@ -277,6 +334,32 @@ impl Edge {
             &self.issuers,
             SystemTime::now(),
         );
+        Ok(Identified {
+            route,
+            path,
+            authority,
+            authenticated,
+        })
+    }
+
+    /// The decision — rate limit, authentication, policy, each refusal in the audit log —
+    /// and the request rewritten for the mesh. Returns the normalized path, with the
+    /// refusal if there is one.
+    fn decide(
+        &self,
+        req: &mut Request<Incoming>,
+        client: &Client,
+        grpc: bool,
+        identified: Identified<'_>,
+        verdict: &Verdict,
+    ) -> Result<String, (Refusal, String)> {
+        let Identified {
+            route,
+            path,
+            authority,
+            authenticated,
+        } = identified;
+        let request_id = crate::inbound::new_request_id();
         let user = authenticated.as_ref().ok().and_then(Authenticated::user);
         let headers = crate::inbound::HttpHeaders(req.headers());
         let call = Call {
@@ -306,22 +389,28 @@ impl Edge {
                 authentication: &outcome,
                 issuer: user.map(|u| u.issuer.as_str()),
                 kid: user.and_then(|u| u.kid.as_deref()),
+                limit: verdict.limited_by.as_deref(),
             }),
         };
+        if let Some(limit) = &verdict.limited_by {
+            self.authz
+                .refused(&call, facts, &format!("rate-limit:{limit}"));
+            return Err((Refusal::Limited, path));
+        }
         if authenticated.is_err() {
             self.authz.refused(&call, facts, "authentication");
             if let Err(refusal) = authenticated {
-                return Err((Refusal::Unauthenticated(refusal), Some(path)));
+                return Err((Refusal::Unauthenticated(refusal), path));
             }
         }
         if !self.authz.decide(&call, facts).allowed {
-            return Err((Refusal::Failure(Failure::Forbidden), Some(path)));
+            return Err((Refusal::Failure(Failure::Forbidden), path));
         }
         let end_user = user.and_then(|u| u.header_value(self.forward_claims.as_deref()));
         if let Err(f) = self.prepare(req, route, &path, client, &request_id, end_user) {
-            return Err((Refusal::Failure(f), Some(path)));
+            return Err((Refusal::Failure(f), path));
         }
-        Ok((route, path))
+        Ok(path)
     }
 
     /// The request as it goes into the mesh: the normalized path, the token removed (unless

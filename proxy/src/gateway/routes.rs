@@ -91,6 +91,9 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub request_headers: HeaderRewrite,
+    /// The gateway's `rate_limits` (by name) each request here takes a token from.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }
 
 /// Headers set (replacing any the client sent) or removed before the request is sent on.
@@ -233,6 +236,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,
+    /// Indexes into the gateway's limits.
+    pub limits: Vec<usize>,
 }
 
 impl Route {
@@ -266,6 +271,7 @@ impl Route {
             timeout: config.timeout,
             set_headers,
             remove_headers,
+            limits: Vec::new(),
         })
     }
 
@@ -316,6 +322,7 @@ mod tests {
             forward_token: false,
             timeout: None,
             request_headers: Default::default(),
+            rate_limits: Vec::new(),
         };
         Route::new(
             &config,
