@@ -34,13 +34,17 @@ export GOPATH="$DIR/gopath" GOMODCACHE="$DIR/gopath/pkg/mod" GOCACHE="$DIR/gocac
 export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0
 export GONOSUMDB=github.com/dexidp/dex
 
+# Prints the module cache directory of module@version, downloading it if need be.
 module_dir() {
-    go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p'
+    local json
+    json="$(go mod download -json "$1")" || {
+        echo "dex: could not fetch $1:" >&2; echo "$json" >&2; return 1; }
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json"
 }
 dex_dir="$(module_dir "github.com/dexidp/dex@$DEX_MODULE_VERSION")"
 api_dir="$(module_dir "github.com/dexidp/dex/api/v2@$DEX_API_VERSION")"
 [[ -f "$dex_dir/cmd/dex/main.go" && -f "$api_dir/go.mod" ]] || {
-    echo "dex: could not fetch github.com/dexidp/dex@$DEX_MODULE_VERSION" >&2; exit 1; }
+    echo "dex: the downloaded Dex source is incomplete ($dex_dir, $api_dir)" >&2; exit 1; }
 
 src="$DIR/src"
 rm -rf "$src"

@@ -5,6 +5,7 @@
 //! with hot-swappable certificates and bundles ([`tls`]), and the renewal schedule
 //! ([`rotation`]). No networking lives here.
 
+pub mod api_key;
 pub mod bundle;
 pub mod ca;
 mod crypto;

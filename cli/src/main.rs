@@ -7,6 +7,7 @@
 
 mod ca;
 mod cert;
+mod gateway;
 mod kube;
 mod policy;
 mod serve;
@@ -37,6 +38,9 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// Run the control plane: attested SVID issuance, policy and bundle push.
     ControlPlane(serve::ControlPlaneArgs),
+    /// The gateway's API keys (`ward gateway key create|revoke|list`).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
     /// Join tokens that let a proxy get its first SVID.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -97,6 +101,7 @@ where
         Command::Policy(cmd) => policy::run(cmd),
         Command::ControlPlane(args) => serve::control_plane(args),
         Command::Token(TokenCommand::Create(args)) => serve::token_create(args),
+        Command::Gateway(cmd) => gateway::run(cmd),
         Command::Demo(args) => ward_demo::run(args).map(|passed| {
             if passed {
                 Outcome::Success

@@ -6,10 +6,12 @@
 //! paths included — and carries them into the mesh over mutual TLS with the gateway's own
 //! SVID, the verified end user in `x-ward-end-user` ([`crate::authz::end_user`]).
 
+pub mod api_keys;
 pub mod authn;
 pub mod config;
 pub mod credentials;
 pub mod edge;
+pub mod issuers;
 pub mod jwt;
 pub mod public_tls;
 pub mod ratelimit;
@@ -29,6 +31,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let readiness = Readiness::new();
     let listening = readiness.register(format!("gateway {}", validated.gateway.listen));
+    let issuers = issuers::Issuers::new(&validated.gateway.issuers, validated.issuers.clone())
+        .map_err(anyhow::Error::msg)?;
+    let keys: Vec<_> = issuers
+        .remote_names()
+        .into_iter()
+        .map(|name| readiness.register(format!("keys of issuer {name}")))
+        .collect();
     let tls = match &validated.gateway.tls {
         Some(tls) => {
             let certs = public_tls::Certificates::load(&tls.certificates)?;
@@ -39,7 +48,17 @@ pub async fn run(
     };
     let inputs = ProxyInputs::start(&validated.common, metrics, readiness).await?;
     let listener = bind("listen", validated.gateway.listen).await?;
-    let edge = edge::Edge::new(&validated, &inputs, tls.as_ref().map(|(c, _)| c.clone()))?;
+    tokio::spawn(issuers.clone().follow(keys, inputs.drain.clone()));
+    let tls_config = tls.as_ref().map(|(c, _)| c.clone());
+    let api_keys = match &validated.gateway.api_keys {
+        Some(config) => {
+            let keys = api_keys::ApiKeys::load(config).map_err(anyhow::Error::msg)?;
+            tokio::spawn(keys.clone().follow(inputs.drain.clone()));
+            Some(keys)
+        }
+        None => None,
+    };
+    let edge = edge::Edge::new(&validated, &inputs, tls_config, issuers, api_keys)?;
     if let Some((_, certs)) = tls {
         tokio::spawn(certs.follow(inputs.drain.clone()));
     }

@@ -62,7 +62,7 @@ pub struct Edge {
     pub signer: Key,
 }
 
-const GATEWAY_POLICY: &str = "\
+pub const GATEWAY_POLICY: &str = "\
 apiVersion: ward.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: { name: own-accounts, namespace: edge }
@@ -88,7 +88,7 @@ spec:
   rules:
   - from: [ { principals: [\"GATEWAY\"] } ]
     to: [ { paths: [\"/accounts/*\", \"/health\"] } ]
-  - from: [ { principals: [\"GATEWAY\", \"WEB\"], requestPrincipals: [\"https://idp.bank.test/*\"] } ]
+  - from: [ { principals: [\"GATEWAY\", \"WEB\"], requestPrincipals: [\"https://idp.bank.test/*\", \"apikey/*\"] } ]
     to: [ { paths: [\"/statements/{request.auth.claims[sub]}/*\"] } ]
 ";
 
@@ -108,6 +108,10 @@ pub fn start(app: std::net::SocketAddr) -> Edge {
 pub struct Options {
     /// Top-level lines (e.g. `rate_limits: [...]`).
     pub extra: String,
+    /// The `issuers:` list instead of the test issuer's (a JWKS file).
+    pub issuers: Option<String>,
+    /// The gateway's policy file instead of [`GATEWAY_POLICY`].
+    pub gateway_policy: Option<String>,
     /// Inside the `/accounts` route's map, after its fields (e.g. `, rate_limits: [a]`).
     pub accounts_route: String,
 }
@@ -137,7 +141,13 @@ pub fn start_with(app: std::net::SocketAddr, options: &Options) -> Edge {
     .replace("WEB", &web);
     for (sub, policy) in [
         ("accounts-policies", accounts_policy),
-        ("gateway-policies", GATEWAY_POLICY.to_owned()),
+        (
+            "gateway-policies",
+            options
+                .gateway_policy
+                .clone()
+                .unwrap_or_else(|| GATEWAY_POLICY.to_owned()),
+        ),
     ] {
         std::fs::create_dir_all(dir.join(sub)).expect("policy dir");
         std::fs::write(dir.join(sub).join("policy.yaml"), policy).expect("policy");
@@ -174,7 +184,7 @@ pub fn start_with(app: std::net::SocketAddr, options: &Options) -> Edge {
          workload: {{ namespace: edge, labels: {{ app: gateway }} }}\n\
          listen: {listen}\n\
          tls: {{ certificates: [ {{ cert: api.pem, key: api.key }}, {{ cert: admin.pem, key: admin.key }} ] }}\n\
-         issuers: [ {{ issuer: \"{IDP}\", audiences: [bank-api], algorithms: [ES256], jwks_file: jwks.json }} ]\n\
+         issuers: {}\n\
          routes:\n\
          \x20 - {{ host: api.bank.test, path: {{ exact: /health }}, {target}, authentication: none }}\n\
          \x20 - {{ host: \"*.bank.test\", path: {{ prefix: /accounts }}, {target}, request_headers: {{ set: {{ x-via: gateway }} }}{} }}\n\
@@ -183,7 +193,11 @@ pub fn start_with(app: std::net::SocketAddr, options: &Options) -> Edge {
          policy: {{ dir: gateway-policies }}\n\
          audit: {{ decisions: all, log: gateway-audit.log }}\n\
          admin: ADMIN\naccess_log: true\n{}\n",
-        options.accounts_route, options.extra,
+        options.issuers.clone().unwrap_or_else(|| format!(
+            "[ {{ issuer: \"{IDP}\", audiences: [bank-api], algorithms: [ES256], jwks_file: jwks.json }} ]"
+        )),
+        options.accounts_route,
+        options.extra,
     );
     let config = gateway.replace(&listen.to_string(), "LISTEN");
     let gateway = gateway.replace("ADMIN", &free_addr().to_string());

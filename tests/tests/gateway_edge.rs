@@ -233,6 +233,24 @@ fn configurations_the_gateway_refuses_name_the_field() {
             "rate_limits[0]: rate \"10/d\" is not N/s, N/m or N/h",
         ),
         (
+            format!(
+                "{head}plaintext: true\nissuers: [ {{ issuer: \"http://idp\", audiences: [a], algorithms: [RS256], discovery: true }} ]\n{route}"
+            ),
+            "\"http://idp\" is not an https:// URL",
+        ),
+        (
+            format!(
+                "{head}plaintext: true\nissuers: [ {{ issuer: \"https://idp\", audiences: [a], algorithms: [RS256], discovery: true, jwks_uri: \"https://idp/k\" }} ]\n{route}"
+            ),
+            "name one key source",
+        ),
+        (
+            format!(
+                "{head}plaintext: true\nissuers: [ {{ issuer: apikey, audiences: [a], algorithms: [RS256], jwks_uri: \"https://idp/k\" }} ]\n{route}"
+            ),
+            "issuer \"apikey\" is reserved for API keys",
+        ),
+        (
             format!("{head}plaintext: true\nroutes: []\n"),
             "routes: at least one route",
         ),
@@ -269,9 +287,18 @@ fn configurations_the_gateway_refuses_name_the_field() {
     ] {
         let path = dir.join("gateway.yaml");
         std::fs::write(&path, &body).expect("config");
+        // Under `timeout`: a configuration accepted by mistake fails the test (exit 124)
+        // instead of serving forever.
+        let proxy = ward_tests::bin::path("ward-proxy");
         let out = run(
-            &ward_tests::bin::path("ward-proxy"),
-            ["gateway", "--config", path.to_str().expect("utf-8")],
+            Path::new("timeout"),
+            [
+                "20",
+                proxy.to_str().expect("utf-8"),
+                "gateway",
+                "--config",
+                path.to_str().expect("utf-8"),
+            ],
         );
         let line = out.fails_with(1);
         assert!(line.contains(want), "{want}: {line}");

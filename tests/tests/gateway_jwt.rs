@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
-use ward_proxy::gateway::jwt::{Issuer, IssuerConfig, JwtError, MAX_TOKEN_BYTES, verify};
+use ward_proxy::gateway::issuers::IssuerConfig;
+use ward_proxy::gateway::jwt::{Issuer, JwtError, MAX_TOKEN_BYTES, verify};
 use ward_tests::jwt::{Key, b64, key, mint, mint_raw, now};
 
 const ISS: &str = "https://idp.example";

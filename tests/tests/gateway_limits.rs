@@ -62,6 +62,7 @@ async fn each_end_user_has_a_bucket_and_429_says_when_to_come_back() {
     let options = Options {
         extra: "rate_limits: [ { name: per-user, by: [principal], rate: 2/s, burst: 3 } ]".into(),
         accounts_route: ", rate_limits: [per-user]".into(),
+        ..Options::default()
     };
     let edge = tokio::task::spawn_blocking(move || launch(addr, options))
         .await
@@ -123,6 +124,7 @@ async fn two_gateways_share_buckets_through_redis_and_fall_back_to_local_without
             redis.addr
         ),
         accounts_route: ", rate_limits: [per-user]".into(),
+        ..Options::default()
     };
     let edge = tokio::task::spawn_blocking(move || launch(addr, options))
         .await

@@ -12,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use super::api_keys::ApiKeys;
 use super::credentials::{self, Scheme, TokenSource};
 use super::jwt::{self, Issuer};
 use super::routes::Authentication;
@@ -52,14 +53,25 @@ pub struct Refusal {
     /// No token at all (the challenge then carries no error code).
     pub missing: bool,
     pub reason: String,
+    /// The issuer the token claims, when none of its keys held signed it: fetching its
+    /// keys again may let the token verify (the IdP rotated).
+    pub refresh: Option<String>,
 }
 
-/// Authenticates the end user of a request on a route with `mode`.
+/// What end users may present: tokens (from where, checked against which issuers) and, if
+/// configured, API keys.
+pub struct Credentials<'a> {
+    pub token: &'a TokenSource,
+    pub issuers: &'a [Issuer],
+    pub api_keys: Option<&'a ApiKeys>,
+}
+
+/// Authenticates the end user of a request on a route with `mode`: an API key if one is
+/// presented (never together with a token), else a token.
 pub fn authenticate(
     headers: &HeaderMap,
     mode: Authentication,
-    source: &TokenSource,
-    issuers: &[Issuer],
+    creds: &Credentials<'_>,
     now: SystemTime,
 ) -> Result<Authenticated, Refusal> {
     if mode == Authentication::None {
@@ -68,14 +80,28 @@ pub fn authenticate(
     let refuse = |reason: String| Refusal {
         missing: false,
         reason,
+        refresh: None,
     };
-    let (token, scheme) = match credentials::token(headers, source) {
+    if let Some(keys) = creds.api_keys {
+        match keys.presented(headers) {
+            Err(e) => return Err(refuse(e)),
+            Ok(Some(key)) => {
+                if !matches!(credentials::token(headers, creds.token), Ok(None)) {
+                    return Err(refuse("both an API key and a token".into()));
+                }
+                return keys.verify(key).map(Authenticated::User).map_err(refuse);
+            }
+            Ok(None) => {}
+        }
+    }
+    let (token, scheme) = match credentials::token(headers, creds.token) {
         Ok(Some(found)) => found,
         Ok(None) if mode == Authentication::Optional => return Ok(Authenticated::Anonymous),
         Ok(None) => {
             return Err(Refusal {
                 missing: true,
                 reason: "no token".into(),
+                refresh: None,
             });
         }
         Err(e) => return Err(refuse(e.to_string())),
@@ -85,7 +111,12 @@ pub fn authenticate(
             "DPoP proofs are not accepted on this gateway yet".into(),
         ));
     }
-    let verified = jwt::verify(token, issuers, now).map_err(|e| refuse(e.to_string()))?;
+    let verified = jwt::verify(token, creds.issuers, now).map_err(|e| Refusal {
+        refresh: matches!(e, jwt::JwtError::UnknownKey(_))
+            .then(|| jwt::claimed_issuer(token))
+            .flatten(),
+        ..refuse(e.to_string())
+    })?;
     // A sender-constrained token (RFC 8705, RFC 9449) is only as good as its proof of
     // possession, which this gateway does not check yet: refused rather than taken as a
     // bearer token.

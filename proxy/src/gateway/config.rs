@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use ward_certs::SpiffeId;
 use yaml_serde::Value;
 
+use super::api_keys::ApiKeysConfig;
 use super::credentials::TokenSource;
-use super::jwt::{Issuer, IssuerConfig};
+use super::issuers::IssuerConfig;
+use super::jwt::Issuer;
 use super::ratelimit::shared::RedisConfig;
 use super::ratelimit::{LimitSpec, RateLimitConfig};
 use super::routes::{Authentication, Route, RouteConfig, Routes};
@@ -43,6 +45,9 @@ pub struct GatewaySection {
     /// Token buckets routes name in their `rate_limits`.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitConfig>,
+    /// API keys partners send instead of tokens.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysConfig>,
     /// Share the buckets with the other replicas through Redis.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
@@ -79,7 +84,8 @@ fn default_token() -> TokenSource {
 }
 
 /// Sections of the file that belong to the gateway.
-const GATEWAY_KEYS: [&str; 9] = [
+const GATEWAY_KEYS: [&str; 10] = [
+    "api_keys",
     "listen",
     "tls",
     "plaintext",
@@ -171,12 +177,31 @@ fn check(
         ));
     }
     check_tls(&mut gateway, &at)?;
+    if let Some(keys) = &mut gateway.api_keys {
+        at.resolve(&mut keys.store);
+    }
     let mut issuers = Vec::new();
     for (i, issuer) in gateway.issuers.iter_mut().enumerate() {
-        at.resolve(&mut issuer.jwks_file);
+        if let Some(file) = &mut issuer.jwks_file {
+            at.resolve(file);
+        }
+        if let Some(file) = &mut issuer.ca_file {
+            at.resolve(file);
+        }
+        issuer
+            .source()
+            .map_err(|e| at.err(&format!("issuers[{i}]"), &e))?;
         let loaded = issuer
             .load()
             .map_err(|e| at.err(&format!("issuers[{i}]"), &e))?;
+        if loaded.issuer == super::api_keys::ISSUER {
+            // API keys' principals are apikey/NAME: a token issuer of that name could
+            // pass for them.
+            return Err(at.err(
+                &format!("issuers[{i}]"),
+                &"issuer \"apikey\" is reserved for API keys",
+            ));
+        }
         if issuers.iter().any(|o: &Issuer| o.issuer == loaded.issuer) {
             return Err(at.err(&format!("issuers[{i}]"), &"issuer listed twice"));
         }
@@ -192,7 +217,8 @@ fn check(
         }
         limits.push(spec);
     }
-    let routes = check_routes(&gateway, &common, !issuers.is_empty(), &limits, &at)?;
+    let can_authenticate = !issuers.is_empty() || gateway.api_keys.is_some();
+    let routes = check_routes(&gateway, &common, can_authenticate, &limits, &at)?;
     Ok(GatewayValidated {
         common,
         gateway,
@@ -253,7 +279,7 @@ fn check_routes(
         if r.authentication != Authentication::None && !have_issuers {
             return Err(at.err(
                 &format!("{field}.authentication"),
-                &"needs at least one issuer (or authentication: none)",
+                &"needs at least one issuer or api_keys (or authentication: none)",
             ));
         }
         let mut route = Route::new(r, id).map_err(|e| at.err(&field, &e))?;

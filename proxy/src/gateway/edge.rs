@@ -19,10 +19,11 @@ use tokio_rustls::TlsAcceptor;
 use ward_policy::request::Admitted as Judged;
 use ward_policy::{Call, HttpCall};
 
+use super::api_keys::ApiKeys;
 use super::authn::{self, Authenticated};
 use super::config::GatewayValidated;
 use super::credentials::{self, TokenSource};
-use super::jwt::Issuer;
+use super::issuers::Issuers;
 use super::ratelimit::shared::Shared;
 use super::ratelimit::{KeyFacts, Limiter, Verdict};
 use super::routes::{Route, Routes};
@@ -50,7 +51,8 @@ pub struct Edge {
     routes: Routes,
     /// One per route, in the routes' order.
     upstreams: Vec<Arc<Upstream>>,
-    issuers: Arc<Vec<Issuer>>,
+    issuers: Arc<Issuers>,
+    api_keys: Option<Arc<ApiKeys>>,
     token: TokenSource,
     forward_claims: Option<Vec<String>>,
     authz: Arc<Authorizer>,
@@ -98,6 +100,8 @@ impl Edge {
         validated: &GatewayValidated,
         inputs: &ProxyInputs,
         tls: Option<Arc<rustls::ServerConfig>>,
+        issuers: Arc<Issuers>,
+        api_keys: Option<Arc<ApiKeys>>,
     ) -> anyhow::Result<Arc<Self>> {
         let upstreams = validated
             .routes
@@ -121,7 +125,8 @@ impl Edge {
         Ok(Arc::new(Self {
             routes: validated.routes.clone(),
             upstreams,
-            issuers: Arc::new(validated.issuers.clone()),
+            issuers,
+            api_keys,
             token: gateway.token.clone(),
             forward_claims: gateway.forward_claims.clone(),
             authz: inputs.authz.clone(),
@@ -239,15 +244,26 @@ impl Edge {
             Refusal::Unauthenticated(r) => (authn::unauthorized(&r, grpc), "unauthenticated"),
             Refusal::Limited => (authn::too_many_requests(grpc), "rate_limited"),
         };
-        let identified = match self.identify(&mut req, client) {
+        let mut identified = match self.identify(&mut req, client) {
             Ok(identified) => identified,
             Err((refusal, path)) => {
                 let (answer, cause) = refused(refusal);
                 return (answer, Some(cause), path);
             }
         };
+        // A key the gateway does not hold: the IdP may have rotated; fetch and try again.
+        if let Err(r) = &identified.authenticated
+            && let Some(issuer) = &r.refresh
+            && self.issuers.refresh(issuer).await
+        {
+            identified.authenticated = self.authenticate(req.headers(), identified.route);
+        }
         let key = KeyFacts {
             principal: identified.user().map(|u| u.principal.as_str()),
+            api_key: identified
+                .user()
+                .filter(|u| u.issuer == super::api_keys::ISSUER)
+                .and_then(|u| u.kid.as_deref()),
             client: &client.addr,
             route: identified.route.index,
         };
@@ -293,6 +309,20 @@ impl Edge {
         }
     }
 
+    fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        route: &Route,
+    ) -> Result<Authenticated, authn::Refusal> {
+        let issuers = self.issuers.current();
+        let creds = authn::Credentials {
+            token: &self.token,
+            issuers: &issuers,
+            api_keys: self.api_keys.as_deref(),
+        };
+        authn::authenticate(headers, route.authentication, &creds, SystemTime::now())
+    }
+
     /// Request hygiene, the route, and the end user (or why there is none).
     fn identify(
         &self,
@@ -327,13 +357,7 @@ impl Edge {
         };
         crate::http::strip_hop_by_hop(req.headers_mut());
         crate::http::strip_mesh_only(req.headers_mut());
-        let authenticated = authn::authenticate(
-            req.headers(),
-            route.authentication,
-            &self.token,
-            &self.issuers,
-            SystemTime::now(),
-        );
+        let authenticated = self.authenticate(req.headers(), route);
         Ok(Identified {
             route,
             path,
@@ -439,6 +463,9 @@ impl Edge {
         let headers = req.headers_mut();
         if !route.forward_token && route.authentication != super::routes::Authentication::None {
             credentials::remove(headers, &self.token);
+            if let Some(keys) = &self.api_keys {
+                headers.remove(keys.header());
+            }
         }
         for name in &route.remove_headers {
             headers.remove(name);

@@ -292,104 +292,13 @@ fn check_claims(
     Ok(())
 }
 
-/// An issuer as configured: `{ issuer, audiences, algorithms, jwks_file, clock_skew }`.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct IssuerConfig {
-    pub issuer: String,
-    pub audiences: Vec<String>,
-    /// Accepted `alg` values: RS256, RS384, PS256, ES256, ES384, EdDSA.
-    pub algorithms: Vec<String>,
-    /// The issuer's JWKS (RFC 7517 JSON), read at start.
-    pub jwks_file: std::path::PathBuf,
-    #[serde(default = "default_skew", with = "duration_text")]
-    pub clock_skew: Duration,
-}
-
-fn default_skew() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// Durations written as `30s`, `2m`.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
+/// The `iss` a token claims, unverified: which issuer's keys to refresh when none of the
+/// ones held signed it.
+pub fn claimed_issuer(token: &str) -> Option<String> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return None;
     }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// The algorithms an issuer may be configured with: asymmetric only.
-const CONFIGURABLE: [Algorithm; 6] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::PS256,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
-impl IssuerConfig {
-    /// The issuer, its JWKS read and checked: every key usable, every kid distinct.
-    pub fn load(&self) -> Result<Issuer, String> {
-        if self.issuer.is_empty() || self.audiences.is_empty() {
-            return Err(format!(
-                "issuer {:?}: issuer and audiences are required",
-                self.issuer
-            ));
-        }
-        let mut algorithms = Vec::new();
-        for name in &self.algorithms {
-            let alg: Algorithm = name
-                .parse()
-                .ok()
-                .filter(|a| CONFIGURABLE.contains(a))
-                .ok_or_else(|| {
-                    format!(
-                        "issuer {}: algorithm {name:?} is not accepted (RS256, RS384, PS256, ES256, ES384, EdDSA; never none or HMAC)",
-                        self.issuer
-                    )
-                })?;
-            algorithms.push(alg);
-        }
-        if algorithms.is_empty() {
-            return Err(format!("issuer {}: no algorithms", self.issuer));
-        }
-        let text = std::fs::read_to_string(&self.jwks_file)
-            .map_err(|e| format!("{}: {e}", self.jwks_file.display()))?;
-        let keys: JwkSet = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not a JWKS: {e}", self.jwks_file.display()))?;
-        let mut kids = std::collections::BTreeSet::new();
-        for key in &keys.keys {
-            if DecodingKey::from_jwk(key).is_err() {
-                return Err(format!(
-                    "{}: key {:?} is not a usable public key",
-                    self.jwks_file.display(),
-                    key.common.key_id
-                ));
-            }
-            if let Some(kid) = &key.common.key_id
-                && !kids.insert(kid.clone())
-            {
-                return Err(format!(
-                    "{}: kid {kid:?} appears twice",
-                    self.jwks_file.display()
-                ));
-            }
-        }
-        Ok(Issuer {
-            issuer: self.issuer.clone(),
-            audiences: self.audiences.clone(),
-            algorithms,
-            keys,
-            clock_skew: self.clock_skew,
-        })
-    }
+    let payload = token.split('.').nth(1)?;
+    let claims = object(payload, "payload").ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
 }

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 pub enum KeyPart {
     /// The verified end user (`anonymous` without one).
     Principal,
+    /// The API key presented (`none` without one).
+    ApiKey,
     /// The client's address.
     Client,
     /// The route taken.
@@ -86,6 +88,8 @@ impl RateLimitConfig {
 /// What a request is keyed by.
 pub struct KeyFacts<'a> {
     pub principal: Option<&'a str>,
+    /// The id of the API key presented.
+    pub api_key: Option<&'a str>,
     pub client: &'a str,
     pub route: usize,
 }
@@ -100,6 +104,7 @@ impl LimitSpec {
             }
             match part {
                 KeyPart::Principal => key.push_str(facts.principal.unwrap_or("anonymous")),
+                KeyPart::ApiKey => key.push_str(facts.api_key.unwrap_or("none")),
                 KeyPart::Client => key.push_str(facts.client),
                 KeyPart::Route => key.push_str(&facts.route.to_string()),
             }
@@ -312,6 +317,7 @@ mod tests {
         assert!((spec.per_second - 1.0).abs() < 1e-9);
         let facts = KeyFacts {
             principal: None,
+            api_key: None,
             client: "10.0.0.1",
             route: 2,
         };
