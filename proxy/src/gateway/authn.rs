@@ -142,71 +142,51 @@ pub fn unauthorized(refusal: &Refusal, grpc: bool) -> Response<Body> {
     } else {
         HeaderValue::from_static("Bearer realm=\"ward\", error=\"invalid_token\"")
     };
-    let mut response = Response::new(Either::Right(Full::new(if grpc {
-        Bytes::new()
-    } else {
-        Bytes::from_static(b"unauthorized\n")
-    })));
-    let h = response.headers_mut();
-    h.insert(header::WWW_AUTHENTICATE, challenge);
-    if grpc {
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from_static("16"));
-    } else {
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
+    let mut response = answer(StatusCode::UNAUTHORIZED, "16", "unauthorized\n", grpc);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge);
     response
 }
 
-/// The 404 for a request no route takes.
+/// The 404 for a request no route takes (gRPC: `UNIMPLEMENTED`).
 pub fn not_found(grpc: bool) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(if grpc {
-        Bytes::new()
-    } else {
-        Bytes::from_static(b"not found\n")
-    })));
-    if grpc {
-        let h = response.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from_static("12"));
-    } else {
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
-    response
+    answer(StatusCode::NOT_FOUND, "12", "not found\n", grpc)
 }
 
 /// The 429 for a request over a rate limit (gRPC: `RESOURCE_EXHAUSTED`); the caller adds
 /// `Retry-After` and `RateLimit-*`.
 pub fn too_many_requests(grpc: bool) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(if grpc {
-        Bytes::new()
-    } else {
-        Bytes::from_static(b"too many requests\n")
-    })));
+    answer(
+        StatusCode::TOO_MANY_REQUESTS,
+        "8",
+        "too many requests\n",
+        grpc,
+    )
+}
+
+/// An answer of the gateway's own: `status` with a fixed plain-text body, or for gRPC a
+/// trailers-only response with `grpc-status`.
+fn answer(
+    status: StatusCode,
+    grpc_status: &'static str,
+    text: &'static str,
+    grpc: bool,
+) -> Response<Body> {
+    let body = if grpc { "" } else { text };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    let h = response.headers_mut();
     if grpc {
-        let h = response.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from_static("8"));
+        h.insert("grpc-status", HeaderValue::from_static(grpc_status));
     } else {
-        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        *response.status_mut() = status;
     }
     response
 }

@@ -329,20 +329,8 @@ impl Edge {
         req: &mut Request<Incoming>,
         client: &Client,
     ) -> Result<Identified<'_>, (Refusal, Option<String>)> {
-        let admitted = ward_policy::request::Incoming {
-            method: req.method().as_str(),
-            path: req.uri().path(),
-            target_authority: req.uri().authority().map(|a| a.as_str().as_bytes()),
-            hosts: req
-                .headers()
-                .get_all(header::HOST)
-                .iter()
-                .map(|h| h.as_bytes()),
-            default_port: if client.https { 443 } else { 80 },
-            header_names: req.headers().keys().map(|n| n.as_str()),
-            allow_header_underscores: self.limits.allow_header_underscores,
-        }
-        .admit();
+        let default_port = if client.https { 443 } else { 80 };
+        let admitted = crate::http::admit(req, default_port, self.limits.allow_header_underscores);
         let Judged { path, authority } = match admitted {
             Ok(a) => a,
             Err(why) => {

@@ -129,6 +129,30 @@ pub fn upgrade_accepted<B>(resp: &Response<B>, asked: &HeaderValue) -> bool {
         })
 }
 
+/// Request hygiene and the canonical facts of a request (normalized path, authority), as
+/// both a sidecar's inbound side and the gateway judge them; `default_port` is the port a
+/// target without one means (443 for `https`, else 80).
+pub fn admit<B>(
+    req: &Request<B>,
+    default_port: u16,
+    allow_header_underscores: bool,
+) -> Result<ward_policy::request::Admitted, ward_policy::RequestError> {
+    ward_policy::request::Incoming {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        target_authority: req.uri().authority().map(|a| a.as_str().as_bytes()),
+        hosts: req
+            .headers()
+            .get_all(header::HOST)
+            .iter()
+            .map(|h| h.as_bytes()),
+        default_port,
+        header_names: req.headers().keys().map(|n| n.as_str()),
+        allow_header_underscores,
+    }
+    .admit()
+}
+
 /// Whether the request is gRPC-shaped enough to be answered in gRPC's terms (errors as
 /// `grpc-status`). Authorization does not depend on it: gRPC rules judge the path.
 pub fn is_grpc<B>(req: &Request<B>) -> bool {

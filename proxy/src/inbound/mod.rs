@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
@@ -396,24 +396,9 @@ impl Inbound {
         original_http1: Option<bool>,
         grpc: bool,
     ) -> Result<Admitted, (Failure, String)> {
-        let admitted = ward_policy::request::Incoming {
-            method: req.method().as_str(),
-            path: req.uri().path(),
-            target_authority: req.uri().authority().map(|a| a.as_str().as_bytes()),
-            hosts: req
-                .headers()
-                .get_all(header::HOST)
-                .iter()
-                .map(|h| h.as_bytes()),
-            default_port: if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-                443
-            } else {
-                80
-            },
-            header_names: req.headers().keys().map(|n| n.as_str()),
-            allow_header_underscores: self.limits.allow_header_underscores,
-        }
-        .admit();
+        let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let default_port = if https { 443 } else { 80 };
+        let admitted = crate::http::admit(&req, default_port, self.limits.allow_header_underscores);
         let Judged { path, authority } = match admitted {
             Ok(admitted) => admitted,
             Err(why) => {
