@@ -227,58 +227,48 @@ fn mistakes_in_end_user_rules_are_refused_at_their_line() {
     }
 }
 
+/// A call from outside the mesh (no SPIFFE ID, as at the gateway), with or without an
+/// end user.
+fn from_outside(set: &PolicySet, auth: Option<RequestAuth<'_>>) -> bool {
+    let headers: Vec<(String, String)> = vec![];
+    set.for_workload("bank", &BTreeMap::new())
+        .decide(&Call {
+            principal: "",
+            namespace: None,
+            port: 8443,
+            http: Some(HttpCall {
+                method: "GET",
+                path: "/",
+                authority: None,
+                headers: &headers,
+                auth,
+            }),
+        })
+        .allowed
+}
+
 #[test]
 fn callers_from_outside_the_mesh_match_no_principal_and_need_an_end_user_for_the_default() {
     let set = load(&format!(
         "{HEAD}metadata: {{ name: any-peer, namespace: bank }}\nspec:\n  action: ALLOW\n  rules:\n  - from: [ {{ principals: [\"*\"] }} ]\n"
     ));
-    let wl = set.for_workload("bank", &BTreeMap::new());
-    let headers: Vec<(String, String)> = vec![];
-    let outside = |auth: Option<RequestAuth<'_>>| {
-        wl.decide(&Call {
-            principal: "",
-            namespace: None,
-            port: 8443,
-            http: Some(HttpCall {
-                method: "GET",
-                path: "/",
-                authority: None,
-                headers: &headers,
-                auth,
-            }),
-        })
-        .allowed
-    };
     assert!(
-        !outside(None),
+        !from_outside(&set, None),
         "principals: [*] is any mesh peer, not anyone"
     );
     let authn = load(
         "apiVersion: ward.dev/v1alpha1\nkind: MeshPolicy\nmetadata: { name: default, namespace: ward-system }\nspec: { default: allow-authenticated }\n",
     );
-    let wl = authn.for_workload("bank", &BTreeMap::new());
-    let decide = |auth: Option<RequestAuth<'_>>| {
-        wl.decide(&Call {
-            principal: "",
-            namespace: None,
-            port: 8443,
-            http: Some(HttpCall {
-                method: "GET",
-                path: "/",
-                authority: None,
-                headers: &headers,
-                auth,
-            }),
-        })
-        .allowed
-    };
     assert!(
-        !decide(None),
+        !from_outside(&authn, None),
         "allow-authenticated: an anonymous outsider is not"
     );
     let alice = user("alice", &[]);
-    assert!(decide(Some(RequestAuth {
-        principal: &alice.0,
-        claims: &alice.1,
-    })));
+    assert!(from_outside(
+        &authn,
+        Some(RequestAuth {
+            principal: &alice.0,
+            claims: &alice.1,
+        })
+    ));
 }

@@ -30,6 +30,11 @@ fn create(store: &Path, principal: &str, extra: &[&str]) -> String {
     key
 }
 
+fn revoke(store: &Path, id: &str) {
+    let store = store.to_str().expect("utf-8");
+    ward(["gateway", "key", "revoke", "--store", store, id]).ok();
+}
+
 fn list(store: &Path) -> String {
     ward([
         "gateway",
@@ -60,15 +65,7 @@ fn the_key_commands_keep_hashes_only_and_say_what_is_active() {
     let listed = list(&store);
     assert!(listed.contains(id) && listed.contains("acme") && listed.contains("active"));
     assert!(!listed.contains(secret));
-    ward([
-        "gateway",
-        "key",
-        "revoke",
-        "--store",
-        store.to_str().unwrap(),
-        id,
-    ])
-    .ok();
+    revoke(&store, id);
     assert!(list(&store).contains("revoked"));
     let line = ward([
         "gateway",
@@ -151,15 +148,7 @@ async fn partners_use_keys_that_rotate_with_overlap_and_stop_when_revoked_or_exp
         assert_eq!(code, 403);
         // Revoked: refused within a poll; the other key goes on.
         let id = &old[6..18];
-        ward([
-            "gateway",
-            "key",
-            "revoke",
-            "--store",
-            store.to_str().unwrap(),
-            id,
-        ])
-        .ok();
+        revoke(&store, id);
         eventually(Duration::from_secs(10), "the revoked key refused", || {
             (with_key(&old).0 == 401).then_some(())
         });

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ward_tests::apps;
-use ward_tests::gateway::{Edge, IDP, Options, start_with};
+use ward_tests::gateway::{IDP, Options, start_with};
 use ward_tests::k8s::eventually;
 use ward_tests::mesh::free_addr;
 
@@ -51,10 +51,6 @@ fn header(head: &str, name: &str) -> Option<String> {
     })
 }
 
-fn launch(app: SocketAddr, options: Options) -> Edge {
-    start_with(app, &options)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_end_user_has_a_bucket_and_429_says_when_to_come_back() {
     let app = apps::http_echo().await;
@@ -64,7 +60,7 @@ async fn each_end_user_has_a_bucket_and_429_says_when_to_come_back() {
         accounts_route: ", rate_limits: [per-user]".into(),
         ..Options::default()
     };
-    let edge = tokio::task::spawn_blocking(move || launch(addr, options))
+    let edge = tokio::task::spawn_blocking(move || start_with(addr, &options))
         .await
         .expect("start");
     tokio::task::spawn_blocking(move || {
@@ -126,7 +122,7 @@ async fn two_gateways_share_buckets_through_redis_and_fall_back_to_local_without
         accounts_route: ", rate_limits: [per-user]".into(),
         ..Options::default()
     };
-    let edge = tokio::task::spawn_blocking(move || launch(addr, options))
+    let edge = tokio::task::spawn_blocking(move || start_with(addr, &options))
         .await
         .expect("start");
     tokio::task::spawn_blocking(move || {
