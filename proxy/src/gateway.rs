@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod authn;
 pub mod config;
 pub mod credentials;
+pub mod dpop;
 pub mod edge;
 pub mod issuers;
 pub mod jwt;

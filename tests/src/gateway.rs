@@ -17,9 +17,9 @@ use crate::pki::{CaSpec, CustomCa, LeafSpec, TestPki};
 
 pub const IDP: &str = "https://idp.bank.test";
 
-/// A public CA's root in `dir/NAME-ca.pem`, and a server certificate for `hosts` in
-/// `dir/FILE.pem` / `dir/FILE.key`.
-pub fn public_cert(dir: &Path, ca: &CustomCa, file: &str, hosts: &[&str]) {
+/// A certificate for `hosts` (server and client use) in `dir/FILE.pem` / `dir/FILE.key`,
+/// issued by `ca`; returns the leaf's DER.
+pub fn public_cert(dir: &Path, ca: &CustomCa, file: &str, hosts: &[&str]) -> Vec<u8> {
     let mut spec = LeafSpec::svid("spiffe://unused");
     spec.uris.clear();
     spec.dns = hosts.iter().map(|h| (*h).to_owned()).collect();
@@ -37,6 +37,7 @@ pub fn public_cert(dir: &Path, ca: &CustomCa, file: &str, hosts: &[&str]) {
         pem::certs_to_pem(&leaf.chain),
         FileMode::Public,
     );
+    leaf.chain[0].to_vec()
 }
 
 pub fn public_ca(dir: &Path, name: &str) -> (CustomCa, PathBuf) {
@@ -114,6 +115,8 @@ pub struct Options {
     pub gateway_policy: Option<String>,
     /// Inside the `/accounts` route's map, after its fields (e.g. `, rate_limits: [a]`).
     pub accounts_route: String,
+    /// Inside the `tls` map, after the certificates (e.g. `, client_ca: ca.pem`).
+    pub tls: String,
 }
 
 /// [`start`] with `options`.
@@ -183,7 +186,7 @@ pub fn start_with(app: std::net::SocketAddr, options: &Options) -> Edge {
          identity: {{ cert: gateway.pem, key: gateway.key, bundle: ca/bundle.pem }}\n\
          workload: {{ namespace: edge, labels: {{ app: gateway }} }}\n\
          listen: {listen}\n\
-         tls: {{ certificates: [ {{ cert: api.pem, key: api.key }}, {{ cert: admin.pem, key: admin.key }} ] }}\n\
+         tls: {{ certificates: [ {{ cert: api.pem, key: api.key }}, {{ cert: admin.pem, key: admin.key }} ]{} }}\n\
          issuers: {}\n\
          routes:\n\
          \x20 - {{ host: api.bank.test, path: {{ exact: /health }}, {target}, authentication: none }}\n\
@@ -193,6 +196,7 @@ pub fn start_with(app: std::net::SocketAddr, options: &Options) -> Edge {
          policy: {{ dir: gateway-policies }}\n\
          audit: {{ decisions: all, log: gateway-audit.log }}\n\
          admin: ADMIN\naccess_log: true\n{}\n",
+        options.tls,
         options.issuers.clone().unwrap_or_else(|| format!(
             "[ {{ issuer: \"{IDP}\", audiences: [bank-api], algorithms: [ES256], jwks_file: jwks.json }} ]"
         )),

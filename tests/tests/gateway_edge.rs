@@ -255,6 +255,16 @@ fn configurations_the_gateway_refuses_name_the_field() {
             "routes: at least one route",
         ),
         (
+            format!("{head}plaintext: true\ndpop: {{ algorithms: [HS256] }}\n{route}"),
+            "dpop: algorithm \"HS256\" is not accepted",
+        ),
+        (
+            format!(
+                "{head}plaintext: true\ndpop: {{ nonce: {{ secret_file: nowhere }} }}\n{route}"
+            ),
+            "dpop: nonce.secret_file",
+        ),
+        (
             format!(
                 "{head}plaintext: true\nroutes: [ {{ upstream: 127.0.0.1:1, server_identity: \"spiffe://other.org/ns/a/sa/b\", authentication: none }} ]\n"
             ),

@@ -4,6 +4,11 @@
 //! `WWW-Authenticate: Bearer` (RFC 6750 §3); a token that does not verify is 401 with
 //! `error="invalid_token"` — the same words for every reason, which only the audit log
 //! names.
+//!
+//! A token bound to its sender (`cnf`) is taken only with its proof: `x5t#S256` (RFC 8705)
+//! must be the thumbprint of this connection's client certificate, `jkt` (RFC 9449) needs
+//! the `DPoP` scheme and a proof by that key ([`super::dpop`]). A bound token presented as
+//! a plain bearer token, or an unbound one with the `DPoP` scheme, is refused.
 
 use std::time::SystemTime;
 
@@ -12,8 +17,11 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use serde_json::Value;
+
 use super::api_keys::ApiKeys;
 use super::credentials::{self, Scheme, TokenSource};
+use super::dpop::{Dpop, ProofError, Target};
 use super::jwt::{self, Issuer};
 use super::routes::Authentication;
 use crate::authz::end_user::EndUser;
@@ -56,6 +64,18 @@ pub struct Refusal {
     /// The issuer the token claims, when none of its keys held signed it: fetching its
     /// keys again may let the token verify (the IdP rotated).
     pub refresh: Option<String>,
+    /// The challenge the 401 carries.
+    pub challenge: Challenge,
+}
+
+/// How a 401 asks for credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Bearer,
+    /// The request used the `DPoP` scheme, or its token is bound to a DPoP key.
+    Dpop,
+    /// A proof lacked a valid server nonce: here is one (`use_dpop_nonce`).
+    DpopNonce(String),
 }
 
 /// What end users may present: tokens (from where, checked against which issuers) and, if
@@ -64,12 +84,21 @@ pub struct Credentials<'a> {
     pub token: &'a TokenSource,
     pub issuers: &'a [Issuer],
     pub api_keys: Option<&'a ApiKeys>,
+    pub dpop: &'a Dpop,
+}
+
+/// What the request presents: its headers, what a DPoP proof must name, and the SHA-256
+/// thumbprint (base64url) of the client certificate of its connection, if there is one.
+pub struct Presented<'a> {
+    pub headers: &'a HeaderMap,
+    pub target: Target<'a>,
+    pub client_cert: Option<&'a str>,
 }
 
 /// Authenticates the end user of a request on a route with `mode`: an API key if one is
 /// presented (never together with a token), else a token.
 pub fn authenticate(
-    headers: &HeaderMap,
+    presented: &Presented<'_>,
     mode: Authentication,
     creds: &Credentials<'_>,
     now: SystemTime,
@@ -77,10 +106,12 @@ pub fn authenticate(
     if mode == Authentication::None {
         return Ok(Authenticated::NotAsked);
     }
+    let headers = presented.headers;
     let refuse = |reason: String| Refusal {
         missing: false,
         reason,
         refresh: None,
+        challenge: Challenge::Bearer,
     };
     if let Some(keys) = creds.api_keys {
         match keys.presented(headers) {
@@ -102,29 +133,38 @@ pub fn authenticate(
                 missing: true,
                 reason: "no token".into(),
                 refresh: None,
+                challenge: Challenge::Bearer,
             });
         }
         Err(e) => return Err(refuse(e.to_string())),
     };
-    if scheme == Scheme::DPoP {
-        return Err(refuse(
-            "DPoP proofs are not accepted on this gateway yet".into(),
-        ));
-    }
+    let challenge = if scheme == Scheme::DPoP {
+        Challenge::Dpop
+    } else {
+        Challenge::Bearer
+    };
     let verified = jwt::verify(token, creds.issuers, now).map_err(|e| Refusal {
         refresh: matches!(e, jwt::JwtError::UnknownKey(_))
             .then(|| jwt::claimed_issuer(token))
             .flatten(),
+        challenge: challenge.clone(),
         ..refuse(e.to_string())
     })?;
-    // A sender-constrained token (RFC 8705, RFC 9449) is only as good as its proof of
-    // possession, which this gateway does not check yet: refused rather than taken as a
-    // bearer token.
-    if verified.claims.contains_key("cnf") {
-        return Err(refuse(
-            "token is bound to a key (cnf) whose proof is not checked here yet".into(),
-        ));
-    }
+    let cnf = verified.claims.get("cnf");
+    bound_to_sender(cnf, token, scheme, presented, creds.dpop, now).map_err(|e| {
+        let nonce = (e == Bound::Proof(ProofError::Nonce))
+            .then(|| creds.dpop.nonce(now))
+            .flatten();
+        let dpop = challenge == Challenge::Dpop || e == Bound::NotDpop;
+        Refusal {
+            challenge: match nonce {
+                Some(n) => Challenge::DpopNonce(n),
+                None if dpop => Challenge::Dpop,
+                None => Challenge::Bearer,
+            },
+            ..refuse(e.to_string())
+        }
+    })?;
     let user = EndUser::new(
         verified.issuer,
         verified.subject.as_deref(),
@@ -134,18 +174,94 @@ pub fn authenticate(
     Ok(Authenticated::User(user))
 }
 
-/// The 401 for a refusal: `WWW-Authenticate` and a body that says nothing more; a gRPC
-/// caller gets `UNAUTHENTICATED` (16).
-pub fn unauthorized(refusal: &Refusal, grpc: bool) -> Response<Body> {
-    let challenge = if refusal.missing {
-        HeaderValue::from_static("Bearer realm=\"ward\"")
-    } else {
-        HeaderValue::from_static("Bearer realm=\"ward\", error=\"invalid_token\"")
+/// Why a token bound to its sender is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum Bound {
+    #[error("cnf is not an object of x5t#S256 and/or jkt")]
+    Confirmation,
+    #[error("token bound to a client certificate, and this connection has none")]
+    NoCertificate,
+    #[error("token bound to another client certificate (x5t#S256)")]
+    OtherCertificate,
+    #[error("token bound to a DPoP key, presented without the DPoP scheme")]
+    NotDpop,
+    #[error("DPoP scheme with a token not bound to a DPoP key")]
+    Unbound,
+    #[error("{0}")]
+    Proof(ProofError),
+}
+
+/// Whether the sender proves it holds what the token's `cnf` binds it to (RFC 7800): each
+/// member present must hold, and no other may be present.
+fn bound_to_sender(
+    cnf: Option<&Value>,
+    token: &str,
+    scheme: Scheme,
+    presented: &Presented<'_>,
+    dpop: &Dpop,
+    now: SystemTime,
+) -> Result<(), Bound> {
+    let empty = serde_json::Map::new();
+    let cnf = match cnf {
+        None => &empty,
+        Some(Value::Object(members)) if !members.is_empty() => members,
+        Some(_) => return Err(Bound::Confirmation),
     };
+    if cnf.keys().any(|k| k != "x5t#S256" && k != "jkt") {
+        return Err(Bound::Confirmation);
+    }
+    if let Some(want) = cnf.get("x5t#S256") {
+        let want = want.as_str().ok_or(Bound::Confirmation)?;
+        let have = presented.client_cert.ok_or(Bound::NoCertificate)?;
+        if aws_lc_rs::constant_time::verify_slices_are_equal(want.as_bytes(), have.as_bytes())
+            .is_err()
+        {
+            return Err(Bound::OtherCertificate);
+        }
+    }
+    match (cnf.get("jkt"), scheme) {
+        (None, Scheme::Bearer | Scheme::Bare) => Ok(()),
+        (None, Scheme::DPoP) => Err(Bound::Unbound),
+        (Some(_), Scheme::Bearer | Scheme::Bare) => Err(Bound::NotDpop),
+        (Some(jkt), Scheme::DPoP) => {
+            let jkt = jkt.as_str().ok_or(Bound::Confirmation)?;
+            dpop.check(presented.headers, token, jkt, &presented.target, now)
+                .map_err(Bound::Proof)
+        }
+    }
+}
+
+/// The 401 for a refusal: `WWW-Authenticate` and a body that says nothing more; a gRPC
+/// caller gets `UNAUTHENTICATED` (16). Without a token, both schemes are offered.
+pub fn unauthorized(refusal: &Refusal, grpc: bool, dpop: &Dpop) -> Response<Body> {
+    let dpop_challenge = |error: &str| {
+        let text = format!("DPoP realm=\"ward\", {error}algs=\"{}\"", dpop.algs());
+        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("DPoP realm=\"ward\""))
+    };
+    let mut challenges = Vec::new();
+    let mut nonce = None;
+    match (&refusal.challenge, refusal.missing) {
+        (_, true) => {
+            challenges.push(HeaderValue::from_static("Bearer realm=\"ward\""));
+            challenges.push(dpop_challenge(""));
+        }
+        (Challenge::Bearer, false) => challenges.push(HeaderValue::from_static(
+            "Bearer realm=\"ward\", error=\"invalid_token\"",
+        )),
+        (Challenge::Dpop, false) => challenges.push(dpop_challenge("error=\"invalid_token\", ")),
+        (Challenge::DpopNonce(n), false) => {
+            challenges.push(dpop_challenge("error=\"use_dpop_nonce\", "));
+            nonce = HeaderValue::from_str(n).ok();
+        }
+    }
     let mut response = answer(StatusCode::UNAUTHORIZED, "16", "unauthorized\n", grpc);
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, challenge);
+    let h = response.headers_mut();
+    for c in challenges {
+        h.append(header::WWW_AUTHENTICATE, c);
+    }
+    if let Some(n) = nonce {
+        h.insert("dpop-nonce", n);
+    }
     response
 }
 

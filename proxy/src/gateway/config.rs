@@ -12,6 +12,7 @@ use yaml_serde::Value;
 
 use super::api_keys::ApiKeysConfig;
 use super::credentials::TokenSource;
+use super::dpop::{Dpop, DpopConfig};
 use super::issuers::IssuerConfig;
 use super::jwt::Issuer;
 use super::ratelimit::shared::RedisConfig;
@@ -51,6 +52,9 @@ pub struct GatewaySection {
     /// Share the buckets with the other replicas through Redis.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
+    /// How DPoP proofs (RFC 9449) of key-bound tokens are judged.
+    #[serde(default)]
+    pub dpop: DpopConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -84,8 +88,9 @@ fn default_token() -> TokenSource {
 }
 
 /// Sections of the file that belong to the gateway.
-const GATEWAY_KEYS: [&str; 10] = [
+const GATEWAY_KEYS: [&str; 11] = [
     "api_keys",
+    "dpop",
     "listen",
     "tls",
     "plaintext",
@@ -180,6 +185,15 @@ fn check(
     if let Some(keys) = &mut gateway.api_keys {
         at.resolve(&mut keys.store);
     }
+    if let Some(file) = gateway
+        .dpop
+        .nonce
+        .as_mut()
+        .and_then(|n| n.secret_file.as_mut())
+    {
+        at.resolve(file);
+    }
+    Dpop::new(&gateway.dpop).map_err(|e| at.err("dpop", &e))?;
     let mut issuers = Vec::new();
     for (i, issuer) in gateway.issuers.iter_mut().enumerate() {
         if let Some(file) = &mut issuer.jwks_file {

@@ -23,6 +23,7 @@ use super::api_keys::ApiKeys;
 use super::authn::{self, Authenticated};
 use super::config::GatewayValidated;
 use super::credentials::{self, TokenSource};
+use super::dpop::{Dpop, Target};
 use super::issuers::Issuers;
 use super::ratelimit::shared::Shared;
 use super::ratelimit::{KeyFacts, Limiter, Verdict};
@@ -45,6 +46,7 @@ use ward_runtime::Drain;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// The public listener's state.
 pub struct Edge {
@@ -53,6 +55,7 @@ pub struct Edge {
     upstreams: Vec<Arc<Upstream>>,
     issuers: Arc<Issuers>,
     api_keys: Option<Arc<ApiKeys>>,
+    dpop: Dpop,
     token: TokenSource,
     forward_claims: Option<Vec<String>>,
     authz: Arc<Authorizer>,
@@ -93,6 +96,8 @@ impl Identified<'_> {
 struct Client {
     addr: String,
     https: bool,
+    /// The SHA-256 thumbprint (base64url) of its certificate, if it showed one.
+    cert: Option<String>,
 }
 
 impl Edge {
@@ -127,6 +132,7 @@ impl Edge {
             upstreams,
             issuers,
             api_keys,
+            dpop: Dpop::new(&gateway.dpop).map_err(anyhow::Error::msg)?,
             token: gateway.token.clone(),
             forward_claims: gateway.forward_claims.clone(),
             authz: inputs.authz.clone(),
@@ -149,7 +155,11 @@ impl Edge {
         let activity = Activity::new();
         let io = Tracked::new(tcp, activity.clone());
         let Some(acceptor) = self.acceptor.clone() else {
-            let client = Arc::new(Client { addr, https: false });
+            let client = Arc::new(Client {
+                addr,
+                https: false,
+                cert: None,
+            });
             return self.serve(io, Speak::Either, client, drain, activity).await;
         };
         let handshake = acceptor.accept(io);
@@ -172,7 +182,16 @@ impl Edge {
             Some(ALPN_HTTP1) => Speak::Http1,
             _ => Speak::Either,
         };
-        let client = Arc::new(Client { addr, https: true });
+        // RFC 8705 §3.1: the thumbprint of the DER certificate, as `x5t#S256` states it.
+        let cert = conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| super::dpop::sha256_b64url(leaf.as_ref()));
+        let client = Arc::new(Client {
+            addr,
+            https: true,
+            cert,
+        });
         self.serve(tls, speak, client, drain, activity).await
     }
 
@@ -241,7 +260,9 @@ impl Edge {
         let refused = |refusal: Refusal| match refusal {
             Refusal::Failure(f) => (failure_response(f, grpc), f.cause()),
             Refusal::NoRoute => (authn::not_found(grpc), "no_route"),
-            Refusal::Unauthenticated(r) => (authn::unauthorized(&r, grpc), "unauthenticated"),
+            Refusal::Unauthenticated(r) => {
+                (authn::unauthorized(&r, grpc, &self.dpop), "unauthenticated")
+            }
             Refusal::Limited => (authn::too_many_requests(grpc), "rate_limited"),
         };
         let mut identified = match self.identify(&mut req, client) {
@@ -256,7 +277,8 @@ impl Edge {
             && let Some(issuer) = &r.refresh
             && self.issuers.refresh(issuer).await
         {
-            identified.authenticated = self.authenticate(req.headers(), identified.route);
+            let (route, authority) = (identified.route, identified.authority.as_ref());
+            identified.authenticated = self.authenticate(&req, authority, client, route);
         }
         let key = KeyFacts {
             principal: identified.user().map(|u| u.principal.as_str()),
@@ -311,7 +333,9 @@ impl Edge {
 
     fn authenticate(
         &self,
-        headers: &http::HeaderMap,
+        req: &Request<Incoming>,
+        authority: Option<&ward_policy::Authority>,
+        client: &Client,
         route: &Route,
     ) -> Result<Authenticated, authn::Refusal> {
         let issuers = self.issuers.current();
@@ -319,8 +343,19 @@ impl Edge {
             token: &self.token,
             issuers: &issuers,
             api_keys: self.api_keys.as_deref(),
+            dpop: &self.dpop,
         };
-        authn::authenticate(headers, route.authentication, &creds, SystemTime::now())
+        let presented = authn::Presented {
+            headers: req.headers(),
+            target: Target {
+                method: req.method().as_str(),
+                scheme: if client.https { "https" } else { "http" },
+                authority,
+                path: req.uri().path(),
+            },
+            client_cert: client.cert.as_deref(),
+        };
+        authn::authenticate(&presented, route.authentication, &creds, SystemTime::now())
     }
 
     /// Request hygiene, the route, and the end user (or why there is none).
@@ -345,7 +380,7 @@ impl Edge {
         };
         crate::http::strip_hop_by_hop(req.headers_mut());
         crate::http::strip_mesh_only(req.headers_mut());
-        let authenticated = self.authenticate(req.headers(), route);
+        let authenticated = self.authenticate(req, authority.as_ref(), client, route);
         Ok(Identified {
             route,
             path,
@@ -451,6 +486,7 @@ impl Edge {
         let headers = req.headers_mut();
         if !route.forward_token && route.authentication != super::routes::Authentication::None {
             credentials::remove(headers, &self.token);
+            headers.remove(DPOP);
             if let Some(keys) = &self.api_keys {
                 headers.remove(keys.header());
             }

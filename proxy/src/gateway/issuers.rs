@@ -73,6 +73,11 @@ const CONFIGURABLE: [Algorithm; 6] = [
     Algorithm::EdDSA,
 ];
 
+/// The asymmetric signature algorithm `name` names, if it is one accepted here.
+pub fn asymmetric(name: &str) -> Option<Algorithm> {
+    name.parse().ok().filter(|a| CONFIGURABLE.contains(a))
+}
+
 /// Where a remote issuer's keys are fetched.
 #[derive(Debug, Clone)]
 pub enum KeySource {
@@ -92,11 +97,7 @@ impl IssuerConfig {
         }
         let mut algorithms = Vec::new();
         for name in &self.algorithms {
-            let alg: Algorithm = name
-                .parse()
-                .ok()
-                .filter(|a| CONFIGURABLE.contains(a))
-                .ok_or_else(|| {
+            let alg = asymmetric(name).ok_or_else(|| {
                     format!(
                         "issuer {}: algorithm {name:?} is not accepted (RS256, RS384, PS256, ES256, ES384, EdDSA; never none or HMAC)",
                         self.issuer

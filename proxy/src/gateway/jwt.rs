@@ -76,7 +76,7 @@ pub enum JwtError {
     Audience,
 }
 
-fn malformed(why: impl Into<String>) -> JwtError {
+pub(super) fn malformed(why: impl Into<String>) -> JwtError {
     JwtError::Malformed(why.into())
 }
 
@@ -134,7 +134,7 @@ pub fn verify(token: &str, issuers: &[Issuer], now: SystemTime) -> Result<Verifi
 }
 
 /// A base64url segment holding a JSON object with no name twice (at any depth).
-fn object(segment: &str, what: &str) -> Result<Map<String, Value>, JwtError> {
+pub(super) fn object(segment: &str, what: &str) -> Result<Map<String, Value>, JwtError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| malformed(format!("{what} is not base64url")))?;
@@ -227,7 +227,7 @@ fn key_for<'a>(issuer: &'a Issuer, kid: Option<&str>, alg: Algorithm) -> Result<
 }
 
 /// Whether `jwk` may verify `alg`: its type (and curve), its `use` and its `alg`.
-fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
+pub(super) fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
     let kind = match (&jwk.algorithm, alg) {
         (AlgorithmParameters::RSA(_), a) => a.family() == AlgorithmFamily::Rsa,
         (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
