@@ -7,7 +7,8 @@ need_apt=()
 # nft: `ward-proxy init` writes the capture rules with it, iptables-restore on machines
 # without nft (its tests run both in network namespaces); ip (iproute2): the tests make
 # those namespaces. redis-server: the gateway's shared rate limits are tested against it.
-for tool in openssl:openssl curl:curl make:make nft:nftables iptables-restore:iptables ip:iproute2 redis-server:redis-server; do
+# nghttp (nghttp2-client): shows the SETTINGS the gateway sends to HTTP/2 clients.
+for tool in openssl:openssl curl:curl make:make nft:nftables iptables-restore:iptables ip:iproute2 redis-server:redis-server nghttp:nghttp2-client; do
   bin=${tool%%:*}; pkg=${tool##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -30,3 +31,13 @@ fi
 
 # The benchmark harness runs in smoke mode in the test suite, so its tools are needed too.
 "$(dirname "$0")/../bench/setup.sh"
+
+# sslyze (PyPI, pinned) scans the gateway's public TLS in the suite; its own venv under
+# target/ so the system Python stays untouched.
+SSLYZE_VERSION=6.3.1
+SSLYZE_VENV="$(dirname "$0")/../target/tls-scan/venv"
+if ! "$SSLYZE_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('sslyze') != '$SSLYZE_VERSION')" 2>/dev/null; then
+  echo "install-deps: sslyze==$SSLYZE_VERSION into $SSLYZE_VENV"
+  python3 -m venv "$SSLYZE_VENV"
+  "$SSLYZE_VENV/bin/pip" install --quiet --disable-pip-version-check "sslyze==$SSLYZE_VERSION"
+fi

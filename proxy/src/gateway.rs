@@ -12,6 +12,7 @@ pub mod config;
 pub mod credentials;
 pub mod dpop;
 pub mod edge;
+pub mod forwarded;
 pub mod issuers;
 pub mod jwt;
 pub mod public_tls;
@@ -50,7 +51,6 @@ pub async fn run(
     let inputs = ProxyInputs::start(&validated.common, metrics, readiness).await?;
     let listener = bind("listen", validated.gateway.listen).await?;
     tokio::spawn(issuers.clone().follow(keys, inputs.drain.clone()));
-    let tls_config = tls.as_ref().map(|(c, _)| c.clone());
     let api_keys = match &validated.gateway.api_keys {
         Some(config) => {
             let keys = api_keys::ApiKeys::load(config).map_err(anyhow::Error::msg)?;
@@ -59,10 +59,10 @@ pub async fn run(
         }
         None => None,
     };
-    let edge = edge::Edge::new(&validated, &inputs, tls_config, issuers, api_keys)?;
-    if let Some((_, certs)) = tls {
-        tokio::spawn(certs.follow(inputs.drain.clone()));
+    if let Some((_, certs)) = &tls {
+        tokio::spawn(certs.clone().follow(inputs.drain.clone()));
     }
+    let edge = edge::Edge::new(&validated, &inputs, tls, issuers, api_keys)?;
     inputs.serve("gateway", listener, move |tcp, drain| {
         edge.clone().connection(tcp, drain)
     });

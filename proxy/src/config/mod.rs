@@ -340,6 +340,12 @@ pub struct Limits {
     /// Accept header names with `_` (refused by default: some apps read `_` as `-`, which
     /// would let `x_user` stand in for a header the mesh controls).
     pub allow_header_underscores: bool,
+    /// HTTP/2 flow-control windows the server offers (per stream, per connection); absent,
+    /// they adapt to the measured bandwidth-delay product.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_stream_window: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_connection_window: Option<u32>,
 }
 
 impl Default for Limits {
@@ -356,6 +362,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             allow_header_underscores: false,
+            h2_stream_window: None,
+            h2_connection_window: None,
         }
     }
 }

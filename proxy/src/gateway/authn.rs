@@ -281,6 +281,28 @@ pub fn too_many_requests(grpc: bool) -> Response<Body> {
     )
 }
 
+/// The 421 for a request whose host its connection was not set up for (gRPC:
+/// `UNAVAILABLE`, which a client retries on a new connection).
+pub fn misdirected(grpc: bool) -> Response<Body> {
+    answer(
+        StatusCode::MISDIRECTED_REQUEST,
+        "14",
+        "misdirected request\n",
+        grpc,
+    )
+}
+
+/// The 413 for a request whose declared body is over the limit (gRPC:
+/// `RESOURCE_EXHAUSTED`).
+pub fn too_large(grpc: bool) -> Response<Body> {
+    answer(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "8",
+        "payload too large\n",
+        grpc,
+    )
+}
+
 /// An answer of the gateway's own: `status` with a fixed plain-text body, or for gRPC a
 /// trailers-only response with `grpc-status`.
 fn answer(

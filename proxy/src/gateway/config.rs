@@ -55,6 +55,13 @@ pub struct GatewaySection {
     /// How DPoP proofs (RFC 9449) of key-bound tokens are judged.
     #[serde(default)]
     pub dpop: DpopConfig,
+    /// Proxies in front of the gateway trusted to append the client to `Forwarded` /
+    /// `X-Forwarded-For` (0: the client is the connection's peer).
+    #[serde(default)]
+    pub trusted_hops: usize,
+    /// The largest request body declared (`Content-Length`) that is taken.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -83,14 +90,20 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8443))
 }
 
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+
 fn default_token() -> TokenSource {
     TokenSource::Authorization
 }
 
 /// Sections of the file that belong to the gateway.
-const GATEWAY_KEYS: [&str; 11] = [
+const GATEWAY_KEYS: [&str; 13] = [
     "api_keys",
     "dpop",
+    "max_body_bytes",
+    "trusted_hops",
     "listen",
     "tls",
     "plaintext",
@@ -146,9 +159,34 @@ impl GatewayValidated {
                 own.insert(Value::String(key.to_owned()), v);
             }
         }
+        edge_limits(map);
         let gateway: GatewaySection = crate::config::deserialize(Value::Mapping(own), path)?;
         let common = SidecarConfig::from_value(value, path, env)?;
         check(common, gateway, path)
+    }
+}
+
+/// Limits a public listener runs with unless the file says otherwise (after Envoy's edge
+/// guidance): few concurrent streams per connection, and HTTP/2 windows of fixed size so a
+/// client cannot make the gateway buffer much for it. The rest are the sidecar's.
+const EDGE_LIMITS: [(&str, u64); 3] = [
+    ("max_concurrent_streams", 100),
+    ("h2_stream_window", 64 * 1024),
+    ("h2_connection_window", 1024 * 1024),
+];
+
+/// Puts the edge's limits into the file's `limits` where it does not state them.
+fn edge_limits(map: &mut yaml_serde::Mapping) {
+    let key = Value::String("limits".into());
+    let limits = map
+        .entry(key)
+        .or_insert_with(|| Value::Mapping(yaml_serde::Mapping::new()));
+    if let Value::Mapping(limits) = limits {
+        for (name, value) in EDGE_LIMITS {
+            limits
+                .entry(Value::String(name.into()))
+                .or_insert_with(|| Value::Number(value.into()));
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! 403, 404, 502, 504. The audit log has the reason, the route, the end user's principal,
 //! issuer and key id — never the token.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -24,7 +25,9 @@ use super::authn::{self, Authenticated};
 use super::config::GatewayValidated;
 use super::credentials::{self, TokenSource};
 use super::dpop::{Dpop, Target};
+use super::forwarded;
 use super::issuers::Issuers;
+use super::public_tls::Certificates;
 use super::ratelimit::shared::Shared;
 use super::ratelimit::{KeyFacts, Limiter, Verdict};
 use super::routes::{Route, Routes};
@@ -61,6 +64,10 @@ pub struct Edge {
     authz: Arc<Authorizer>,
     limiter: Limiter,
     acceptor: Option<TlsAcceptor>,
+    /// The public certificates, to tell whether a host is one a connection's may serve.
+    certificates: Option<Arc<Certificates>>,
+    trusted_hops: usize,
+    max_body_bytes: u64,
     port: u16,
     limits: Limits,
     servers: Servers,
@@ -73,6 +80,10 @@ enum Refusal {
     NoRoute,
     Unauthenticated(authn::Refusal),
     Limited,
+    /// The request names a host its TLS connection was not set up for (421).
+    Misdirected,
+    /// Its declared body is over `max_body_bytes` (413).
+    TooLarge,
 }
 
 /// A request with its route and end user, not yet judged.
@@ -92,19 +103,30 @@ impl Identified<'_> {
     }
 }
 
-/// What a request's connection says of its client.
-struct Client {
+/// What a connection says of its peer.
+struct Peer {
     addr: String,
-    https: bool,
+    tls: bool,
     /// The SHA-256 thumbprint (base64url) of its certificate, if it showed one.
     cert: Option<String>,
+    /// The host it named in the TLS handshake.
+    sni: Option<String>,
+}
+
+/// A request's client: who it is (past trusted hops), how it reached the edge, and what
+/// its connection showed.
+struct Client<'a> {
+    addr: Cow<'a, str>,
+    https: bool,
+    cert: Option<&'a str>,
+    sni: Option<&'a str>,
 }
 
 impl Edge {
     pub fn new(
         validated: &GatewayValidated,
         inputs: &ProxyInputs,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Option<(Arc<rustls::ServerConfig>, Arc<Certificates>)>,
         issuers: Arc<Issuers>,
         api_keys: Option<Arc<ApiKeys>>,
     ) -> anyhow::Result<Arc<Self>> {
@@ -137,7 +159,10 @@ impl Edge {
             forward_claims: gateway.forward_claims.clone(),
             authz: inputs.authz.clone(),
             limiter,
-            acceptor: tls.map(TlsAcceptor::from),
+            acceptor: tls.as_ref().map(|(c, _)| TlsAcceptor::from(c.clone())),
+            certificates: tls.map(|(_, certs)| certs),
+            trusted_hops: gateway.trusted_hops,
+            max_body_bytes: gateway.max_body_bytes,
             port: gateway.listen.port(),
             limits: inputs.limits.clone(),
             servers: inputs.servers.clone(),
@@ -155,12 +180,13 @@ impl Edge {
         let activity = Activity::new();
         let io = Tracked::new(tcp, activity.clone());
         let Some(acceptor) = self.acceptor.clone() else {
-            let client = Arc::new(Client {
+            let peer = Arc::new(Peer {
                 addr,
-                https: false,
+                tls: false,
                 cert: None,
+                sni: None,
             });
-            return self.serve(io, Speak::Either, client, drain, activity).await;
+            return self.serve(io, Speak::Either, peer, drain, activity).await;
         };
         let handshake = acceptor.accept(io);
         let tls = match tokio::time::timeout(self.limits.header_read_timeout, handshake).await {
@@ -187,35 +213,36 @@ impl Edge {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|leaf| super::dpop::sha256_b64url(leaf.as_ref()));
-        let client = Arc::new(Client {
+        let peer = Arc::new(Peer {
             addr,
-            https: true,
+            tls: true,
             cert,
+            sni: conn.server_name().map(str::to_ascii_lowercase),
         });
-        self.serve(tls, speak, client, drain, activity).await
+        self.serve(tls, speak, peer, drain, activity).await
     }
 
     async fn serve<I>(
         self: Arc<Self>,
         io: I,
         speak: Speak,
-        client: Arc<Client>,
+        peer: Arc<Peer>,
         drain: Drain,
         activity: Activity,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = |switch: Option<SwitchSignal>| {
-            let (this, client) = (self.clone(), client.clone());
+            let (this, peer) = (self.clone(), peer.clone());
             move |req| {
-                let (this, client) = (this.clone(), client.clone());
+                let (this, peer) = (this.clone(), peer.clone());
                 let switch = switch.clone();
                 async move {
                     // Nothing is switched at the edge: `Upgrade` is hop-by-hop and dropped.
                     if let Some(switch) = switch.filter(|_| may_switch(&req)) {
                         switch.answered(false);
                     }
-                    this.request(req, &client).await
+                    this.request(req, &peer).await
                 }
             }
         };
@@ -228,8 +255,15 @@ impl Edge {
         }
     }
 
-    async fn request(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
+    async fn request(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let started = Instant::now();
+        let origin = forwarded::origin(req.headers(), &peer.addr, peer.tls, self.trusted_hops);
+        let client = &Client {
+            addr: origin.addr,
+            https: origin.https,
+            cert: peer.cert.as_deref(),
+            sni: peer.sni.as_deref(),
+        };
         let grpc = is_grpc(&req);
         let caller_http1 = req.version() != Version::HTTP_2;
         let method = req.method().clone();
@@ -253,7 +287,7 @@ impl Edge {
     async fn handle(
         &self,
         mut req: Request<Incoming>,
-        client: &Client,
+        client: &Client<'_>,
         grpc: bool,
         caller_http1: bool,
     ) -> (Response<Body>, Option<&'static str>, Option<String>) {
@@ -264,6 +298,8 @@ impl Edge {
                 (authn::unauthorized(&r, grpc, &self.dpop), "unauthenticated")
             }
             Refusal::Limited => (authn::too_many_requests(grpc), "rate_limited"),
+            Refusal::Misdirected => (authn::misdirected(grpc), "misdirected"),
+            Refusal::TooLarge => (authn::too_large(grpc), "body_too_large"),
         };
         let mut identified = match self.identify(&mut req, client) {
             Ok(identified) => identified,
@@ -335,7 +371,7 @@ impl Edge {
         &self,
         req: &Request<Incoming>,
         authority: Option<&ward_policy::Authority>,
-        client: &Client,
+        client: &Client<'_>,
         route: &Route,
     ) -> Result<Authenticated, authn::Refusal> {
         let issuers = self.issuers.current();
@@ -353,7 +389,7 @@ impl Edge {
                 authority,
                 path: req.uri().path(),
             },
-            client_cert: client.cert.as_deref(),
+            client_cert: client.cert,
         };
         authn::authenticate(&presented, route.authentication, &creds, SystemTime::now())
     }
@@ -362,7 +398,7 @@ impl Edge {
     fn identify(
         &self,
         req: &mut Request<Incoming>,
-        client: &Client,
+        client: &Client<'_>,
     ) -> Result<Identified<'_>, (Refusal, Option<String>)> {
         let default_port = if client.https { 443 } else { 80 };
         let admitted = crate::http::admit(req, default_port, self.limits.allow_header_underscores);
@@ -375,6 +411,22 @@ impl Edge {
             }
         };
         let host = authority.as_ref().map(|a| a.host.as_str());
+        if let (Some(sni), Some(host), Some(certs)) = (client.sni, host, &self.certificates)
+            && host != sni
+            && !certs.covers(sni, host)
+        {
+            // Another host than the handshake's, on a certificate not made for it: a
+            // client reusing a connection where it should not, or fronting (RFC 9110 §15.5.20).
+            return Err((Refusal::Misdirected, Some(path)));
+        }
+        if req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > self.max_body_bytes)
+        {
+            return Err((Refusal::TooLarge, Some(path)));
+        }
         let Some(route) = self.routes.find(host, &path) else {
             return Err((Refusal::NoRoute, Some(path)));
         };
@@ -395,7 +447,7 @@ impl Edge {
     fn decide(
         &self,
         req: &mut Request<Incoming>,
-        client: &Client,
+        client: &Client<'_>,
         grpc: bool,
         identified: Identified<'_>,
         verdict: &Verdict,
@@ -467,7 +519,7 @@ impl Edge {
         req: &mut Request<Incoming>,
         route: &Route,
         path: &str,
-        client: &Client,
+        client: &Client<'_>,
         request_id: &str,
         end_user: Option<HeaderValue>,
     ) -> Result<(), Failure> {
@@ -500,7 +552,7 @@ impl Edge {
         if let Some(v) = end_user {
             headers.insert(END_USER, v);
         }
-        // No hop in front of the gateway is trusted yet: the client is the connection's.
+        // The client as the trusted hops tell it (else the connection's), nothing older.
         headers.remove(header::FORWARDED);
         if let Ok(v) = HeaderValue::from_str(&client.addr) {
             headers.insert(FORWARDED_FOR, v);

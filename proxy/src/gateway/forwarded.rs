@@ -27,7 +27,12 @@ pub struct Origin<'a> {
 
 /// The client of a request with `headers` that came on a connection from `peer` (over TLS
 /// or not), `trusted_hops` proxies in front of the gateway.
-pub fn origin<'a>(headers: &HeaderMap, peer: &'a str, tls: bool, trusted_hops: usize) -> Origin<'a> {
+pub fn origin<'a>(
+    headers: &HeaderMap,
+    peer: &'a str,
+    tls: bool,
+    trusted_hops: usize,
+) -> Origin<'a> {
     let connection = Origin {
         addr: Cow::Borrowed(peer),
         https: tls,
@@ -50,7 +55,7 @@ pub fn origin<'a>(headers: &HeaderMap, peer: &'a str, tls: bool, trusted_hops: u
 }
 
 /// Every comma-separated element of every `name` header, in order.
-fn elements<'h>(headers: &'h HeaderMap, name: impl http::header::AsHeaderName) -> Vec<&'h str> {
+fn elements(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Vec<&str> {
     headers
         .get_all(name)
         .iter()
@@ -66,8 +71,8 @@ fn nth_from_right<'e>(elements: &[&'e str], hops: usize) -> Option<&'e str> {
 }
 
 fn from_forwarded(headers: &HeaderMap, hops: usize) -> Option<(IpAddr, Option<bool>)> {
-    let elements = elements(headers, FORWARDED);
-    let element = nth_from_right(&elements, hops)?;
+    let chain = elements(headers, FORWARDED);
+    let element = nth_from_right(&chain, hops)?;
     let mut addr = None;
     let mut proto = None;
     for pair in element.split(';') {
@@ -85,8 +90,8 @@ fn from_forwarded(headers: &HeaderMap, hops: usize) -> Option<(IpAddr, Option<bo
 }
 
 fn from_x_forwarded(headers: &HeaderMap, hops: usize) -> Option<(IpAddr, Option<bool>)> {
-    let elements = elements(headers, X_FORWARDED_FOR);
-    let addr = node(nth_from_right(&elements, hops)?)?;
+    let chain = elements(headers, X_FORWARDED_FOR);
+    let addr = node(nth_from_right(&chain, hops)?)?;
     let protos = elements(headers, X_FORWARDED_PROTO);
     Some((addr, protos.last().and_then(|p| scheme(p))))
 }
@@ -174,7 +179,10 @@ mod tests {
     #[test]
     fn forwarded_is_read_by_its_elements_for_and_proto_and_preferred_to_x_forwarded_for() {
         let h = [
-            ("forwarded", "for=1.2.3.4;proto=http, for=\"[2001:db8::7]:4711\";proto=https"),
+            (
+                "forwarded",
+                "for=1.2.3.4;proto=http, for=\"[2001:db8::7]:4711\";proto=https",
+            ),
             ("x-forwarded-for", "198.51.100.9"),
         ];
         assert_eq!(client(&h, 1), ("2001:db8::7".into(), true));

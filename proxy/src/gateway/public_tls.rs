@@ -83,18 +83,31 @@ impl Certificates {
     }
 }
 
+impl Certificates {
+    /// Whether the certificate served to a client that named `sni` is also for `host`
+    /// (both lowercase): a request for `host` may then come on that connection.
+    pub fn covers(&self, sni: &str, host: &str) -> bool {
+        let served = self.current.load();
+        chosen(&served, Some(sni)).is_some_and(|s| s.names.iter().any(|n| name_matches(n, host)))
+    }
+}
+
+/// The certificate for a client that named `host`: the first one for that name, else the
+/// first one.
+fn chosen<'s>(served: &'s [Served], host: Option<&str>) -> Option<&'s Served> {
+    host.and_then(|host| {
+        served
+            .iter()
+            .find(|s| s.names.iter().any(|n| name_matches(n, host)))
+    })
+    .or_else(|| served.first())
+}
+
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let served = self.current.load();
         let wanted = hello.server_name().map(|n| n.to_ascii_lowercase());
-        let chosen = wanted
-            .and_then(|host| {
-                served
-                    .iter()
-                    .find(|s| s.names.iter().any(|n| name_matches(n, &host)))
-            })
-            .or_else(|| served.first());
-        chosen.map(|s| s.key.clone())
+        chosen(&served, wanted.as_deref()).map(|s| s.key.clone())
     }
 }
 

@@ -37,8 +37,18 @@ pub fn server(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(Some(32))
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .adaptive_window(true);
+        .keep_alive_timeout(Duration::from_secs(10));
+    match (limits.h2_stream_window, limits.h2_connection_window) {
+        (None, None) => {
+            builder.http2().adaptive_window(true);
+        }
+        (stream, connection) => {
+            builder
+                .http2()
+                .initial_stream_window_size(stream)
+                .initial_connection_window_size(connection);
+        }
+    }
     builder
 }
 
