@@ -51,11 +51,14 @@ pub(crate) struct Layout {
     pub(crate) cp_admin: SocketAddr,
     pub(crate) workloads: Vec<Workload>,
     pub(crate) outbounds: Outbounds,
+    /// The gateway's public listener and admin.
+    pub(crate) gateway_listen: SocketAddr,
+    pub(crate) gateway_admin: SocketAddr,
 }
 
 impl Layout {
     pub(crate) fn new(dir: &Path) -> anyhow::Result<Self> {
-        let mut ports = free_ports(15)?.into_iter();
+        let mut ports = free_ports(17)?.into_iter();
         let mut next = || ports.next().context("ran out of free ports");
         let workloads = AppKind::ALL
             .into_iter()
@@ -80,6 +83,8 @@ impl Layout {
                 web_ledger: next()?,
                 accounts_ledger: next()?,
             },
+            gateway_listen: next()?,
+            gateway_admin: next()?,
             workloads,
         })
     }
@@ -145,24 +150,29 @@ pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
         .collect()
 }
 
-pub(crate) const MESH_POLICY: &str = "\
-# The mesh default: a call no policy allows is denied.
-apiVersion: ward.dev/v1alpha1
-kind: MeshPolicy
-metadata: { name: mesh, namespace: ward-system }
-spec: { default: deny }
-";
+pub(crate) fn mesh_policy() -> String {
+    format!(
+        "# The mesh default: a call no policy allows is denied. The gateway may tell sidecars\n\
+         # who the end user is (x-ward-end-user); nobody else may.\n\
+         apiVersion: ward.dev/v1alpha1\n\
+         kind: MeshPolicy\n\
+         metadata: {{ name: mesh, namespace: ward-system }}\n\
+         spec: {{ default: deny, gateways: [\"{}\"] }}\n",
+        crate::edge::spiffe_id()
+    )
+}
 
 pub(crate) fn accounts_policy() -> String {
     format!(
-        "# web may read accounts; nothing else may call accounts.\n\
+        "# web and the gateway may read accounts; nothing else may call accounts.\n\
          apiVersion: ward.dev/v1alpha1\n\
          kind: AuthorizationPolicy\n\
          metadata: {{ name: web-reads-accounts, namespace: {NAMESPACE} }}\n\
          spec:\n  selector: {{ matchLabels: {{ app: accounts }} }}\n  action: ALLOW\n  rules:\n\
-         \x20 - from: [ {{ principals: [\"{web}\"] }} ]\n\
+         \x20 - from: [ {{ principals: [\"{web}\", \"{gateway}\"] }} ]\n\
          \x20   to: [ {{ methods: [GET], paths: [\"/accounts/*\"] }} ]\n",
-        web = spiffe_id(AppKind::Web)
+        web = spiffe_id(AppKind::Web),
+        gateway = crate::edge::spiffe_id(),
     )
 }
 
@@ -183,9 +193,10 @@ pub(crate) fn ledger_policy() -> String {
 pub(crate) fn write_policies(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, text) in [
-        ("mesh.yaml", MESH_POLICY.to_owned()),
+        ("mesh.yaml", mesh_policy()),
         ("accounts.yaml", accounts_policy()),
         ("ledger.yaml", ledger_policy()),
+        ("gateway.yaml", crate::edge::gateway_policy()),
     ] {
         let path = dir.join(name);
         if !path.exists() {

@@ -1,14 +1,15 @@
 //! Unit tests of the parent module.
 use super::*;
-use crate::layout::{MESH_POLICY, accounts_policy, ledger_policy};
+use crate::layout::{accounts_policy, ledger_policy, mesh_policy};
 use crate::view::short_serial;
 
 #[test]
 fn demo_policies_load() {
     let sources: Vec<(PathBuf, String)> = [
-        ("mesh.yaml", MESH_POLICY.to_owned()),
+        ("mesh.yaml", mesh_policy()),
         ("accounts.yaml", accounts_policy()),
         ("ledger.yaml", ledger_policy()),
+        ("gateway.yaml", crate::edge::gateway_policy()),
     ]
     .into_iter()
     .map(|(name, text)| (PathBuf::from(name), text))

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -24,6 +25,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Expect {
     Allow,
     Deny,
+    /// Allowed until the caller's rate limit runs out, then refused with 429.
+    Limit,
 }
 
 impl Expect {
@@ -31,6 +34,7 @@ impl Expect {
         match self {
             Expect::Allow => "allow",
             Expect::Deny => "deny",
+            Expect::Limit => "limit",
         }
     }
 }
@@ -40,8 +44,10 @@ impl Expect {
 pub enum Outcome {
     /// The app answered (HTTP 2xx, gRPC OK).
     Allowed(String),
-    /// The mesh refused it (HTTP 403, gRPC PERMISSION_DENIED).
+    /// The mesh refused it (HTTP 403, gRPC PERMISSION_DENIED; at the gateway also 401).
     Denied(String),
+    /// The gateway's rate limit refused it (429).
+    Limited(String),
     /// Anything else: an error status, a reset, a timeout.
     Failed(String),
 }
@@ -49,14 +55,18 @@ pub enum Outcome {
 impl Outcome {
     pub fn status(&self) -> &str {
         match self {
-            Outcome::Allowed(s) | Outcome::Denied(s) | Outcome::Failed(s) => s,
+            Outcome::Allowed(s) | Outcome::Denied(s) | Outcome::Limited(s) | Outcome::Failed(s) => {
+                s
+            }
         }
     }
 
     pub fn matches(&self, expect: Expect) -> bool {
         matches!(
             (self, expect),
-            (Outcome::Allowed(_), Expect::Allow) | (Outcome::Denied(_), Expect::Deny)
+            (Outcome::Allowed(_), Expect::Allow)
+                | (Outcome::Denied(_), Expect::Deny)
+                | (Outcome::Allowed(_) | Outcome::Limited(_), Expect::Limit)
         )
     }
 }
@@ -77,6 +87,14 @@ enum Kind {
         client: LedgerClient<Channel>,
         call: LedgerCall,
     },
+    /// Through the gateway over public TLS, as a customer: `GET https://HOST/accounts/ID`
+    /// with their token, `calls` times a round.
+    Edge {
+        client: Box<HttpsClient>,
+        url: String,
+        token: Option<String>,
+        calls: u32,
+    },
 }
 
 /// One kind of call on one edge, and what has happened to it so far.
@@ -88,6 +106,7 @@ pub struct Scenario {
     kind: Kind,
     pub allowed: u64,
     pub denied: u64,
+    pub limited: u64,
     pub failed: u64,
     /// Calls whose outcome differed from `expect`.
     pub unexpected: u64,
@@ -153,6 +172,7 @@ impl Scenario {
             kind,
             allowed: 0,
             denied: 0,
+            limited: 0,
             failed: 0,
             unexpected: 0,
             last: None,
@@ -160,11 +180,51 @@ impl Scenario {
     }
 
     pub fn total(&self) -> u64 {
-        self.allowed + self.denied + self.failed
+        self.allowed + self.denied + self.limited + self.failed
     }
 
-    /// Makes one call for `account` and records its outcome.
+    /// A customer's call through the gateway: `GET {base}/accounts/{account}`, `calls`
+    /// times a round, with `token` if there is one.
+    pub fn edge(
+        who: &'static str,
+        call: String,
+        url: String,
+        token: Option<String>,
+        calls: u32,
+        expect: Expect,
+        client: HttpsClient,
+    ) -> Self {
+        Self::new(
+            who,
+            "accounts",
+            call,
+            expect,
+            Kind::Edge {
+                client: Box::new(client),
+                url,
+                token,
+                calls,
+            },
+        )
+    }
+
+    /// Whether every call went as the policy says (and a limit was seen when expected).
+    pub fn as_expected(&self) -> bool {
+        self.unexpected == 0 && (self.expect != Expect::Limit || self.limited > 0)
+    }
+
+    /// Makes one round of calls for `account` and records their outcomes.
     pub async fn run(&mut self, http: &HttpClient, account: u32) {
+        let calls = match &self.kind {
+            Kind::Edge { calls, .. } => *calls,
+            _ => 1,
+        };
+        for _ in 0..calls {
+            self.call(http, account).await;
+        }
+    }
+
+    async fn call(&mut self, http: &HttpClient, account: u32) {
         let outcome = match &mut self.kind {
             Kind::Http { method, via } => {
                 http_call(
@@ -175,10 +235,14 @@ impl Scenario {
                 .await
             }
             Kind::Grpc { client, call } => grpc_call(client, *call, account).await,
+            Kind::Edge {
+                client, url, token, ..
+            } => edge_call(client, url, token.as_deref()).await,
         };
         match &outcome {
             Outcome::Allowed(_) => self.allowed += 1,
             Outcome::Denied(_) => self.denied += 1,
+            Outcome::Limited(_) => self.limited += 1,
             Outcome::Failed(_) => self.failed += 1,
         }
         if !outcome.matches(self.expect) {
@@ -221,6 +285,80 @@ async fn http_call(client: &HttpClient, method: Method, uri: &str) -> Outcome {
         Ok::<_, hyper_util::client::legacy::Error>(status)
     };
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(status)) => classify_http(status),
+        Ok(Err(e)) => Outcome::Failed(format!("error: {e}")),
+        Err(_) => Outcome::Failed("timeout".into()),
+    }
+}
+
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector<ToGateway>>, Empty<Bytes>>;
+
+/// A resolver that sends every name to the gateway's address: the demo's host names
+/// resolve nowhere else (the port is the URL's).
+#[derive(Clone)]
+pub struct ToGateway(SocketAddr);
+
+impl tower::Service<Name> for ToGateway {
+    type Response = std::iter::Once<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Name) -> Self::Future {
+        std::future::ready(Ok(std::iter::once(self.0)))
+    }
+}
+
+/// An HTTPS client that trusts the demo's public CA (PEM) and connects every name to
+/// `gateway`.
+pub fn https_client(ca_pem: &[u8], gateway: SocketAddr) -> anyhow::Result<HttpsClient> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pem::parse_many(ca_pem).map_err(|e| anyhow::anyhow!("public CA: {e}"))? {
+        roots
+            .add(der.contents().to_vec().into())
+            .map_err(|e| anyhow::anyhow!("public CA: {e}"))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut resolver = HttpConnector::new_with_resolver(ToGateway(gateway));
+    resolver.set_connect_timeout(Some(CALL_TIMEOUT));
+    resolver.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(resolver);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+async fn edge_call(client: &HttpsClient, url: &str, token: Option<&str>) -> Outcome {
+    let mut request = Request::builder().method(Method::GET).uri(url);
+    if let Some(t) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = match request.body(Empty::new()) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(format!("bad request: {e}")),
+    };
+    let call = async {
+        let response = client.request(request).await?;
+        let status = response.status();
+        let _ = response.into_body().collect().await;
+        Ok::<_, hyper_util::client::legacy::Error>(status)
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(StatusCode::UNAUTHORIZED)) => Outcome::Denied("401 Unauthorized".into()),
+        Ok(Ok(StatusCode::TOO_MANY_REQUESTS)) => Outcome::Limited("429 Too Many Requests".into()),
         Ok(Ok(status)) => classify_http(status),
         Ok(Err(e)) => Outcome::Failed(format!("error: {e}")),
         Err(_) => Outcome::Failed("timeout".into()),

@@ -97,7 +97,7 @@ pub(crate) fn render(
             s.call,
             s.expect.label(),
             s.allowed,
-            s.denied,
+            s.denied + s.limited,
             s.failed,
         );
     }
@@ -138,6 +138,12 @@ pub(crate) fn render(
             w.admin
         );
     }
+    let g = layout.gateway_admin;
+    let _ = writeln!(
+        out,
+        "  {:<17} http://{g}/certs   http://{g}/metrics",
+        "gateway"
+    );
     render_help(&mut out, layout, ward);
     out
 }
@@ -154,6 +160,15 @@ fn render_help(out: &mut String, layout: &Layout, ward: &Path) {
     let _ = writeln!(
         out,
         "  curl -s -X DELETE http://{via}/accounts/42    # denied: 403 forbidden"
+    );
+    let port = layout.gateway_listen.port();
+    let _ = writeln!(
+        out,
+        "try (as alice, from outside, through the gateway):\n  \
+         curl -s --cacert {dir}/public-ca.pem --resolve {host}:{port}:127.0.0.1 \\\n    \
+         -H \"Authorization: Bearer $(cat {dir}/alice.jwt)\" https://{host}:{port}/accounts/1001   # allowed; /accounts/1002 is 403",
+        dir = layout.dir.display(),
+        host = crate::edge::HOST,
     );
     let _ = writeln!(out, "why is it denied:");
     let _ = writeln!(

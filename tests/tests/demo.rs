@@ -60,6 +60,14 @@ fn demo_runs_a_mesh_that_obeys_its_policy_and_leaves_nothing_behind() {
         "accounts → ledger    ledger.v1.Ledger/GetBalance",
         "accounts → ledger    ledger.v1.Ledger/Post",
         "web → ledger         ledger.v1.Ledger/GetBalance",
+        // Through the gateway: a customer's own account, another's (BOLA), no token, and
+        // a customer over the rate limit.
+        "alice → accounts     GET /accounts/{own} x1         allow",
+        "alice → accounts     GET /accounts/{bob's}          deny",
+        "carol → accounts     GET /accounts/{own} x4         limit",
+        "anonymous → accounts GET /accounts/{id}, no token   deny",
+        "401 Unauthorized",
+        "429 Too Many Requests",
         "spiffe://bank.local/ns/bank/sa/web",
         "spiffe://bank.local/ns/bank/sa/accounts",
         "spiffe://bank.local/ns/bank/sa/ledger",
@@ -87,6 +95,21 @@ fn demo_runs_a_mesh_that_obeys_its_policy_and_leaves_nothing_behind() {
         audit.contains("\"method\":\"DELETE\"")
             && audit.contains("spiffe://bank.local/ns/bank/sa/web"),
         "{audit}"
+    );
+    // The gateway's refusals are in its audit log: the BOLA attempt names the end user.
+    let audit = std::fs::read_to_string(dir.path().join("logs/gateway-audit.log"))
+        .expect("gateway audit log");
+    assert!(
+        audit.contains("\"path\":\"/accounts/1002\"")
+            && audit.contains("https://login.bank.local/1001")
+            && audit.contains("rate-limit:per-customer"),
+        "{audit}"
+    );
+    let tokens = ["alice", "bob", "carol"]
+        .map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.jwt"))).expect("a token"));
+    assert!(
+        tokens.iter().all(|t| !audit.contains(t.trim())),
+        "no token in the audit log"
     );
     let left = demo_processes(dir.path());
     assert!(left.is_empty(), "processes outlived ward demo: {left:?}");
