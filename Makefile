@@ -51,13 +51,15 @@ build:
 
 ## bench: ward beside a direct connection and Envoy (bench/run.py, ~6 minutes), writing
 ## bench/results/latest.{md,json}; transparent capture beside explicit ports in two
-## network-namespace pods (bench/capture.py, root; bench/results/capture.md); then lists the
-## micro-benchmarks (make bench-micro runs them)
+## network-namespace pods (bench/capture.py, root; bench/results/capture.md); the gateway
+## beside Envoy with jwt_authn (bench/gateway.py; bench/results/gateway.{md,json}); then lists
+## the micro-benchmarks (make bench-micro runs them)
 bench:
 	./bench/setup.sh
 	$(CARGO) build --release --bins
 	python3 bench/run.py
 	python3 bench/capture.py
+	python3 bench/gateway.py
 	@echo "micro-benchmarks (make bench-micro):"
 	@echo "  certs/benches/certs.rs           CSR signing, SVID chain verification"
 	@echo "  policy/benches/policy.rs         policy decisions and compilation at 1,000 policies"

@@ -70,3 +70,46 @@ fn bench_harness_smoke_run_measures_every_case_on_every_target() {
     let table = std::fs::read_to_string(out.path().join("latest.md")).expect("latest.md");
     assert!(table.contains("| ward/envoy | ward/direct |"), "{table}");
 }
+
+#[test]
+fn edge_bench_smoke_run_measures_the_gateway_and_envoy_jwt_authn() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bins = bin::path("ward-proxy")
+        .parent()
+        .expect("binary directory")
+        .to_owned();
+    let out = tempfile::tempdir().expect("temp dir");
+    let run = Command::new("python3")
+        .arg(root.join("bench/gateway.py"))
+        .arg("--smoke")
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("run python3 bench/gateway.py (bench/setup.sh installs its tools)");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "bench/gateway.py --smoke failed ({}):\n{stderr}",
+        run.status
+    );
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("gateway.json")).expect("gateway.json"),
+    )
+    .expect("gateway.json is JSON");
+    for target in ["ward", "envoy"] {
+        let r = &json["targets"][target];
+        for key in ["rps", "p50_ms", "p99_ms", "edge_cpu_s_per_1k", "cpu_s_per_1k"] {
+            assert!(
+                r[key].as_f64().is_some_and(|v| v > 0.0),
+                "{target}/{key} missing in {r}"
+            );
+        }
+        assert_eq!(r["failed"], 0, "{target}: failed requests\n{stderr}");
+        // Both edges refuse a request without a token: the comparison is of equals.
+        assert_eq!(r["no_token_status"], 401, "{target}: {r}");
+    }
+    let table = std::fs::read_to_string(out.path().join("gateway.md")).expect("gateway.md");
+    assert!(table.contains("| req/s at saturation |"), "{table}");
+}
