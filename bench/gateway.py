@@ -26,12 +26,9 @@ import base64
 import datetime
 import json
 import re
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -284,22 +281,12 @@ def main() -> int:
     args = ap.parse_args()
     seconds = args.seconds or (1 if args.smoke else 10)
     rounds = args.rounds or (1 if args.smoke else 3)
-    args.bin_dir, args.envoy = args.bin_dir.resolve(), args.envoy.resolve()
-    ward, proxy = args.bin_dir / "ward", args.bin_dir / "ward-proxy"
-    missing = [str(p) for p in (ward, proxy, args.envoy) if not p.exists()]
-    missing += [t for t in ("h2load", "oha", "nginx", "curl", "openssl") if shutil.which(t) is None]
-    if missing:
-        print(f"bench: missing {', '.join(missing)} (run bench/setup.sh and build the binaries)",
-              file=sys.stderr)
+    tools = bench.prepare(args, ("h2load", "oha", "nginx", "curl", "openssl"))
+    if tools is None:
         return 2
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    ward, proxy = tools
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="ward-bench-edge-"))
-    workdir.chmod(0o755)
+    workdir = bench.make_workdir("ward-bench-edge-")
     results: dict = {"targets": {}}
     try:
         pki = bench.Pki(ward, workdir)

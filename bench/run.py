@@ -572,6 +572,33 @@ def ratio(a, b):
     return round(a / b, 2)
 
 
+def prepare(args: argparse.Namespace, tools: tuple[str, ...]) -> tuple[Path, Path] | None:
+    """The `ward` and `ward-proxy` of `args.bin_dir`, every path in `args` resolved
+    (processes run in the work directory) and every tool checked (None, and a line saying
+    what is missing); SIGTERM and SIGHUP then end the run through its cleanup."""
+    args.bin_dir, args.envoy = args.bin_dir.resolve(), args.envoy.resolve()
+    ward, proxy = args.bin_dir / "ward", args.bin_dir / "ward-proxy"
+    missing = [str(p) for p in (ward, proxy, args.envoy) if not p.exists()]
+    missing += [t for t in tools if shutil.which(t) is None]
+    if missing:
+        print(f"bench: missing {', '.join(missing)} (run bench/setup.sh and build the binaries)",
+              file=sys.stderr)
+        return None
+
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    return ward, proxy
+
+
+def make_workdir(prefix: str) -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o755)  # nginx workers run as an unprivileged user and read www/ in it
+    return workdir
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a few seconds per case, for CI")
@@ -588,24 +615,12 @@ def main() -> int:
     idle_n = 50 if args.smoke else 1000
     big_mib = 16 if args.smoke else 512
 
-    # Processes run in the work directory: resolve paths given relative to here.
-    args.bin_dir, args.envoy = args.bin_dir.resolve(), args.envoy.resolve()
-    ward, proxy = args.bin_dir / "ward", args.bin_dir / "ward-proxy"
-    missing = [str(p) for p in (ward, proxy, args.envoy) if not p.exists()]
-    missing += [t for t in ("wrk", "h2load", "oha", "nginx", "curl") if shutil.which(t) is None]
-    if missing:
-        print(f"bench: missing {', '.join(missing)} (run bench/setup.sh and build the binaries)",
-              file=sys.stderr)
+    tools = prepare(args, ("wrk", "h2load", "oha", "nginx", "curl"))
+    if tools is None:
         return 2
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    ward, proxy = tools
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="ward-bench-"))
-    workdir.chmod(0o755)  # nginx workers run as an unprivileged user and read www/ in it
+    workdir = make_workdir("ward-bench-")
     stacks: dict[str, Stack] = {}
     results: dict = {"cases": {}, "sidecars": {}}
     try:

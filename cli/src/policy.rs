@@ -11,8 +11,11 @@ use serde::Deserialize;
 use ward_policy::compile::{grpc_route, namespace_of};
 use ward_policy::model::{Action, Operation, Rule, Source};
 use ward_policy::request::{Admitted, Incoming};
-use ward_policy::{Call, Decision, HttpCall, PolicySet};
+use ward_policy::{Call, Decision, HttpCall, PolicySet, RequestAuth};
 
+mod end_user;
+
+use self::end_user::{EndUserSpec, HeaderValues};
 use super::Outcome;
 use super::serve::parse_labels;
 
@@ -25,7 +28,7 @@ pub enum PolicyCommand {
         dir: PathBuf,
     },
     /// Decide one call: ALLOW (exit 0) or DENY (exit 3), and which policy and rule decided.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Run a file of cases (a call and its expected decision); exit 1 on any mismatch.
     Test {
         #[arg(value_name = "CASES.yaml")]
@@ -54,9 +57,11 @@ pub struct Callee {
 pub struct CheckArgs {
     #[command(flatten)]
     target: Callee,
-    /// The caller's SPIFFE ID.
-    #[arg(long, value_name = "SPIFFE_ID", value_parser = super::parse_spiffe_id)]
-    from: ward_certs::SpiffeId,
+    /// The caller's SPIFFE ID (leave it out, with --request-principal, for a call from
+    /// outside the mesh judged at a gateway).
+    #[arg(long, value_name = "SPIFFE_ID", value_parser = super::parse_spiffe_id,
+          required_unless_present = "request_principal")]
+    from: Option<ward_certs::SpiffeId>,
     /// The application port called.
     #[arg(long, value_name = "N")]
     port: u16,
@@ -75,12 +80,20 @@ pub struct CheckArgs {
     /// A TCP connection (no HTTP facts).
     #[arg(long)]
     tcp: bool,
+    /// The verified end user, ISSUER/SUBJECT (as the gateway puts it).
+    #[arg(long, value_name = "ISS/SUB", conflicts_with = "tcp")]
+    request_principal: Option<String>,
+    /// One of the end user's claims (repeatable; a name given again is another element of
+    /// a list). NAME is a top-level claim or request.auth.claims[a][b].
+    #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = parse_header,
+          requires = "request_principal")]
+    claims: Vec<(String, String)>,
 }
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<Outcome> {
     match cmd {
         PolicyCommand::Lint { dir } => lint(&dir),
-        PolicyCommand::Check(args) => check(args),
+        PolicyCommand::Check(args) => check(*args),
         PolicyCommand::Test { cases, dir } => test(&cases, &dir),
         PolicyCommand::WhoCan(t) => who_can(&t.dir, &t.to_namespace, &t.to_labels),
     }
@@ -142,22 +155,9 @@ struct Request {
     grpc: Option<String>,
     #[serde(default)]
     tcp: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum HeaderValues {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl HeaderValues {
-    fn values(&self) -> &[String] {
-        match self {
-            HeaderValues::One(v) => std::slice::from_ref(v),
-            HeaderValues::Many(v) => v,
-        }
-    }
+    /// The verified end user (as a gateway or a sidecar behind one sees them).
+    #[serde(default)]
+    end_user: Option<EndUserSpec>,
 }
 
 /// The outcome of deciding a described call.
@@ -258,6 +258,14 @@ fn decide(
                 .map(move |v| (name.clone(), v.as_bytes().to_vec()))
         })
         .collect();
+    let claims = match &req.end_user {
+        Some(user) => user.pairs()?,
+        None => Vec::new(),
+    };
+    let auth = req.end_user.as_ref().map(|user| RequestAuth {
+        principal: &user.principal,
+        claims: &claims,
+    });
     let call = Call {
         principal: from,
         namespace: namespace_of(from),
@@ -267,7 +275,7 @@ fn decide(
             path: &path,
             authority: authority.as_ref(),
             headers: &headers,
-            auth: None,
+            auth,
         }),
     };
     Ok(Verdict::Decided(workload.decide(&call)))
@@ -298,8 +306,12 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
         headers: repeated(args.headers),
         grpc: args.grpc,
         tcp: args.tcp,
+        end_user: args.request_principal.map(|principal| EndUserSpec {
+            principal,
+            claims: repeated(args.claims),
+        }),
     };
-    let from = args.from.to_string();
+    let from = args.from.map(|f| f.to_string()).unwrap_or_default();
     let verdict = decide(
         &set,
         &args.target.to_namespace,
@@ -357,8 +369,10 @@ fn test(cases_path: &Path, dir: &Path) -> anyhow::Result<Outcome> {
     })?;
     let (mut passed, mut failed) = (0, 0);
     for case in &cases.cases {
-        ward_certs::parse_spiffe_id(&case.from)
-            .with_context(|| format!("case {:?}: from", case.name))?;
+        if !(case.from.is_empty() && case.request.end_user.is_some()) {
+            ward_certs::parse_spiffe_id(&case.from)
+                .with_context(|| format!("case {:?}: from", case.name))?;
+        }
         let verdict = decide(
             &set,
             &case.to.namespace,

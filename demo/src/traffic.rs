@@ -269,25 +269,35 @@ pub fn http_client() -> HttpClient {
 }
 
 async fn http_call(client: &HttpClient, method: Method, uri: &str) -> Outcome {
-    let request = match Request::builder()
+    let request = Request::builder()
         .method(method)
         .uri(uri)
-        .body(Empty::new())
-    {
-        Ok(r) => r,
-        Err(e) => return Outcome::Failed(format!("bad request: {e}")),
-    };
+        .body(Empty::new());
+    status_of(client, request)
+        .await
+        .map_or_else(|failed| failed, classify_http)
+}
+
+/// Sends `request` and waits for its status within the call timeout, reading the body so
+/// the connection goes back to the pool; what went wrong otherwise, as a failed outcome.
+async fn status_of<C>(
+    client: &Client<C, Empty<Bytes>>,
+    request: Result<Request<Empty<Bytes>>, hyper::http::Error>,
+) -> Result<StatusCode, Outcome>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let request = request.map_err(|e| Outcome::Failed(format!("bad request: {e}")))?;
     let call = async {
         let response = client.request(request).await?;
         let status = response.status();
-        // Read the body so the connection goes back to the pool.
         let _ = response.into_body().collect().await;
         Ok::<_, hyper_util::client::legacy::Error>(status)
     };
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(status)) => classify_http(status),
-        Ok(Err(e)) => Outcome::Failed(format!("error: {e}")),
-        Err(_) => Outcome::Failed("timeout".into()),
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(Outcome::Failed(format!("error: {e}"))),
+        Err(_) => Err(Outcome::Failed("timeout".into())),
     }
 }
 
@@ -346,22 +356,11 @@ async fn edge_call(client: &HttpsClient, url: &str, token: Option<&str>) -> Outc
     if let Some(t) = token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let request = match request.body(Empty::new()) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Failed(format!("bad request: {e}")),
-    };
-    let call = async {
-        let response = client.request(request).await?;
-        let status = response.status();
-        let _ = response.into_body().collect().await;
-        Ok::<_, hyper_util::client::legacy::Error>(status)
-    };
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(StatusCode::UNAUTHORIZED)) => Outcome::Denied("401 Unauthorized".into()),
-        Ok(Ok(StatusCode::TOO_MANY_REQUESTS)) => Outcome::Limited("429 Too Many Requests".into()),
-        Ok(Ok(status)) => classify_http(status),
-        Ok(Err(e)) => Outcome::Failed(format!("error: {e}")),
-        Err(_) => Outcome::Failed("timeout".into()),
+    match status_of(client, request.body(Empty::new())).await {
+        Ok(StatusCode::UNAUTHORIZED) => Outcome::Denied("401 Unauthorized".into()),
+        Ok(StatusCode::TOO_MANY_REQUESTS) => Outcome::Limited("429 Too Many Requests".into()),
+        Ok(status) => classify_http(status),
+        Err(failed) => failed,
     }
 }
 

@@ -48,7 +48,8 @@ pub async fn run(
         }
         None => None,
     };
-    let inputs = ProxyInputs::start(&validated.common, metrics, readiness).await?;
+    let own = serde_json::to_value(&validated.gateway).ok();
+    let inputs = ProxyInputs::start(&validated.common, own, metrics, readiness).await?;
     let listener = bind("listen", validated.gateway.listen).await?;
     tokio::spawn(issuers.clone().follow(keys, inputs.drain.clone()));
     let api_keys = match &validated.gateway.api_keys {

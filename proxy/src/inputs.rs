@@ -43,8 +43,11 @@ impl ProxyInputs {
     /// with a join token: this waits until the first SVID), and starts following policy.
     /// `/ready` says what is still pending all along: `readiness` may already hold the
     /// caller's conditions (its listeners, not bound yet).
+    /// `own` holds the sections of a mode beyond the shared ones (the gateway's), shown in
+    /// `/config` beside them.
     pub async fn start(
         validated: &Validated,
+        own: Option<serde_json::Value>,
         metrics: Option<PrometheusHandle>,
         readiness: Readiness,
     ) -> anyhow::Result<Self> {
@@ -56,10 +59,16 @@ impl ProxyInputs {
             tokio::spawn(upkeep(handle.clone(), UPKEEP_EVERY));
         }
         let reports = Arc::new(Reports::default());
+        let mut shown = serde_json::to_value(config).unwrap_or_default();
+        if let (Some(serde_json::Value::Object(own)), serde_json::Value::Object(all)) =
+            (own, &mut shown)
+        {
+            all.extend(own);
+        }
         let mut admin = crate::admin::server(
             readiness.clone(),
             metrics,
-            serde_json::to_string_pretty(config).unwrap_or_default(),
+            serde_json::to_string_pretty(&shown).unwrap_or_default(),
             reports.clone(),
         );
         if !config.app_probes.is_empty() {

@@ -33,7 +33,7 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
         .as_ref()
         .map(|_| readiness.register("capture"));
     pending.reverse();
-    let inputs = ProxyInputs::start(&validated, metrics, readiness).await?;
+    let inputs = ProxyInputs::start(&validated, None, metrics, readiness).await?;
 
     for (i, cfg) in config.inbound.iter().enumerate() {
         let listener = bind(&format!("inbound[{i}].listen"), cfg.listen).await?;

@@ -9,8 +9,9 @@ use std::process::Command;
 use serde_json::Value;
 use ward_tests::bin;
 
-#[test]
-fn bench_harness_smoke_run_measures_every_case_on_every_target() {
+/// Runs `bench/SCRIPT --smoke` on the debug binaries: its output directory, the JSON
+/// results it wrote to `RESULTS`, and its stderr.
+fn smoke(script: &str, results: &str) -> (tempfile::TempDir, Value, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bins = bin::path("ward-proxy")
         .parent()
@@ -18,24 +19,31 @@ fn bench_harness_smoke_run_measures_every_case_on_every_target() {
         .to_owned();
     let out = tempfile::tempdir().expect("temp dir");
     let run = Command::new("python3")
-        .arg(root.join("bench/run.py"))
+        .arg(root.join("bench").join(script))
         .arg("--smoke")
         .arg("--bin-dir")
         .arg(&bins)
         .arg("--out")
         .arg(out.path())
         .output()
-        .expect("run python3 bench/run.py (bench/setup.sh installs its tools)");
-    let stderr = String::from_utf8_lossy(&run.stderr);
+        .unwrap_or_else(|e| {
+            panic!("run python3 bench/{script} (bench/setup.sh installs its tools): {e}")
+        });
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(
         run.status.success(),
-        "bench/run.py --smoke failed ({}):\n{stderr}",
+        "bench/{script} --smoke failed ({}):\n{stderr}",
         run.status
     );
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("latest.json")).expect("latest.json"),
-    )
-    .expect("latest.json is JSON");
+    let text = std::fs::read_to_string(out.path().join(results))
+        .unwrap_or_else(|e| panic!("{results}: {e}"));
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{results}: {e}"));
+    (out, json, stderr)
+}
+
+#[test]
+fn bench_harness_smoke_run_measures_every_case_on_every_target() {
+    let (out, json, stderr) = smoke("run.py", "latest.json");
     for case in ["http1", "http2", "grpc"] {
         for target in ["direct", "ward", "envoy"] {
             let r = &json["cases"][case][target];
@@ -73,34 +81,16 @@ fn bench_harness_smoke_run_measures_every_case_on_every_target() {
 
 #[test]
 fn edge_bench_smoke_run_measures_the_gateway_and_envoy_jwt_authn() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bins = bin::path("ward-proxy")
-        .parent()
-        .expect("binary directory")
-        .to_owned();
-    let out = tempfile::tempdir().expect("temp dir");
-    let run = Command::new("python3")
-        .arg(root.join("bench/gateway.py"))
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(&bins)
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .expect("run python3 bench/gateway.py (bench/setup.sh installs its tools)");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "bench/gateway.py --smoke failed ({}):\n{stderr}",
-        run.status
-    );
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("gateway.json")).expect("gateway.json"),
-    )
-    .expect("gateway.json is JSON");
+    let (out, json, stderr) = smoke("gateway.py", "gateway.json");
     for target in ["ward", "envoy"] {
         let r = &json["targets"][target];
-        for key in ["rps", "p50_ms", "p99_ms", "edge_cpu_s_per_1k", "cpu_s_per_1k"] {
+        for key in [
+            "rps",
+            "p50_ms",
+            "p99_ms",
+            "edge_cpu_s_per_1k",
+            "cpu_s_per_1k",
+        ] {
             assert!(
                 r[key].as_f64().is_some_and(|v| v > 0.0),
                 "{target}/{key} missing in {r}"

@@ -343,3 +343,107 @@ fn who_can_reviews_access_to_a_workload() {
     assert!(text.contains("no ALLOW policy applies"), "{text}");
     assert!(text.contains("mesh default (deny)"), "{text}");
 }
+
+const EDGE_POLICY: &str = "\
+apiVersion: ward.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: own-accounts, namespace: edge }
+spec:
+  selector: { matchLabels: { app: gateway } }
+  action: ALLOW
+  rules:
+  - from: [ { requestPrincipals: [\"https://idp.bank.test/*\"] } ]
+    to: [ { methods: [GET], paths: [\"/accounts/{request.auth.claims[sub]}/*\"] } ]
+    when: [ { key: \"request.auth.claims[org][tier]\", values: [gold] } ]
+";
+
+#[test]
+fn end_users_are_checked_and_tested_as_the_gateway_judges_them() {
+    let dir = dir_with(&[("p.yaml", EDGE_POLICY)]);
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "check",
+            "--dir",
+            s(dir.path()),
+            "--to-namespace",
+            "edge",
+            "--to-labels",
+            "app=gateway",
+            "--port",
+            "8443",
+            "--method",
+            "GET",
+        ];
+        args.extend_from_slice(extra);
+        ward(args)
+    };
+    let alice = [
+        "--request-principal",
+        "https://idp.bank.test/alice",
+        "--claim",
+        "sub=alice",
+        "--claim",
+        "request.auth.claims[org][tier]=gold",
+    ];
+    // A call from outside the mesh (no --from): Alice's own account, then Bob's.
+    let own = check(&[&["--path", "/accounts/alice/balance"][..], &alice[..]].concat());
+    assert_eq!(own.code, 0, "{own:?}");
+    assert!(own.stdout.starts_with("ALLOW"), "{}", own.stdout);
+    let other = check(&[&["--path", "/accounts/bob/balance"][..], &alice[..]].concat());
+    assert_eq!(other.code, 3, "{other:?}");
+    assert!(other.stdout.starts_with("DENY"), "{}", other.stdout);
+    // Without the nested claim the condition fails; without an end user nothing matches.
+    let silver = check(&[
+        "--path",
+        "/accounts/alice/balance",
+        "--request-principal",
+        "https://idp.bank.test/alice",
+        "--claim",
+        "sub=alice",
+    ]);
+    assert!(silver.stdout.starts_with("DENY"), "{}", silver.stdout);
+    // Neither a caller nor an end user: clap refuses.
+    assert_eq!(check(&["--path", "/accounts/alice/x"]).code, 2);
+    // A claim without an end user is refused too.
+    assert_eq!(
+        check(&["--from", "spiffe://bank.test/ns/a/sa/b", "--claim", "sub=x"]).code,
+        2
+    );
+
+    let cases = "\
+cases:
+- name: alice reads her account through the gateway
+  from: \"\"
+  to: { namespace: edge, labels: { app: gateway }, port: 8443 }
+  request:
+    method: GET
+    path: /accounts/alice/balance
+    end_user: { principal: \"https://idp.bank.test/alice\", claims: { sub: alice, \"request.auth.claims[org][tier]\": gold } }
+  expect: ALLOW
+- name: alice cannot read bob's
+  from: \"\"
+  to: { namespace: edge, labels: { app: gateway }, port: 8443 }
+  request:
+    method: GET
+    path: /accounts/bob/balance
+    end_user: { principal: \"https://idp.bank.test/alice\", claims: { sub: alice, \"request.auth.claims[org][tier]\": gold } }
+  expect: DENY
+";
+    let cases_path = dir.path().join("cases.yaml");
+    std::fs::write(&cases_path, cases).unwrap();
+    let policies = dir_with(&[("p.yaml", EDGE_POLICY)]);
+    let out = ward([
+        "policy",
+        "test",
+        s(&cases_path),
+        "--dir",
+        s(policies.path()),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("policy cases: 2 passed, 0 failed"),
+        "{}",
+        out.stdout
+    );
+}

@@ -292,17 +292,6 @@ pub fn misdirected(grpc: bool) -> Response<Body> {
     )
 }
 
-/// The 413 for a request whose declared body is over the limit (gRPC:
-/// `RESOURCE_EXHAUSTED`).
-pub fn too_large(grpc: bool) -> Response<Body> {
-    answer(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "8",
-        "payload too large\n",
-        grpc,
-    )
-}
-
 /// An answer of the gateway's own: `status` with a fixed plain-text body, or for gRPC a
 /// trailers-only response with `grpc-status`.
 fn answer(

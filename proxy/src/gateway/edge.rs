@@ -82,8 +82,6 @@ enum Refusal {
     Limited,
     /// The request names a host its TLS connection was not set up for (421).
     Misdirected,
-    /// Its declared body is over `max_body_bytes` (413).
-    TooLarge,
 }
 
 /// A request with its route and end user, not yet judged.
@@ -299,7 +297,6 @@ impl Edge {
             }
             Refusal::Limited => (authn::too_many_requests(grpc), "rate_limited"),
             Refusal::Misdirected => (authn::misdirected(grpc), "misdirected"),
-            Refusal::TooLarge => (authn::too_large(grpc), "body_too_large"),
         };
         let mut identified = match self.identify(&mut req, client) {
             Ok(identified) => identified,
@@ -355,7 +352,10 @@ impl Edge {
         let up = &self.upstreams[route.index];
         let limit = route.timeout.unwrap_or(self.limits.request_timeout);
         let result = match to_mesh_request(req, caller_http1) {
-            Ok(req) => {
+            Ok(mut req) => {
+                // A body without a declared length is cut off where a declared one is refused.
+                req.extensions_mut()
+                    .insert(crate::http::replay::BodyLimit(self.max_body_bytes));
                 let limit = crate::http::deadline(&req, limit);
                 forward::send(&up.h2, req, limit).await
             }
@@ -425,7 +425,7 @@ impl Edge {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .is_some_and(|n| n > self.max_body_bytes)
         {
-            return Err((Refusal::TooLarge, Some(path)));
+            return Err((Refusal::Failure(Failure::TooLarge), Some(path)));
         }
         let Some(route) = self.routes.find(host, &path) else {
             return Err((Refusal::NoRoute, Some(path)));

@@ -30,6 +30,8 @@ pub enum Failure {
     BadRequest,
     /// Authorization said no.
     Forbidden,
+    /// The request body is larger than this hop takes.
+    TooLarge,
 }
 
 impl Failure {
@@ -45,6 +47,7 @@ impl Failure {
             Failure::Timeout => "upstream_timeout",
             Failure::BadRequest => "bad_request",
             Failure::Forbidden => "denied",
+            Failure::TooLarge => "body_too_large",
         }
     }
 }
@@ -74,6 +77,7 @@ pub fn failure_response(failure: Failure, grpc: bool) -> Response<Body> {
         Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "4", "upstream timeout\n"),
         Failure::BadRequest => (StatusCode::BAD_REQUEST, "13", "bad request\n"),
         Failure::Forbidden => (StatusCode::FORBIDDEN, "7", "forbidden"),
+        Failure::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "8", "payload too large\n"),
     };
     let mut response = if grpc {
         let mut r = Response::new(Either::Right(Full::new(Bytes::new())));

@@ -122,6 +122,7 @@ async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incom
                 tracing::debug!(error = ?err.error(), "upstream refused every attempt");
                 return Err(Failure::RetryLimit);
             }
+            None if replay.over_limit() => return Err(Failure::TooLarge),
             None => {
                 tracing::debug!(error = ?err.error(), "upstream request failed");
                 return Err(Failure::UpstreamReset);

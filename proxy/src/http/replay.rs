@@ -11,7 +11,8 @@
 //! idempotent methods, REFUSED_STREAM for any (see [`Refusal`]).
 //!
 //! Every request body ward forwards is one of these (without a record where no retry can
-//! happen), so it is also where trailers lose the headers only ward may set.
+//! happen), so it is also where trailers lose the headers only ward may set, and where a
+//! request with a [`BodyLimit`] is cut off once its body passes it.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -25,6 +26,20 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 /// The most body bytes kept for a replay; larger bodies are streamed without a record.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 
+/// A request extension: the most body bytes the request may carry, however it is framed
+/// (a declared `Content-Length` is judged before it is sent; this catches the rest).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub u64);
+
+/// Why a forwarded request body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Read(#[from] hyper::Error),
+    #[error("request body over its limit")]
+    TooLarge,
+}
+
 #[derive(Default)]
 struct Record {
     /// A copy of the body so far: copied, not referenced, so that a recorded frame never
@@ -34,11 +49,13 @@ struct Record {
     /// Past the limit: no replay.
     overflow: bool,
     ended: bool,
+    /// The body went past its [`BodyLimit`] and was cut off.
+    over_limit: bool,
 }
 
 impl Record {
     /// Keeps what one poll of the live body produced.
-    fn note(&mut self, frame: &Option<Result<Frame<Bytes>, hyper::Error>>, at_end: bool) {
+    fn note(&mut self, frame: &Option<Result<Frame<Bytes>, BodyError>>, at_end: bool) {
         match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -55,7 +72,10 @@ impl Record {
                 }
             }
             None => self.ended = true,
-            Some(Err(_)) => self.overflow = true,
+            Some(Err(e)) => {
+                self.overflow = true;
+                self.over_limit |= matches!(e, BodyError::TooLarge);
+            }
         }
         if at_end {
             self.ended = true;
@@ -74,6 +94,8 @@ enum Inner {
         /// Weak: once the sender has its response (or gave up) the record is dropped and
         /// a long upload or stream stops recording.
         record: Weak<Mutex<Record>>,
+        /// Body bytes it may still carry.
+        budget: u64,
     },
     Replay {
         data: VecDeque<Bytes>,
@@ -116,8 +138,16 @@ impl ReplayBody {
         } else {
             Arc::downgrade(&record)
         };
+        let budget = parts
+            .extensions
+            .get::<BodyLimit>()
+            .map_or(u64::MAX, |l| l.0);
         let body = ReplayBody {
-            inner: Inner::Live { body, record: link },
+            inner: Inner::Live {
+                body,
+                record: link,
+                budget,
+            },
         };
         (Request::from_parts(parts, body), replay)
     }
@@ -130,6 +160,7 @@ impl ReplayBody {
             inner: Inner::Live {
                 body,
                 record: Weak::new(),
+                budget: u64::MAX,
             },
         }
     }
@@ -164,15 +195,27 @@ impl Replay {
 
 impl Body for ReplayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().inner {
-            Inner::Live { body, record } => {
-                let mut polled = Pin::new(&mut *body).poll_frame(cx);
+            Inner::Live {
+                body,
+                record,
+                budget,
+            } => {
+                let mut polled = Pin::new(&mut *body).poll_frame(cx).map_err(BodyError::Read);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    match budget.checked_sub(data.len() as u64) {
+                        Some(left) => *budget = left,
+                        None => polled = Poll::Ready(Some(Err(BodyError::TooLarge))),
+                    }
+                }
                 // Every hop ward sends on goes through here: no trailer may carry a header
                 // only ward sets (HTTP/1.1 chunked and HTTP/2 trailers alike).
                 if let Poll::Ready(Some(Ok(frame))) = &mut polled
@@ -197,7 +240,7 @@ impl Body for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Live { body, record } => {
+            Inner::Live { body, record, .. } => {
                 let ended = body.is_end_stream();
                 // hyper may learn that the body ended from here and never poll it again.
                 if ended
@@ -257,6 +300,11 @@ pub fn refusal(err: &hyper::Error) -> Option<Refusal> {
 }
 
 impl Replay {
+    /// Whether the body was cut off at its [`BodyLimit`].
+    pub fn over_limit(&self) -> bool {
+        self.record.lock().is_ok_and(|r| r.over_limit)
+    }
+
     /// The request again, if `why` allows it for this request and its whole body was
     /// recorded.
     pub fn again(&self, why: Refusal) -> Option<Request<ReplayBody>> {
