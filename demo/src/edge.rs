@@ -106,7 +106,9 @@ fn public_certificate() -> Result<(String, String, String), rcgen::Error> {
 }
 
 /// The gateway's configuration: its SVID from the control plane, public TLS, the demo
-/// issuer, one route to `accounts` limited per customer, its policy from the control plane.
+/// issuer, one route to the `accounts` service (found through the control plane's
+/// discovery, and only if it is accounts' identity) limited per customer, its policy from
+/// the control plane.
 pub(crate) fn gateway_config(
     dir: &Path,
     cp: SocketAddr,
@@ -116,7 +118,7 @@ pub(crate) fn gateway_config(
     accounts: (SocketAddr, &str),
     logs: &Path,
 ) -> String {
-    let (accounts_inbound, accounts_id) = accounts;
+    let (accounts_app, accounts_id) = accounts;
     format!(
         "# Written by `ward demo`: the edge, in front of accounts.\n\
          trust_domain: {TRUST_DOMAIN}\n\
@@ -126,7 +128,7 @@ pub(crate) fn gateway_config(
          issuers:\n  - {{ issuer: \"{ISSUER}\", audiences: [{AUDIENCE}], algorithms: [ES256], jwks_file: \"{jwks}\" }}\n\
          rate_limits:\n  - {{ name: per-customer, by: [principal], rate: 10/s, burst: 10 }}\n\
          forward_claims: [sub, name]\n\
-         routes:\n  - {{ host: {HOST}, path: {{ prefix: /accounts }}, upstream: {accounts_inbound}, \
+         routes:\n  - {{ host: {HOST}, path: {{ prefix: /accounts }}, service: {accounts_app}, \
          server_identity: \"{accounts_id}\", rate_limits: [per-customer] }}\n\
          audit: {{ decisions: denied, log: \"{audit}\" }}\n\
          admin: {admin}\n",

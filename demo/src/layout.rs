@@ -122,6 +122,7 @@ impl Layout {
             "# Written by `ward demo`: the sidecar of the `{name}` workload.\n\
              trust_domain: {TRUST_DOMAIN}\n\
              identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n\
+             workload: {{ serving: [ {{ address: \"{app}\", inbound_port: {inbound_port} }} ] }}\n\
              inbound:\n  - {{ listen: {inbound}, app: {app} }}\n\
              {outbounds}\
              audit: {{ decisions: denied, log: \"{audit}\" }}\n\
@@ -131,6 +132,7 @@ impl Layout {
             token = self.dir.join(format!("{}.token", w.name())).display(),
             bundle = self.cp_data.join("bundle.pem").display(),
             inbound = w.inbound,
+            inbound_port = w.inbound.port(),
             app = w.app,
             audit = self.logs.join(format!("{}-audit.log", w.name())).display(),
             admin = w.admin,

@@ -32,7 +32,7 @@ use apps::AppKind;
 use layout::{Layout, sibling_binary, write_policies};
 use procs::Procs;
 use traffic::{Expect, HttpClient, LedgerCall, Scenario};
-use view::{CertWatch, render};
+use view::{CertWatch, render, verdict};
 use ward_runtime::time::parse_duration;
 
 const TRUST_DOMAIN: &str = "bank.local";
@@ -290,21 +290,50 @@ async fn start_mesh(
 
 /// Waits until every sidecar and the gateway say they are ready.
 async fn wait_ready(layout: &Layout, procs: &mut Procs, http: &HttpClient) -> anyhow::Result<()> {
-    let admins = layout
+    let ready: fn(&[u8]) -> bool = |_| true;
+    // The gateway finds accounts through discovery: the demo's first calls wait for it.
+    let discovered: fn(&[u8]) -> bool = |metrics| {
+        String::from_utf8_lossy(metrics).lines().any(|l| {
+            l.strip_prefix("ward_discovery_endpoints ")
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .is_some_and(|n| n >= 1.0)
+        })
+    };
+    let waits = layout
         .workloads
         .iter()
-        .map(|w| (format!("the {} sidecar", w.name()), w.admin))
-        .chain([("the gateway".to_owned(), layout.gateway_admin)]);
-    for (what, admin) in admins {
+        .map(|w| {
+            (
+                format!("the {} sidecar to be ready", w.name()),
+                w.admin,
+                "/ready",
+                ready,
+            )
+        })
+        .chain([
+            (
+                "the gateway to be ready".to_owned(),
+                layout.gateway_admin,
+                "/ready",
+                ready,
+            ),
+            (
+                "the gateway to discover accounts".to_owned(),
+                layout.gateway_admin,
+                "/metrics",
+                discovered,
+            ),
+        ]);
+    for (what, admin, path, done) in waits {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             procs.check()?;
-            if matches!(get(http, admin, "/ready").await, Some((200, _))) {
+            if matches!(get(http, admin, path).await, Some((200, body)) if done(&body)) {
                 break;
             }
             if Instant::now() > deadline {
                 bail!(
-                    "timed out waiting for {what} to be ready; see {}",
+                    "timed out waiting for {what}; see {}",
                     layout.logs.display()
                 );
             }
@@ -324,7 +353,7 @@ fn start_gateway(layout: &Layout, proxy: &Path, procs: &mut Procs) -> anyhow::Re
         &layout.cp_data.join("bundle.pem"),
         layout.gateway_listen,
         layout.gateway_admin,
-        (accounts.inbound, &accounts.spiffe_id()),
+        (accounts.app, &accounts.spiffe_id()),
         &layout.logs,
     );
     write_atomic(&config, text.as_bytes(), FileMode::Public)
@@ -540,33 +569,4 @@ fn scenarios(layout: &Layout, edge_files: &edge::EdgeFiles) -> anyhow::Result<Ve
     ];
     mesh.append(&mut edge);
     Ok(mesh)
-}
-
-/// Prints the verdict of a timed run; true if every call went as the policy says.
-fn verdict(scenarios: &[Scenario], layout: &Layout) -> bool {
-    let calls: u64 = scenarios.iter().map(Scenario::total).sum();
-    let unexpected: u64 = scenarios.iter().map(|s| s.unexpected).sum();
-    let untried: Vec<String> = scenarios
-        .iter()
-        .filter(|s| s.total() == 0 || !s.as_expected())
-        .filter(|s| s.unexpected == 0)
-        .map(|s| format!("{} -> {} {}", s.source, s.destination, s.call))
-        .collect();
-    if unexpected == 0 && untried.is_empty() {
-        println!(
-            "ward demo: PASS: {calls} calls; every allowed call succeeded and every forbidden call was denied"
-        );
-        true
-    } else {
-        println!(
-            "ward demo: FAIL: {unexpected} of {calls} calls not as the demo policy says{}; logs in {}",
-            if untried.is_empty() {
-                String::new()
-            } else {
-                format!("; never tried (or never limited): {}", untried.join(", "))
-            },
-            layout.logs.display()
-        );
-        false
-    }
 }

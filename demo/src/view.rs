@@ -186,3 +186,32 @@ fn render_help(out: &mut String, layout: &Layout, ward: &Path) {
         layout.logs.display()
     );
 }
+
+/// Prints the verdict of a timed run; true if every call went as the policy says.
+pub(crate) fn verdict(scenarios: &[Scenario], layout: &Layout) -> bool {
+    let calls: u64 = scenarios.iter().map(Scenario::total).sum();
+    let unexpected: u64 = scenarios.iter().map(|s| s.unexpected).sum();
+    let untried: Vec<String> = scenarios
+        .iter()
+        .filter(|s| s.total() == 0 || !s.as_expected())
+        .filter(|s| s.unexpected == 0)
+        .map(|s| format!("{} -> {} {}", s.source, s.destination, s.call))
+        .collect();
+    if unexpected == 0 && untried.is_empty() {
+        println!(
+            "ward demo: PASS: {calls} calls; every allowed call succeeded and every forbidden call was denied"
+        );
+        true
+    } else {
+        println!(
+            "ward demo: FAIL: {unexpected} of {calls} calls not as the demo policy says{}; logs in {}",
+            if untried.is_empty() {
+                String::new()
+            } else {
+                format!("; never tried (or never limited): {}", untried.join(", "))
+            },
+            layout.logs.display()
+        );
+        false
+    }
+}

@@ -39,6 +39,20 @@ pub struct ProxyInputs {
 }
 
 impl ProxyInputs {
+    /// With a control plane: the mesh's endpoints from its discovery, followed from now on.
+    pub fn discovery(&self) -> Option<crate::control::discovery::Endpoints> {
+        self.control.clone().map(|(client, health)| {
+            let map = crate::control::discovery::Endpoints::default();
+            tokio::spawn(crate::control::discovery::follow(
+                client,
+                self.identity.mesh.clone(),
+                health,
+                map.clone(),
+            ));
+            map
+        })
+    }
+
     /// Starts the admin server, gets the identity (from files, or from the control plane
     /// with a join token: this waits until the first SVID), and starts following policy.
     /// `/ready` says what is still pending all along: `readiness` may already hold the

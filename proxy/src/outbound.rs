@@ -38,10 +38,52 @@ pub struct Outbound {
     limits: Limits,
     servers: Servers,
     access_log: bool,
-    identity: MeshIdentity,
     resolver: Arc<dyn Resolve>,
-    /// Connections to each destination resolved so far, made on first use.
-    upstreams: Mutex<HashMap<Destination, Arc<Upstream>>>,
+    upstreams: Upstreams,
+}
+
+/// Connections to each destination resolved so far, made on first use and kept.
+pub struct Upstreams {
+    identity: MeshIdentity,
+    limits: Limits,
+    made: Mutex<HashMap<Destination, Arc<Upstream>>>,
+}
+
+impl Upstreams {
+    pub fn new(identity: MeshIdentity, limits: Limits) -> Self {
+        Self {
+            identity,
+            limits,
+            made: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Destination, Arc<Upstream>>> {
+        self.made.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How `to` is reached, its connection made now if it is new; an error only if its
+    /// TLS settings cannot be made.
+    pub fn prepare(
+        &self,
+        to: &Destination,
+    ) -> Result<Arc<Upstream>, ward_certs::tls::TlsConfigError> {
+        if let Some(up) = self.lock().get(to) {
+            return Ok(up.clone());
+        }
+        let up = Arc::new(Upstream::new(to, &self.identity, &self.limits)?);
+        Ok(self.lock().entry(to.clone()).or_insert(up).clone())
+    }
+
+    /// [`Upstreams::prepare`], with an error logged and `None`.
+    pub fn get(&self, to: &Destination) -> Option<Arc<Upstream>> {
+        self.prepare(to)
+            .inspect_err(|e| {
+                tracing::warn!(destination = %to.identity, addr = %to.addr, error = %e,
+                    "cannot prepare a connection to the destination");
+            })
+            .ok()
+    }
 }
 
 /// How one destination is reached: a pooled HTTP/2 connection for requests, and dialers
@@ -91,36 +133,19 @@ impl Outbound {
             limits: inputs.limits.clone(),
             servers: inputs.servers.clone(),
             access_log: inputs.access_log,
-            identity: inputs.identity.mesh.clone(),
             resolver,
-            upstreams: Mutex::default(),
+            upstreams: Upstreams::new(inputs.identity.mesh.clone(), inputs.limits.clone()),
         };
         if let Some(to) = this.resolver.resolve(&Target::default()) {
-            let up = Upstream::new(&to, &this.identity, &this.limits)?;
-            this.lock().insert(to, Arc::new(up));
+            this.upstreams.prepare(&to)?;
         }
         Ok(Arc::new(this))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Destination, Arc<Upstream>>> {
-        self.upstreams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where a connection to `target` goes, and how it is reached (`None`: not a mesh
     /// destination).
     pub fn upstream(&self, target: &Target) -> Option<Arc<Upstream>> {
-        let to = self.resolver.resolve(target)?;
-        if let Some(up) = self.lock().get(&to) {
-            return Some(up.clone());
-        }
-        match Upstream::new(&to, &self.identity, &self.limits) {
-            Ok(up) => Some(self.lock().entry(to).or_insert(Arc::new(up)).clone()),
-            Err(e) => {
-                tracing::warn!(destination = %to.identity, addr = %to.addr, error = %e,
-                    "cannot prepare a connection to the destination");
-                None
-            }
-        }
+        self.upstreams.get(&self.resolver.resolve(target)?)
     }
 
     /// Handles one connection from the app (to the listener's destination).

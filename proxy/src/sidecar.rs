@@ -64,16 +64,7 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("capture.destinations: {e}"))?;
         // With a control plane, its discovery names the mesh destinations too.
-        let discovered = inputs.control.clone().map(|(client, health)| {
-            let map = crate::control::discovery::Endpoints::default();
-            tokio::spawn(crate::control::discovery::follow(
-                client,
-                inputs.identity.mesh.clone(),
-                health,
-                map.clone(),
-            ));
-            map
-        });
+        let discovered = inputs.discovery();
         let captured = Capture::new(config, capture, ids, discovered, &inputs)?;
         let listener = bind("capture.inbound", capture.inbound).await?;
         let inbound = Inbound::captured(capture.protocol, &capture.upgrades, &inputs)?;

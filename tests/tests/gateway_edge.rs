@@ -255,6 +255,24 @@ fn configurations_the_gateway_refuses_name_the_field() {
             "routes: at least one route",
         ),
         (
+            format!(
+                "{head}plaintext: true\nroutes: [ {{ service: \"127.0.0.1:8080\", authentication: none }} ]\n"
+            ),
+            "routes[0].service: needs a control plane",
+        ),
+        (
+            format!(
+                "{head}plaintext: true\nroutes: [ {{ upstream: 127.0.0.1:1, service: \"127.0.0.1:8080\", server_identity: \"spiffe://example.org/ns/a/sa/b\", authentication: none }} ]\n"
+            ),
+            "upstream (with server_identity) or service, one of them",
+        ),
+        (
+            format!(
+                "{head}plaintext: true\nroutes: [ {{ upstream: 127.0.0.1:1, authentication: none }} ]\n"
+            ),
+            "upstream needs its server_identity",
+        ),
+        (
             format!("{head}plaintext: true\ndpop: {{ algorithms: [HS256] }}\n{route}"),
             "dpop: algorithm \"HS256\" is not accepted",
         ),

@@ -320,14 +320,20 @@ fn check_routes(
     let mut routes = Vec::new();
     for (i, r) in gateway.routes.iter().enumerate() {
         let field = format!("routes[{i}]");
-        let id: SpiffeId = ward_certs::parse_spiffe_id(&r.server_identity)
-            .map_err(|e| at.err(&format!("{field}.server_identity"), &e))?;
-        if !id.is_member_of(&common.trust_domain) {
-            return Err(at.err(
-                &format!("{field}.server_identity"),
-                &format!("{id} is not in trust domain {}", common.trust_domain),
-            ));
-        }
+        let id = match &r.server_identity {
+            Some(text) => {
+                let id: SpiffeId = ward_certs::parse_spiffe_id(text)
+                    .map_err(|e| at.err(&format!("{field}.server_identity"), &e))?;
+                if !id.is_member_of(&common.trust_domain) {
+                    return Err(at.err(
+                        &format!("{field}.server_identity"),
+                        &format!("{id} is not in trust domain {}", common.trust_domain),
+                    ));
+                }
+                Some(id)
+            }
+            None => None,
+        };
         if r.authentication != Authentication::None && !have_issuers {
             return Err(at.err(
                 &format!("{field}.authentication"),
@@ -335,6 +341,12 @@ fn check_routes(
             ));
         }
         let mut route = Route::new(r, id).map_err(|e| at.err(&field, &e))?;
+        if r.service.is_some() && common.config.identity.control_plane.is_none() {
+            return Err(at.err(
+                &format!("{field}.service"),
+                &"needs a control plane, whose discovery names the service's sidecar",
+            ));
+        }
         for name in &r.rate_limits {
             let index = limits.iter().position(|l| &l.name == name).ok_or_else(|| {
                 at.err(

@@ -7,7 +7,6 @@
 //! 403, 404, 502, 504. The audit log has the reason, the route, the end user's principal,
 //! issuer and key id — never the token.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -25,12 +24,12 @@ use super::authn::{self, Authenticated};
 use super::config::GatewayValidated;
 use super::credentials::{self, TokenSource};
 use super::dpop::{Dpop, Target};
-use super::forwarded;
+use super::forwarded::{self, Client, Peer};
 use super::issuers::Issuers;
 use super::public_tls::Certificates;
 use super::ratelimit::shared::Shared;
 use super::ratelimit::{KeyFacts, Limiter, Verdict};
-use super::routes::{Route, Routes};
+use super::routes::{Route, RouteTarget, Routes};
 use crate::authz::{Authorizer, EdgeFacts, Facts};
 use crate::config::Limits;
 use crate::http::END_USER;
@@ -40,8 +39,9 @@ use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
 use crate::http::{Body, Failure, failure_response, is_grpc};
 use crate::inputs::ProxyInputs;
 use crate::metrics::{self, Direction, OpenConnection};
-use crate::outbound::{Upstream, to_mesh_request};
+use crate::outbound::{Upstream, Upstreams, to_mesh_request};
 use crate::record;
+use crate::resolve::Endpoints;
 use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1};
 use crate::transport::idle::{Activity, Tracked};
 use ward_runtime::Drain;
@@ -54,8 +54,12 @@ const DPOP: HeaderName = HeaderName::from_static("dpop");
 /// The public listener's state.
 pub struct Edge {
     routes: Routes,
-    /// One per route, in the routes' order.
-    upstreams: Vec<Arc<Upstream>>,
+    /// Each destination's connections.
+    upstreams: Upstreams,
+    /// A fixed route's destination, by route index (discovered ones: `None`).
+    fixed: Vec<Option<Arc<Upstream>>>,
+    /// The mesh's endpoints, when a route names a service.
+    discovered: Option<Endpoints>,
     issuers: Arc<Issuers>,
     api_keys: Option<Arc<ApiKeys>>,
     dpop: Dpop,
@@ -101,25 +105,6 @@ impl Identified<'_> {
     }
 }
 
-/// What a connection says of its peer.
-struct Peer {
-    addr: String,
-    tls: bool,
-    /// The SHA-256 thumbprint (base64url) of its certificate, if it showed one.
-    cert: Option<String>,
-    /// The host it named in the TLS handshake.
-    sni: Option<String>,
-}
-
-/// A request's client: who it is (past trusted hops), how it reached the edge, and what
-/// its connection showed.
-struct Client<'a> {
-    addr: Cow<'a, str>,
-    https: bool,
-    cert: Option<&'a str>,
-    sni: Option<&'a str>,
-}
-
 impl Edge {
     pub fn new(
         validated: &GatewayValidated,
@@ -128,17 +113,22 @@ impl Edge {
         issuers: Arc<Issuers>,
         api_keys: Option<Arc<ApiKeys>>,
     ) -> anyhow::Result<Arc<Self>> {
-        let upstreams = validated
+        // Fixed destinations are prepared now, so their errors stop the start.
+        let upstreams = Upstreams::new(inputs.identity.mesh.clone(), inputs.limits.clone());
+        let fixed = validated
             .routes
             .iter()
-            .map(|r| {
-                let to = crate::resolve::Destination {
-                    addr: r.upstream,
-                    identity: r.identity.clone(),
-                };
-                Upstream::new(&to, &inputs.identity.mesh, &inputs.limits).map(Arc::new)
+            .map(|route| match &route.to {
+                RouteTarget::Fixed(to) => upstreams.prepare(to).map(Some),
+                RouteTarget::Discovered { .. } => Ok(None),
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let discovering = fixed.iter().any(Option::is_none);
+        let discovered = if discovering {
+            inputs.discovery()
+        } else {
+            None
+        };
         let gateway = &validated.gateway;
         let shared = gateway
             .redis
@@ -150,6 +140,8 @@ impl Edge {
         Ok(Arc::new(Self {
             routes: validated.routes.clone(),
             upstreams,
+            fixed,
+            discovered,
             issuers,
             api_keys,
             dpop: Dpop::new(&gateway.dpop).map_err(anyhow::Error::msg)?,
@@ -349,7 +341,12 @@ impl Edge {
         caller_http1: bool,
         grpc: bool,
     ) -> (Response<Body>, Option<&'static str>) {
-        let up = &self.upstreams[route.index];
+        let Some(up) = self.upstream(route) else {
+            return (
+                failure_response(Failure::ConnectFailed, grpc),
+                Some("no_endpoint"),
+            );
+        };
         let limit = route.timeout.unwrap_or(self.limits.request_timeout);
         let result = match to_mesh_request(req, caller_http1) {
             Ok(mut req) => {
@@ -364,6 +361,24 @@ impl Edge {
         match result {
             Ok(resp) => (from_upstream(resp, caller_http1), None),
             Err(f) => (failure_response(f, grpc), Some(f.cause())),
+        }
+    }
+
+    /// Where a route's request goes now: its one sidecar, or what discovery last said
+    /// serves its service (if that is the identity the route names, when it names one).
+    fn upstream(&self, route: &Route) -> Option<Arc<Upstream>> {
+        match &route.to {
+            RouteTarget::Fixed(_) => self.fixed.get(route.index).cloned().flatten(),
+            RouteTarget::Discovered { service, identity } => {
+                let found = self.discovered.as_ref()?.load().get(service).cloned();
+                let Some(to) =
+                    found.filter(|to| identity.as_ref().is_none_or(|i| *i == to.identity))
+                else {
+                    tracing::debug!(route = route.index, %service, "no endpoint for the route's service");
+                    return None;
+                };
+                self.upstreams.get(&to)
+            }
         }
     }
 

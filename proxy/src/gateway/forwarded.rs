@@ -16,6 +16,25 @@ use http::header::FORWARDED;
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
+/// What a connection says of its peer.
+pub struct Peer {
+    pub addr: String,
+    pub tls: bool,
+    /// The SHA-256 thumbprint (base64url) of its certificate, if it showed one.
+    pub cert: Option<String>,
+    /// The host it named in the TLS handshake.
+    pub sni: Option<String>,
+}
+
+/// A request's client: who it is (past trusted hops), how it reached the edge, and what
+/// its connection showed.
+pub struct Client<'a> {
+    pub addr: Cow<'a, str>,
+    pub https: bool,
+    pub cert: Option<&'a str>,
+    pub sni: Option<&'a str>,
+}
+
 /// The client of one request, as far as the gateway can trust.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin<'a> {

@@ -11,6 +11,8 @@ use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use ward_certs::SpiffeId;
 
+use crate::resolve::Destination;
+
 /// How a route matches the path: written `{ prefix: P }`, `{ exact: P }` or `{ template: T }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase", try_from = "PathFields")]
@@ -76,10 +78,17 @@ pub struct RouteConfig {
     /// /accounts/{id}/balance }` (a `{NAME}` is any one segment; a last `/*` any rest).
     #[serde(default)]
     pub path: PathMatch,
-    /// The mesh service's sidecar (its inbound listener).
-    pub upstream: SocketAddr,
-    /// The only identity it may present.
-    pub server_identity: String,
+    /// The mesh service's sidecar (its inbound listener), with `server_identity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<SocketAddr>,
+    /// The only identity it may present (with `service`: the identity discovery must name
+    /// for it, if given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_identity: Option<String>,
+    /// Instead of `upstream`: the address apps dial for the service; the control plane's
+    /// discovery says which sidecar serves it and who that is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<SocketAddr>,
     #[serde(default)]
     pub authentication: Authentication,
     /// Pass the end user's token on (it is removed by default: the mesh gets the verified
@@ -229,8 +238,7 @@ pub struct Route {
     pub index: usize,
     host: Option<HostMatch>,
     path: CompiledPath,
-    pub upstream: SocketAddr,
-    pub identity: SpiffeId,
+    pub to: RouteTarget,
     pub authentication: Authentication,
     pub forward_token: bool,
     pub timeout: Option<Duration>,
@@ -240,8 +248,33 @@ pub struct Route {
     pub limits: Vec<usize>,
 }
 
+/// Where a route's requests go.
+#[derive(Debug, Clone)]
+pub enum RouteTarget {
+    /// One sidecar, one identity.
+    Fixed(Destination),
+    /// Whatever discovery says serves `service`; if `identity` is given, only that.
+    Discovered {
+        service: SocketAddr,
+        identity: Option<SpiffeId>,
+    },
+}
+
 impl Route {
-    pub fn new(config: &RouteConfig, identity: SpiffeId) -> Result<Self, String> {
+    /// `identity` is the route's `server_identity`, checked by the caller.
+    pub fn new(config: &RouteConfig, identity: Option<SpiffeId>) -> Result<Self, String> {
+        let to = match (config.upstream, config.service, identity) {
+            (Some(addr), None, Some(identity)) => {
+                RouteTarget::Fixed(Destination { addr, identity })
+            }
+            (Some(_), None, None) => return Err("upstream needs its server_identity".into()),
+            (None, Some(service), identity) => RouteTarget::Discovered { service, identity },
+            _ => {
+                return Err(
+                    "a route names upstream (with server_identity) or service, one of them".into(),
+                );
+            }
+        };
         let host = config.host.as_deref().map(HostMatch::new).transpose()?;
         let path = CompiledPath::new(&config.path)?;
         let name = |n: &str| {
@@ -264,8 +297,7 @@ impl Route {
             index: 0,
             host,
             path,
-            upstream: config.upstream,
-            identity,
+            to,
             authentication: config.authentication,
             forward_token: config.forward_token,
             timeout: config.timeout,
@@ -316,8 +348,9 @@ mod tests {
         let config = RouteConfig {
             host: host.map(str::to_owned),
             path,
-            upstream: "127.0.0.1:1".parse().unwrap(),
-            server_identity: "spiffe://t/ns/a/sa/b".into(),
+            upstream: Some("127.0.0.1:1".parse().unwrap()),
+            server_identity: Some("spiffe://t/ns/a/sa/b".into()),
+            service: None,
             authentication: Authentication::None,
             forward_token: false,
             timeout: None,
@@ -326,7 +359,7 @@ mod tests {
         };
         Route::new(
             &config,
-            ward_certs::parse_spiffe_id("spiffe://t/ns/a/sa/b").unwrap(),
+            ward_certs::parse_spiffe_id("spiffe://t/ns/a/sa/b").ok(),
         )
         .unwrap()
     }
