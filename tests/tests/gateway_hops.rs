@@ -139,8 +139,13 @@ async fn hosts_the_connection_was_not_made_for_are_misdirected_and_big_bodies_re
             )
         };
         assert_eq!(post(&small).0, 200);
+        // Refused before its body is read: as with the chunked case below, curl may see
+        // the connection close before the 413; the access log is checked after both.
         let (code, _, body) = post(&big);
-        assert_eq!((code, body.as_str()), (413, "payload too large\n"));
+        assert!(
+            (code, body.as_str()) == (413, "payload too large\n") || code == 0,
+            "{code} {body}"
+        );
         // Without a declared length (chunked), the body is cut off where it passes the
         // limit: the app never gets a whole request.
         let chunked = |data: &str| {
@@ -172,7 +177,9 @@ async fn hosts_the_connection_was_not_made_for_are_misdirected_and_big_bodies_re
         let logs = edge.gateway.logs();
         assert!(
             logs.lines()
-                .any(|l| l.contains("body_too_large") && l.contains("status=413")),
+                .filter(|l| l.contains("body_too_large") && l.contains("status=413"))
+                .count()
+                >= 2,
             "{logs}"
         );
     })

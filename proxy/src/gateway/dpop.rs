@@ -128,6 +128,8 @@ pub struct Dpop {
     max_age: Duration,
     skew: Duration,
     algorithms: Vec<Algorithm>,
+    /// The algorithms as a challenge's `algs` lists them, written once.
+    algs: String,
     nonces: Option<Nonces>,
     seen: Mutex<Replay>,
 }
@@ -153,6 +155,7 @@ impl Dpop {
         Ok(Self {
             max_age: config.max_age,
             skew: config.clock_skew,
+            algs: config.algorithms.join(" "),
             algorithms,
             nonces,
             seen: Mutex::new(Replay::new(config.replay_cache)),
@@ -160,9 +163,8 @@ impl Dpop {
     }
 
     /// The algorithms, as the `WWW-Authenticate` challenge's `algs` lists them.
-    pub fn algs(&self) -> String {
-        let names: Vec<&str> = self.algorithms.iter().map(alg_name).collect();
-        names.join(" ")
+    pub fn algs(&self) -> &str {
+        &self.algs
     }
 
     /// A fresh nonce, if the gateway requires them.
@@ -279,18 +281,6 @@ impl Dpop {
             return Err(invalid("bad signature"));
         }
         Ok((jwk, claims))
-    }
-}
-
-fn alg_name(alg: &Algorithm) -> &'static str {
-    match alg {
-        Algorithm::RS256 => "RS256",
-        Algorithm::RS384 => "RS384",
-        Algorithm::PS256 => "PS256",
-        Algorithm::ES256 => "ES256",
-        Algorithm::ES384 => "ES384",
-        Algorithm::EdDSA => "EdDSA",
-        _ => "",
     }
 }
 
