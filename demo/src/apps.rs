@@ -1,6 +1,12 @@
 //! The banking example's three apps (`ward demo-app web|accounts|ledger`): ordinary
 //! plaintext servers on loopback that know nothing of the mesh. Their sidecars put mTLS
 //! and policy in front of them.
+//!
+//! A customer's `GET /accounts/ID` goes through all three: web asks accounts (through
+//! web's sidecar, at `--calls`), accounts asks the ledger for the balance (through its
+//! own). Like any app instrumented for tracing, each passes the request's trace context
+//! (`traceparent`, `tracestate`) and request id on to the call it makes for it, so the
+//! sidecars' spans join into one trace.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -9,14 +15,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pb;
+use crate::pb::ledger_client::LedgerClient;
 use crate::pb::ledger_server::{Ledger, LedgerServer};
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 /// Which app to run.
@@ -42,8 +53,51 @@ impl AppKind {
     }
 }
 
-/// Serves `kind` on `listen` until the process is stopped.
-pub async fn serve(kind: AppKind, listen: SocketAddr) -> anyhow::Result<()> {
+/// What web and accounts call for a request: accounts' HTTP API, or the ledger over gRPC,
+/// each through the app's sidecar outbound listener.
+#[derive(Clone)]
+enum Next {
+    None,
+    Accounts {
+        client: Client<HttpConnector, Empty<Bytes>>,
+        at: SocketAddr,
+    },
+    Ledger(LedgerClient<Channel>),
+}
+
+impl Next {
+    fn new(kind: AppKind, calls: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let Some(at) = calls else {
+            return Ok(Self::None);
+        };
+        Ok(match kind {
+            AppKind::Web => Self::Accounts {
+                client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+                at,
+            },
+            AppKind::Accounts => {
+                let channel = Endpoint::from_shared(format!("http://{at}"))
+                    .with_context(|| format!("gRPC endpoint {at}"))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                Self::Ledger(LedgerClient::new(channel))
+            }
+            AppKind::Ledger => Self::None,
+        })
+    }
+}
+
+/// The request headers an app passes on to the call it makes for the request.
+const CARRIED: [&str; 3] = ["traceparent", "tracestate", "x-request-id"];
+
+/// Serves `kind` on `listen` until the process is stopped; web and accounts make their
+/// calls at `calls`.
+pub async fn serve(
+    kind: AppKind,
+    listen: SocketAddr,
+    calls: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let next = Next::new(kind, calls)?;
     let mut stop = super::Stop::new()?;
     let listener = TcpListener::bind(listen)
         .await
@@ -63,8 +117,10 @@ pub async fn serve(kind: AppKind, listen: SocketAddr) -> anyhow::Result<()> {
                 accepted = listener.accept() => accepted.context("accepting")?,
                 () = stop.recv() => return Ok(()),
             };
+            let next = next.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| http_app(kind, req));
+                let service =
+                    hyper::service::service_fn(move |req| http_app(kind, req, next.clone()));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
@@ -76,22 +132,22 @@ pub async fn serve(kind: AppKind, listen: SocketAddr) -> anyhow::Result<()> {
 async fn http_app(
     kind: AppKind,
     req: Request<Incoming>,
+    next: Next,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let reply = match (kind, req.method(), path.strip_prefix("/accounts/")) {
+        (AppKind::Web, &Method::GET, Some(id)) if valid_account(id) => {
+            ask_accounts(&next, &req, id).await
+        }
+        (AppKind::Accounts, &Method::GET, Some(id)) if valid_account(id) => {
+            account(&next, &req, id).await
+        }
         (AppKind::Web, &Method::GET, _) if path == "/" => (
             StatusCode::OK,
             "text/html",
             "<!doctype html><title>ward bank</title><h1>ward bank</h1>\
              <p>The frontend of the ward demo. Its sidecar calls accounts for you.</p>\n"
                 .to_owned(),
-        ),
-        (AppKind::Accounts, &Method::GET, Some(id)) if valid_account(id) => (
-            StatusCode::OK,
-            "application/json",
-            format!(
-                "{{\"account\":\"{id}\",\"owner\":\"customer-{id}\",\"currency\":\"EUR\",\"status\":\"open\"}}\n"
-            ),
         ),
         (AppKind::Accounts, &Method::DELETE, Some(id)) if valid_account(id) => (
             StatusCode::OK,
@@ -117,6 +173,74 @@ async fn http_app(
         hyper::header::HeaderValue::from_static(content_type),
     );
     Ok(response)
+}
+
+type Reply = (StatusCode, &'static str, String);
+
+/// web: the account as accounts tells it (through web's sidecar).
+async fn ask_accounts(next: &Next, req: &Request<Incoming>, id: &str) -> Reply {
+    let Next::Accounts { client, at } = next else {
+        return (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        );
+    };
+    let mut call = Request::get(format!("http://{at}/accounts/{id}"));
+    for name in CARRIED {
+        if let Some(value) = req.headers().get(name) {
+            call = call.header(name, value);
+        }
+    }
+    let unavailable = || {
+        let body = "{\"error\":\"accounts unavailable\"}\n".to_owned();
+        (StatusCode::BAD_GATEWAY, "application/json", body)
+    };
+    let Ok(call) = call.body(Empty::new()) else {
+        return unavailable();
+    };
+    let answer = async {
+        let resp = client.request(call).await.ok()?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), answer).await {
+        Ok(Some((status, body))) => (status, "application/json", body),
+        _ => unavailable(),
+    }
+}
+
+/// accounts: the account, with its balance from the ledger (through accounts' sidecar).
+async fn account(next: &Next, req: &Request<Incoming>, id: &str) -> Reply {
+    let balance = match next {
+        Next::Ledger(client) => {
+            let mut call = GrpcRequest::new(pb::GetBalanceRequest {
+                account: id.to_owned(),
+            });
+            for name in CARRIED {
+                if let Some(value) = req.headers().get(name).and_then(|v| v.to_str().ok())
+                    && let Ok(value) = value.parse()
+                {
+                    call.metadata_mut().insert(name, value);
+                }
+            }
+            call.set_timeout(Duration::from_secs(5));
+            match client.clone().get_balance(call).await {
+                Ok(balance) => format!(",\"balance_cents\":{}", balance.into_inner().cents),
+                Err(status) => {
+                    tracing::debug!(%status, "the ledger refused GetBalance");
+                    let body = "{\"error\":\"ledger unavailable\"}\n".to_owned();
+                    return (StatusCode::BAD_GATEWAY, "application/json", body);
+                }
+            }
+        }
+        _ => String::new(),
+    };
+    let body = format!(
+        "{{\"account\":\"{id}\",\"owner\":\"customer-{id}\",\"currency\":\"EUR\",\"status\":\"open\"{balance}}}\n"
+    );
+    (StatusCode::OK, "application/json", body)
 }
 
 /// Account IDs are 1-12 ASCII digits.

@@ -1,4 +1,4 @@
-//! The demo's edge: `ward-proxy gateway` in front of `accounts`, with a public CA and
+//! The demo's edge: `ward-proxy gateway` in front of `web`, with a public CA and
 //! certificate for `bank.localhost`, a demo token issuer (an ES256 key and its JWKS file)
 //! and tokens for three customers, written where a user can pick them up and curl.
 
@@ -106,21 +106,21 @@ fn public_certificate() -> Result<(String, String, String), rcgen::Error> {
 }
 
 /// The gateway's configuration: its SVID from the control plane, public TLS, the demo
-/// issuer, one route to the `accounts` service (found through the control plane's
-/// discovery, and only if it is accounts' identity) limited per customer, its policy from
-/// the control plane.
+/// issuer, one route to the `web` service (found through the control plane's discovery,
+/// and only if it is web's identity) limited per customer, its policy from the control
+/// plane; `tracing` is the demo's trace section, if any.
 pub(crate) fn gateway_config(
     dir: &Path,
     cp: SocketAddr,
     bundle: &Path,
     listen: SocketAddr,
     admin: SocketAddr,
-    accounts: (SocketAddr, &str),
+    web: (SocketAddr, &str),
     logs: &Path,
 ) -> String {
-    let (accounts_app, accounts_id) = accounts;
+    let (web_app, web_id) = web;
     format!(
-        "# Written by `ward demo`: the edge, in front of accounts.\n\
+        "# Written by `ward demo`: the edge, in front of web.\n\
          trust_domain: {TRUST_DOMAIN}\n\
          identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n\
          listen: {listen}\n\
@@ -128,8 +128,8 @@ pub(crate) fn gateway_config(
          issuers:\n  - {{ issuer: \"{ISSUER}\", audiences: [{AUDIENCE}], algorithms: [ES256], jwks_file: \"{jwks}\" }}\n\
          rate_limits:\n  - {{ name: per-customer, by: [principal], rate: 10/s, burst: 10 }}\n\
          forward_claims: [sub, name]\n\
-         routes:\n  - {{ host: {HOST}, path: {{ prefix: /accounts }}, service: {accounts_app}, \
-         server_identity: \"{accounts_id}\", rate_limits: [per-customer] }}\n\
+         routes:\n  - {{ host: {HOST}, path: {{ prefix: /accounts }}, service: {web_app}, \
+         server_identity: \"{web_id}\", rate_limits: [per-customer] }}\n\
          audit: {{ decisions: denied, log: \"{audit}\" }}\n\
          admin: {admin}\n",
         token = dir.join("gateway.token").display(),

@@ -54,6 +54,8 @@ pub(crate) struct Layout {
     /// The gateway's public listener and admin.
     pub(crate) gateway_listen: SocketAddr,
     pub(crate) gateway_admin: SocketAddr,
+    /// Where every proxy sends its spans (OTLP endpoint, protocol), if anywhere.
+    pub(crate) otlp: Option<(String, &'static str)>,
 }
 
 impl Layout {
@@ -86,6 +88,7 @@ impl Layout {
             gateway_listen: next()?,
             gateway_admin: next()?,
             workloads,
+            otlp: None,
         })
     }
 
@@ -95,6 +98,26 @@ impl Layout {
             .iter()
             .find(|w| w.kind == kind)
             .unwrap_or(&self.workloads[0])
+    }
+
+    /// Where an app's own calls go: web's to accounts, accounts' to the ledger.
+    pub(crate) fn calls_of(&self, kind: AppKind) -> Option<SocketAddr> {
+        match kind {
+            AppKind::Web => Some(self.outbounds.web_accounts),
+            AppKind::Accounts => Some(self.outbounds.accounts_ledger),
+            AppKind::Ledger => None,
+        }
+    }
+
+    /// A proxy's `tracing:` section (`service` is its `service.name`), or nothing.
+    pub(crate) fn tracing(&self, service: &str) -> String {
+        match &self.otlp {
+            Some((endpoint, protocol)) => format!(
+                "tracing: {{ endpoint: \"{endpoint}\", protocol: {protocol}, interval: 200ms, \
+                 service_name: {service} }}\n"
+            ),
+            None => String::new(),
+        }
     }
 
     pub(crate) fn sidecar_config(&self, w: &Workload) -> String {
@@ -136,7 +159,7 @@ impl Layout {
             app = w.app,
             audit = self.logs.join(format!("{}-audit.log", w.name())).display(),
             admin = w.admin,
-        )
+        ) + &self.tracing(w.name())
     }
 }
 
@@ -164,17 +187,29 @@ pub(crate) fn mesh_policy() -> String {
     )
 }
 
+pub(crate) fn web_policy() -> String {
+    format!(
+        "# The gateway may ask web for accounts (the gateway's own policy says whose).\n\
+         apiVersion: ward.dev/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{ name: gateway-reaches-web, namespace: {NAMESPACE} }}\n\
+         spec:\n  selector: {{ matchLabels: {{ app: web }} }}\n  action: ALLOW\n  rules:\n\
+         \x20 - from: [ {{ principals: [\"{gateway}\"] }} ]\n\
+         \x20   to: [ {{ methods: [GET], paths: [\"/accounts/*\"] }} ]\n",
+        gateway = crate::edge::spiffe_id(),
+    )
+}
+
 pub(crate) fn accounts_policy() -> String {
     format!(
-        "# web and the gateway may read accounts; nothing else may call accounts.\n\
+        "# web may read accounts; nothing else may call accounts.\n\
          apiVersion: ward.dev/v1alpha1\n\
          kind: AuthorizationPolicy\n\
          metadata: {{ name: web-reads-accounts, namespace: {NAMESPACE} }}\n\
          spec:\n  selector: {{ matchLabels: {{ app: accounts }} }}\n  action: ALLOW\n  rules:\n\
-         \x20 - from: [ {{ principals: [\"{web}\", \"{gateway}\"] }} ]\n\
+         \x20 - from: [ {{ principals: [\"{web}\"] }} ]\n\
          \x20   to: [ {{ methods: [GET], paths: [\"/accounts/*\"] }} ]\n",
         web = spiffe_id(AppKind::Web),
-        gateway = crate::edge::spiffe_id(),
     )
 }
 
@@ -196,6 +231,7 @@ pub(crate) fn write_policies(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, text) in [
         ("mesh.yaml", mesh_policy()),
+        ("web.yaml", web_policy()),
         ("accounts.yaml", accounts_policy()),
         ("ledger.yaml", ledger_policy()),
         ("gateway.yaml", crate::edge::gateway_policy()),

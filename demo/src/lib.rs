@@ -62,6 +62,14 @@ pub struct DemoArgs {
     /// The `ward-proxy` binary (default: the one next to this `ward`).
     #[arg(long, value_name = "PATH")]
     proxy_bin: Option<PathBuf>,
+    /// Send every sidecar's and the gateway's request spans to this OpenTelemetry
+    /// collector (OTLP), e.g. http://127.0.0.1:4317.
+    #[arg(long, value_name = "URL")]
+    otlp: Option<String>,
+    /// How to speak to the collector: grpc (its port 4317) or http (4318).
+    #[arg(long, value_name = "PROTOCOL", default_value = "grpc",
+        value_parser = clap::builder::PossibleValuesParser::new(["grpc", "http"]))]
+    otlp_protocol: String,
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +78,10 @@ pub struct DemoAppArgs {
     app: AppKind,
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
+    /// Where the app's own calls go (its sidecar's outbound listener): web calls accounts
+    /// there, accounts calls the ledger.
+    #[arg(long, value_name = "ADDR")]
+    calls: Option<SocketAddr>,
 }
 
 /// `ward demo-app`: one of the demo's apps (started by `ward demo`).
@@ -79,7 +91,7 @@ pub fn demo_app(args: DemoAppArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(apps::serve(args.app, args.listen))?;
+    runtime.block_on(apps::serve(args.app, args.listen, args.calls))?;
     Ok(())
 }
 
@@ -118,7 +130,13 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
         Some(path) => path.clone(),
         None => sibling_binary("ward-proxy")?,
     };
-    let layout = Layout::new(dir)?;
+    let mut layout = Layout::new(dir)?;
+    let protocol = if args.otlp_protocol == "http" {
+        "http"
+    } else {
+        "grpc"
+    };
+    layout.otlp = args.otlp.clone().map(|endpoint| (endpoint, protocol));
     std::fs::create_dir_all(&layout.logs)
         .with_context(|| format!("creating {}", layout.logs.display()))?;
     write_policies(&layout.policies)?;
@@ -258,12 +276,12 @@ async fn start_mesh(
 
     // The apps, then their sidecars.
     for w in &layout.workloads {
-        procs.spawn(
-            w.name(),
-            ward,
-            ["demo-app", w.name(), "--listen", &w.app.to_string()],
-            &layout.logs,
-        )?;
+        let mut app_args = vec!["demo-app".to_owned(), w.name().to_owned()];
+        app_args.extend(["--listen".to_owned(), w.app.to_string()]);
+        if let Some(calls) = layout.calls_of(w.kind) {
+            app_args.extend(["--calls".to_owned(), calls.to_string()]);
+        }
+        procs.spawn(w.name(), ward, app_args, &layout.logs)?;
     }
     for w in &layout.workloads {
         let config = layout.dir.join(format!("{}-sidecar.yaml", w.name()));
@@ -291,7 +309,7 @@ async fn start_mesh(
 /// Waits until every sidecar and the gateway say they are ready.
 async fn wait_ready(layout: &Layout, procs: &mut Procs, http: &HttpClient) -> anyhow::Result<()> {
     let ready: fn(&[u8]) -> bool = |_| true;
-    // The gateway finds accounts through discovery: the demo's first calls wait for it.
+    // The gateway finds web through discovery: the demo's first calls wait for it.
     let discovered: fn(&[u8]) -> bool = |metrics| {
         String::from_utf8_lossy(metrics).lines().any(|l| {
             l.strip_prefix("ward_discovery_endpoints ")
@@ -318,7 +336,7 @@ async fn wait_ready(layout: &Layout, procs: &mut Procs, http: &HttpClient) -> an
                 ready,
             ),
             (
-                "the gateway to discover accounts".to_owned(),
+                "the gateway to discover web".to_owned(),
                 layout.gateway_admin,
                 "/metrics",
                 discovered,
@@ -343,9 +361,9 @@ async fn wait_ready(layout: &Layout, procs: &mut Procs, http: &HttpClient) -> an
     Ok(())
 }
 
-/// The edge, in front of accounts: its configuration written, the gateway started.
+/// The edge, in front of web: its configuration written, the gateway started.
 fn start_gateway(layout: &Layout, proxy: &Path, procs: &mut Procs) -> anyhow::Result<()> {
-    let accounts = layout.workload(AppKind::Accounts);
+    let web = layout.workload(AppKind::Web);
     let config = layout.dir.join("gateway.yaml");
     let text = edge::gateway_config(
         &layout.dir,
@@ -353,9 +371,9 @@ fn start_gateway(layout: &Layout, proxy: &Path, procs: &mut Procs) -> anyhow::Re
         &layout.cp_data.join("bundle.pem"),
         layout.gateway_listen,
         layout.gateway_admin,
-        (accounts.app, &accounts.spiffe_id()),
+        (web.app, &web.spiffe_id()),
         &layout.logs,
-    );
+    ) + &layout.tracing("gateway");
     write_atomic(&config, text.as_bytes(), FileMode::Public)
         .with_context(|| format!("writing {}", config.display()))?;
     procs.spawn(

@@ -1,12 +1,13 @@
 //! Unit tests of the parent module.
 use super::*;
-use crate::layout::{accounts_policy, ledger_policy, mesh_policy};
+use crate::layout::{accounts_policy, ledger_policy, mesh_policy, web_policy};
 use crate::view::short_serial;
 
 #[test]
 fn demo_policies_load() {
     let sources: Vec<(PathBuf, String)> = [
         ("mesh.yaml", mesh_policy()),
+        ("web.yaml", web_policy()),
         ("accounts.yaml", accounts_policy()),
         ("ledger.yaml", ledger_policy()),
         ("gateway.yaml", crate::edge::gateway_policy()),

@@ -196,7 +196,7 @@ impl Scenario {
     ) -> Self {
         Self::new(
             who,
-            "accounts",
+            "web",
             call,
             expect,
             Kind::Edge {

@@ -37,6 +37,8 @@ pub struct Capture {
     connect_timeout: Duration,
     idle_timeout: Duration,
     access_log: bool,
+    /// This sidecar's identity: the source of passthrough connections.
+    own_label: crate::metrics::Label,
 }
 
 impl Capture {
@@ -85,6 +87,7 @@ impl Capture {
             connect_timeout: config.limits.connect_timeout,
             idle_timeout: config.limits.idle_timeout,
             access_log: config.access_log,
+            own_label: crate::metrics::identity(&inputs.own_id.to_string()),
         }))
     }
 
@@ -138,6 +141,8 @@ impl Capture {
             let record = record::Tcp {
                 direction: Direction::Outbound,
                 peer: &peer,
+                source: &self.own_label,
+                destination: &crate::metrics::EXTERNAL,
                 carried,
                 elapsed: started.elapsed(),
             };

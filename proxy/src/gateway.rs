@@ -15,6 +15,7 @@ pub mod edge;
 pub mod forwarded;
 pub mod issuers;
 pub mod jwt;
+mod onward;
 pub mod public_tls;
 pub mod ratelimit;
 pub mod routes;

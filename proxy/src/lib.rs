@@ -26,4 +26,5 @@ pub mod probes;
 pub mod record;
 pub mod resolve;
 pub mod sidecar;
+pub mod trace;
 pub mod transport;

@@ -153,8 +153,38 @@ fn init(args: InitArgs) -> ExitCode {
     }
 }
 
-/// Installs metrics, starts the runtime with `workers` threads and runs a mode on it.
-fn serve<F, Fut>(workers: usize, mode: F) -> ExitCode
+/// Installs the log writer and, when the configuration asks for traces, the trace
+/// pipeline (`service` is the default `service.name`); returns what must run and live.
+fn start_logs(
+    format: ward_runtime::telemetry::LogFormat,
+    validated: &ward_proxy::config::Validated,
+    service: &str,
+) -> Result<Option<ward_runtime::traces::Pipeline>, ExitCode> {
+    let config = &validated.config;
+    let Some(tracing) = &config.tracing else {
+        ward_runtime::telemetry::init_logs(format);
+        return Ok(None);
+    };
+    let exporting = tracing.exporting(service, &config.workload.namespace);
+    match ward_runtime::traces::pipeline(exporting) {
+        Ok((layer, pipeline)) => {
+            ward_runtime::telemetry::init_logs_with(format, vec![layer]);
+            Ok(Some(pipeline))
+        }
+        Err(e) => {
+            eprintln!("ward-proxy: tracing: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// Installs metrics, starts the runtime with `workers` threads and runs a mode on it
+/// (and the trace export beside it).
+fn serve<F, Fut>(
+    workers: usize,
+    traces: Option<ward_runtime::traces::Pipeline>,
+    mode: F,
+) -> ExitCode
 where
     F: FnOnce(Option<metrics_exporter_prometheus::PrometheusHandle>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -185,6 +215,10 @@ where
             return ExitCode::from(1);
         }
     };
+    let _provider = traces.map(|t| {
+        runtime.spawn(t.export.run());
+        t.provider
+    });
     match runtime.block_on(mode(metrics)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -206,12 +240,15 @@ fn main() -> ExitCode {
         }
     };
     ward_certs::tls::install_default_provider();
-    ward_runtime::telemetry::init_logs(match cli.log_format {
+    let format = match cli.log_format {
         LogFormat::Text => ward_runtime::telemetry::LogFormat::Text,
         LogFormat::Json => ward_runtime::telemetry::LogFormat::Json,
-    });
+    };
     match cli.command {
-        Command::Init(args) => init(args),
+        Command::Init(args) => {
+            ward_runtime::telemetry::init_logs(format);
+            init(args)
+        }
         Command::Sidecar { config } => {
             let loaded = match &config {
                 Some(file) => SidecarConfig::load(file, std::env::vars()),
@@ -220,7 +257,13 @@ fn main() -> ExitCode {
             match loaded {
                 Ok(v) => {
                     let workers = v.config.runtime.worker_threads;
-                    serve(workers, |metrics| ward_proxy::sidecar::run(v, metrics))
+                    let app = v.config.workload.labels.get("app");
+                    match start_logs(format, &v, app.map_or("ward-proxy", String::as_str)) {
+                        Ok(traces) => serve(workers, traces, |metrics| {
+                            ward_proxy::sidecar::run(v, metrics)
+                        }),
+                        Err(code) => code,
+                    }
                 }
                 Err(e) => {
                     eprintln!("ward-proxy: {e}");
@@ -232,7 +275,12 @@ fn main() -> ExitCode {
             match ward_proxy::gateway::config::GatewayValidated::load(&config, std::env::vars()) {
                 Ok(v) => {
                     let workers = v.common.config.runtime.worker_threads;
-                    serve(workers, |metrics| ward_proxy::gateway::run(v, metrics))
+                    match start_logs(format, &v.common, "ward-gateway") {
+                        Ok(traces) => serve(workers, traces, |metrics| {
+                            ward_proxy::gateway::run(v, metrics)
+                        }),
+                        Err(code) => code,
+                    }
                 }
                 Err(e) => {
                     eprintln!("ward-proxy: {e}");

@@ -1,8 +1,13 @@
 //! The sidecar's metrics: names, labels and the Prometheus recorder behind `/metrics`.
 //!
-//! Label values are `&'static str` wherever the set is closed (direction, protocol, result)
-//! so recording allocates only for the peer identity.
+//! Label values are `&'static str` wherever the set is closed (direction, protocol, result).
+//! The golden metrics are labelled by the workload identities at both ends (`source`,
+//! `destination`: SPIFFE IDs, or `external` for what is outside the mesh — a gateway's
+//! clients, a passthrough destination); never by user, path or address, so their
+//! cardinality is bounded by the workloads that talk. Identity labels are [`Label`]s made
+//! once per connection or destination, so recording copies no string.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -17,6 +22,17 @@ pub const CERT_EXPIRY: &str = "ward_cert_expiry_timestamp_seconds";
 pub const PROTOCOL_DETECT_TOTAL: &str = "ward_protocol_detect_total";
 pub const REQUEST_RETRIES_TOTAL: &str = "ward_request_retries_total";
 pub const REQUEST_FAILURES_TOTAL: &str = "ward_request_failures_total";
+
+/// A label value shared by reference count (an identity, made once, cloned per request).
+pub type Label = metrics::SharedString;
+
+/// The label of a workload identity.
+pub fn identity(id: &str) -> Label {
+    Label::from(Arc::<str>::from(id))
+}
+
+/// The label of whatever is outside the mesh.
+pub const EXTERNAL: Label = Label::const_str("external");
 
 /// Latency buckets, seconds: sub-millisecond to a minute.
 const BUCKETS: &[f64] = &[
@@ -81,11 +97,11 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// One finished request.
+/// One finished request from `source` to `destination`.
 pub fn request(
     direction: Direction,
     protocol: &'static str,
-    peer: &str,
+    (source, destination): (&Label, &Label),
     status: u16,
     elapsed: Duration,
 ) {
@@ -93,12 +109,19 @@ pub fn request(
         REQUESTS_TOTAL,
         "direction" => direction.label(),
         "protocol" => protocol,
-        "peer" => peer.to_owned(),
+        "source" => source.clone(),
+        "destination" => destination.clone(),
         "status_class" => status_class(status)
     )
     .increment(1);
-    histogram!(REQUEST_DURATION, "direction" => direction.label(), "protocol" => protocol)
-        .record(elapsed.as_secs_f64());
+    histogram!(
+        REQUEST_DURATION,
+        "direction" => direction.label(),
+        "protocol" => protocol,
+        "source" => source.clone(),
+        "destination" => destination.clone()
+    )
+    .record(elapsed.as_secs_f64());
 }
 
 /// One TLS handshake; `result` is `ok`, `identity_mismatch`, `bad_certificate`, `error`, ….
@@ -166,8 +189,23 @@ pub fn detected(result: &'static str) {
     counter!(PROTOCOL_DETECT_TOTAL, "result" => result).increment(1);
 }
 
-pub fn tcp_bytes(direction: Direction, bytes: u64) {
-    counter!(TCP_BYTES_TOTAL, "direction" => direction.label()).increment(bytes);
+/// Bytes an opaque TCP connection carried, each way (`sent`: from the source).
+pub fn tcp_bytes(
+    direction: Direction,
+    (source, destination): (&Label, &Label),
+    sent: u64,
+    received: u64,
+) {
+    for (flow, bytes) in [("sent", sent), ("received", received)] {
+        counter!(
+            TCP_BYTES_TOTAL,
+            "direction" => direction.label(),
+            "source" => source.clone(),
+            "destination" => destination.clone(),
+            "flow" => flow
+        )
+        .increment(bytes);
+    }
 }
 
 pub fn cert_expiry(not_after: SystemTime) {

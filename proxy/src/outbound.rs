@@ -13,6 +13,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 use ward_certs::{ExpectedPeer, MeshIdentity};
 
 use crate::config::{Limits, Protocol, UpgradeToken};
@@ -22,9 +23,10 @@ use crate::http::pool::H2Pool;
 use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
 use crate::http::{Body, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc};
 use crate::inputs::ProxyInputs;
-use crate::metrics::{self, Direction, OpenConnection};
+use crate::metrics::{self, Direction, Label, OpenConnection};
 use crate::record;
 use crate::resolve::{Destination, Resolve, Target};
+use crate::trace::{Parent, RequestSpan};
 use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2};
 use crate::transport::connect::Dialer;
 use crate::transport::detect::{self, Detected, Prefixed};
@@ -40,6 +42,8 @@ pub struct Outbound {
     access_log: bool,
     resolver: Arc<dyn Resolve>,
     upstreams: Upstreams,
+    /// This sidecar's SPIFFE ID: the source of what it sends.
+    own_id: Label,
 }
 
 /// Connections to each destination resolved so far, made on first use and kept.
@@ -90,7 +94,7 @@ impl Upstreams {
 /// for upgrades and opaque TCP, each pinning the destination's identity and ALPN.
 pub struct Upstream {
     /// The destination's SPIFFE ID, for metrics and logs.
-    name: String,
+    name: Label,
     pub(crate) h2: NextHop,
     upgrade: Dialer,
     tcp: Dialer,
@@ -110,7 +114,7 @@ impl Upstream {
             })
         };
         Ok(Self {
-            name: to.identity.to_string(),
+            name: metrics::identity(&to.identity.to_string()),
             h2: NextHop::H2(Arc::new(H2Pool::new(dialer(&[ALPN_WARD_H2, ALPN_H2])?))),
             upgrade: dialer(&[ALPN_HTTP1])?,
             tcp: dialer(&[ALPN_TCP])?,
@@ -135,6 +139,7 @@ impl Outbound {
             access_log: inputs.access_log,
             resolver,
             upstreams: Upstreams::new(inputs.identity.mesh.clone(), inputs.limits.clone()),
+            own_id: metrics::identity(&inputs.own_id.to_string()),
         };
         if let Some(to) = this.resolver.resolve(&Target::default()) {
             this.upstreams.prepare(&to)?;
@@ -195,6 +200,8 @@ impl Outbound {
                     let record = record::Tcp {
                         direction: Direction::Outbound,
                         peer: &up.name,
+                        source: &self.own_id,
+                        destination: &up.name,
                         carried,
                         elapsed: started.elapsed(),
                     };
@@ -254,12 +261,23 @@ impl Outbound {
         let grpc = is_grpc(&req);
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        let span = RequestSpan::start(
+            Direction::Outbound,
+            Parent::Continue,
+            req.headers(),
+            &method,
+            &path,
+            &self.own_id,
+            &up.name,
+        );
         let asked = if app_http1 {
             allowed_upgrade(&req, &self.upgrades)
         } else {
             None
         };
         let result = if let Some(asked) = asked {
+            let mut req = req;
+            span.propagate(req.headers_mut());
             forward::upgrade(
                 &up.upgrade,
                 req,
@@ -271,9 +289,11 @@ impl Outbound {
             .await
         } else {
             match to_mesh_request(req, app_http1) {
-                Ok(req) => {
+                Ok(mut req) => {
+                    span.propagate(req.headers_mut());
                     let limit = crate::http::deadline(&req, self.limits.request_timeout);
-                    forward::send(&up.h2, req, limit).await
+                    let send = forward::send(&up.h2, req, limit);
+                    send.instrument(span.span().clone()).await
                 }
                 Err(f) => Err(f),
             }
@@ -289,11 +309,14 @@ impl Outbound {
             direction: Direction::Outbound,
             protocol: record::Protocol::of(grpc, app_http1),
             peer: &up.name,
+            source: &self.own_id,
+            destination: &up.name,
             method: &method,
             path: &path,
             status: response.status().as_u16(),
             cause,
             elapsed: started.elapsed(),
+            span: &span,
         };
         record.write(self.access_log);
         response

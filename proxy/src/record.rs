@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::metrics::{self, Direction};
+use crate::metrics::{self, Direction, Label};
+use crate::trace::RequestSpan;
 use crate::transport::tcp::Carried;
 
 /// The protocol label of a request: what the caller of this hop spoke — the app for
@@ -41,8 +42,12 @@ impl Protocol {
 pub struct Request<'a> {
     pub direction: Direction,
     pub protocol: Protocol,
-    /// The other side's SPIFFE ID (the caller inbound, the upstream outbound).
+    /// The other side, for the access log: its SPIFFE ID (the caller inbound, the upstream
+    /// outbound), or the client's address at the gateway.
     pub peer: &'a str,
+    /// The workloads at both ends, for the metrics.
+    pub source: &'a Label,
+    pub destination: &'a Label,
     pub method: &'a http::Method,
     /// The path as judged and forwarded (inbound) or as the app sent it (outbound).
     pub path: &'a str,
@@ -50,18 +55,16 @@ pub struct Request<'a> {
     /// Why the sidecar answered itself, if it did (see [`crate::http::Failure::cause`]).
     pub cause: Option<&'static str>,
     pub elapsed: Duration,
+    /// Its span, which gets the status.
+    pub span: &'a RequestSpan,
 }
 
 impl Request<'_> {
     pub fn write(&self, access_log: bool) {
+        self.span.finish(self.status, self.cause);
         let protocol = self.protocol.label();
-        metrics::request(
-            self.direction,
-            protocol,
-            self.peer,
-            self.status,
-            self.elapsed,
-        );
+        let ends = (self.source, self.destination);
+        metrics::request(self.direction, protocol, ends, self.status, self.elapsed);
         if let Some(cause) = self.cause {
             metrics::failed(self.direction, cause);
         }
@@ -79,6 +82,8 @@ impl Request<'_> {
 pub struct Tcp<'a> {
     pub direction: Direction,
     pub peer: &'a str,
+    pub source: &'a Label,
+    pub destination: &'a Label,
     pub carried: Carried,
     pub elapsed: Duration,
 }
@@ -86,7 +91,12 @@ pub struct Tcp<'a> {
 impl Tcp<'_> {
     pub fn write(&self, access_log: bool) {
         let Carried { a_to_b, b_to_a } = self.carried;
-        metrics::tcp_bytes(self.direction, a_to_b + b_to_a);
+        metrics::tcp_bytes(
+            self.direction,
+            (self.source, self.destination),
+            a_to_b,
+            b_to_a,
+        );
         if access_log {
             tracing::info!(target: "ward::access", direction = self.direction.label(),
                 protocol = "tcp", peer = self.peer, bytes_in = a_to_b, bytes_out = b_to_a,

@@ -21,6 +21,7 @@ pub mod readiness;
 pub mod signal;
 pub mod telemetry;
 pub mod time;
+pub mod traces;
 
 pub use drain::Drain;
 pub use readiness::{Pending, Readiness};

@@ -1,15 +1,15 @@
 //! Logs and metrics, set up the same way by both binaries.
 //!
 //! Logs go to stderr as text or JSON lines, filtered by `WARD_LOG` (default `info`), with
-//! colour codes only on a terminal. Further `tracing` layers (an OpenTelemetry exporter)
-//! plug in through [`init_logs_with`] and see the same filtered events and spans.
+//! colour codes only on a terminal. Further `tracing` layers (the trace exporter, see
+//! [`crate::traces`]) plug in through [`init_logs_with`], each with its own filter.
 //! Metrics: one Prometheus recorder per process, its histogram buckets given per metric,
 //! and an upkeep task that folds raw histogram samples into buckets between scrapes.
 
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
@@ -32,18 +32,17 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// What a layer added with [`init_logs_with`] sits on.
-pub type Filtered = Layered<EnvFilter, Registry>;
-
-/// A layer added beside the log writer.
-pub type ExtraLayer = Box<dyn Layer<Filtered> + Send + Sync>;
+/// A layer installed beside the log writer. The log writer is filtered by `WARD_LOG`; a
+/// layer added here brings its own filter (traces export their spans whatever the log
+/// level).
+pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// Installs the process's log writer. Call once, before anything logs.
 pub fn init_logs(format: LogFormat) {
     init_logs_with(format, Vec::new());
 }
 
-/// Installs the log writer and `extra` layers (behind the same `WARD_LOG` filter).
+/// Installs the log writer and `extra` layers.
 pub fn init_logs_with(format: LogFormat, extra: Vec<ExtraLayer>) {
     let filter = EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
@@ -51,16 +50,13 @@ pub fn init_logs_with(format: LogFormat, extra: Vec<ExtraLayer>) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let writer: ExtraLayer = match format {
-        LogFormat::Json => fmt.json().boxed(),
-        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
     let mut layers = vec![writer];
     layers.extend(extra);
     // A second init (tests that start twice in one process) keeps the first writer.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(layers)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// Installs the process-wide Prometheus recorder; `buckets` are (metric name, bucket

@@ -223,6 +223,8 @@ pub struct PairOptions {
     /// The orders sidecar's policy file (default: a MeshPolicy allowing any authenticated
     /// caller).
     pub policy: Option<String>,
+    /// More top-level YAML for both sidecars, e.g. a `tracing:` section.
+    pub extra: String,
 }
 
 /// A MeshPolicy setting the mesh default.
@@ -240,6 +242,7 @@ impl Default for PairOptions {
             limits: Vec::new(),
             expect_identity: None,
             policy: None,
+            extra: String::new(),
         }
     }
 }
@@ -284,9 +287,10 @@ impl Pair {
              inbound:\n  - {{ listen: {inbound}, app: {app}, protocol: {} }}\n\
              policy: {{ dir: policies }}\n\
              audit: {{ decisions: all, log: audit.log }}\n\
-             admin: {}\naccess_log: true\n{limits}",
+             admin: {}\naccess_log: true\n{limits}{}",
             options.inbound_protocol,
             free_addr(),
+            options.extra,
         );
         let expect = options
             .expect_identity
@@ -297,9 +301,10 @@ impl Pair {
              identity: {{ cert: web.pem, key: web.key, bundle: ca/bundle.pem }}\n\
              workload: {{ namespace: default, labels: {{ app: web }} }}\n\
              outbound:\n  - {{ listen: {outbound}, upstream: {inbound}, server_identity: \"{expect}\", protocol: {} }}\n\
-             admin: {}\naccess_log: true\n{limits}",
+             admin: {}\naccess_log: true\n{limits}{}",
             options.outbound_protocol,
             free_addr(),
+            options.extra,
         );
         let orders = Proxy::start(&dir, "orders", &orders);
         let web = Proxy::start(&dir, "web", &web);

@@ -60,12 +60,12 @@ fn demo_runs_a_mesh_that_obeys_its_policy_and_leaves_nothing_behind() {
         "accounts → ledger    ledger.v1.Ledger/GetBalance",
         "accounts → ledger    ledger.v1.Ledger/Post",
         "web → ledger         ledger.v1.Ledger/GetBalance",
-        // Through the gateway: a customer's own account, another's (BOLA), no token, and
-        // a customer over the rate limit.
-        "alice → accounts     GET /accounts/{own} x1         allow",
-        "alice → accounts     GET /accounts/{bob's}          deny",
-        "carol → accounts     GET /accounts/{own} x4         limit",
-        "anonymous → accounts GET /accounts/{id}, no token   deny",
+        // Through the gateway (in front of web, which asks accounts, which asks the ledger):
+        // a customer's own account, another's (BOLA), no token, and one over the rate limit.
+        "alice → web          GET /accounts/{own} x1         allow",
+        "alice → web          GET /accounts/{bob's}          deny",
+        "carol → web          GET /accounts/{own} x4         limit",
+        "anonymous → web      GET /accounts/{id}, no token   deny",
         "401 Unauthorized",
         "429 Too Many Requests",
         "spiffe://bank.local/ns/bank/sa/web",

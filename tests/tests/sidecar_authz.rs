@@ -133,18 +133,29 @@ async fn allowed_denied_and_explained() {
     assert_eq!(ok["request_id"], "trace-1");
 
     let metrics = mesh.orders.admin_get("/metrics").1;
-    assert!(
-        metrics
-            .contains("ward_authz_decisions_total{decision=\"deny\",policy=\"default/no-admin\"}"),
-        "{metrics}"
+    // Denials by policy and by the caller's identity.
+    let denials = format!(
+        "ward_authz_decisions_total{{decision=\"deny\",policy=\"default/no-admin\",source=\"{WEB}\"}} 1"
     );
-    // Allowed and denied requests carry the same protocol label: what the caller spoke.
+    assert!(metrics.contains(&denials), "{denials} missing:\n{metrics}");
+    // Allowed and denied requests carry the same protocol label: what the caller spoke;
+    // both ends' identities label the golden metrics, and nothing of the request does.
+    let orders = mesh.orders_id();
+    let ends = format!("source=\"{WEB}\",destination=\"{orders}\"");
     for class in ["2xx", "4xx"] {
         let series = format!(
-            "ward_requests_total{{direction=\"inbound\",protocol=\"http1\",peer=\"{WEB}\",status_class=\"{class}\"}}"
+            "ward_requests_total{{direction=\"inbound\",protocol=\"http1\",{ends},status_class=\"{class}\"}}"
         );
         assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
     }
+    let latency = format!(
+        "ward_request_duration_seconds_bucket{{direction=\"inbound\",protocol=\"http1\",{ends},le=\"+Inf\"}} 3"
+    );
+    assert!(metrics.contains(&latency), "{latency} missing:\n{metrics}");
+    assert!(
+        !metrics.contains("/orders/7") && !metrics.contains("trace-1"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("protocol=\"http\""), "{metrics}");
 }
 

@@ -200,11 +200,19 @@ async fn tcp_half_close_and_server_speaks_first() {
                 .contains("ward_tls_handshakes_total{direction=\"inbound\",result=\"resumed\"} 1"),
             "{inbound}"
         );
+        // Bytes each way, by both ends' identities: the client sent 2 × 17, the app 2 × 32.
         let metrics = mesh.web.admin_get("/metrics").1;
-        assert!(
-            metrics.contains("ward_tcp_bytes_total{direction=\"outbound\"}"),
-            "{metrics}"
+        let ends = format!(
+            "source=\"{}\",destination=\"{}\"",
+            mesh.web_id(),
+            mesh.orders_id()
         );
+        for (flow, bytes) in [("sent", 34), ("received", 64)] {
+            let series = format!(
+                "ward_tcp_bytes_total{{direction=\"outbound\",{ends},flow=\"{flow}\"}} {bytes}"
+            );
+            assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+        }
     }
 }
 

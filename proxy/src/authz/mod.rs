@@ -30,6 +30,8 @@ pub const POLICY_RELOADS_TOTAL: &str = "ward_policy_reloads_total";
 /// What the audit line says about a call besides the decision.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
+    /// The caller's workload identity as a metrics label (`external` at the gateway).
+    pub source: &'a crate::metrics::Label,
     pub protocol: &'static str,
     pub method: Option<&'a str>,
     pub path: Option<&'a str>,
@@ -125,9 +127,12 @@ impl Authorizer {
         };
         let label = decision.decider.policy_label();
         let verdict = if decision.allowed { "allow" } else { "deny" };
-        counter!(DECISIONS_TOTAL, "decision" => verdict, "policy" => label).increment(1);
+        let source = facts.source.clone();
+        counter!(DECISIONS_TOTAL, "decision" => verdict, "policy" => label, "source" => source)
+            .increment(1);
         if let Some(audit) = &decision.audit {
-            counter!(DECISIONS_TOTAL, "decision" => "audit", "policy" => audit.policy_label())
+            let (policy, source) = (audit.policy_label(), facts.source.clone());
+            counter!(DECISIONS_TOTAL, "decision" => "audit", "policy" => policy, "source" => source)
                 .increment(1);
         }
         self.audit
@@ -138,7 +143,9 @@ impl Authorizer {
     /// Records a call refused before any policy could judge it (at the gateway: no valid
     /// end-user token), as a denial by `policy` (e.g. `authentication`).
     pub fn refused(&self, call: &Call<'_>, facts: Facts<'_>, policy: &str) {
-        counter!(DECISIONS_TOTAL, "decision" => "deny", "policy" => policy.to_owned()).increment(1);
+        let source = facts.source.clone();
+        counter!(DECISIONS_TOTAL, "decision" => "deny", "policy" => policy.to_owned(), "source" => source)
+            .increment(1);
         let decision = Decision {
             allowed: false,
             decider: Decider::Default(MeshDefault::Deny),

@@ -24,7 +24,7 @@ use yaml_serde::Value;
 const NOT_SETTINGS: &[&str] = &["WARD_LOG"];
 /// Sections whose fields can be set one by one from the environment.
 const SECTIONS: &[&str] = &[
-    "identity", "workload", "limits", "runtime", "policy", "audit", "capture",
+    "identity", "workload", "limits", "runtime", "policy", "audit", "capture", "tracing",
 ];
 /// What errors name when there is no file.
 const ENV_ORIGIN: &str = "WARD_* environment";
@@ -84,6 +84,9 @@ pub struct SidecarConfig {
     /// (`/app-health/CONTAINER/KIND`; the injector moves them there).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub app_probes: crate::probes::AppProbes,
+    /// Request spans exported over OTLP; absent, none are made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
 }
 
 /// Transparent capture of the app's outbound connections.
@@ -490,7 +493,10 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
 }
 
 mod env;
+mod traces;
 mod validate;
+
+pub use self::traces::{TraceProtocol, Tracing};
 
 use self::env::{apply_env, strip_location};
 

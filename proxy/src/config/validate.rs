@@ -26,6 +26,9 @@ impl SidecarConfig {
         let trust_domain = ward_certs::parse_trust_domain(&self.trust_domain)
             .map_err(|e| at.err("trust_domain", &e))?;
         let mut config = self;
+        if let Some(tracing) = &config.tracing {
+            tracing.check(|field, why| at.err(field, &why))?;
+        }
         check_identity(&config.identity, &at)?;
         resolve_identity_files(&mut config.identity, base, &at)?;
         config.resolve_policy_and_audit(base, &at)?;

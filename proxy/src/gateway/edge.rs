@@ -11,45 +11,42 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 use ward_policy::request::Admitted as Judged;
 use ward_policy::{Call, HttpCall};
 
 use super::api_keys::ApiKeys;
 use super::authn::{self, Authenticated};
 use super::config::GatewayValidated;
-use super::credentials::{self, TokenSource};
+use super::credentials::TokenSource;
 use super::dpop::{Dpop, Target};
 use super::forwarded::{self, Client, Peer};
 use super::issuers::Issuers;
+use super::onward;
 use super::public_tls::Certificates;
 use super::ratelimit::shared::Shared;
 use super::ratelimit::{KeyFacts, Limiter, Verdict};
 use super::routes::{Route, RouteTarget, Routes};
 use crate::authz::{Authorizer, EdgeFacts, Facts};
 use crate::config::Limits;
-use crate::http::END_USER;
 use crate::http::forward::{self, from_upstream};
 use crate::http::guard::{SwitchSignal, may_switch};
 use crate::http::server::{Servers, Speak, serve_guarded, serve_http};
 use crate::http::{Body, Failure, failure_response, is_grpc};
 use crate::inputs::ProxyInputs;
-use crate::metrics::{self, Direction, OpenConnection};
+use crate::metrics::{self, Direction, Label, OpenConnection};
 use crate::outbound::{Upstream, Upstreams, to_mesh_request};
 use crate::record;
 use crate::resolve::Endpoints;
+use crate::trace::{Parent, RequestSpan};
 use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1};
 use crate::transport::idle::{Activity, Tracked};
 use ward_runtime::Drain;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// The public listener's state.
 pub struct Edge {
@@ -76,6 +73,8 @@ pub struct Edge {
     limits: Limits,
     servers: Servers,
     access_log: bool,
+    /// The gateway's SPIFFE ID: the server of its clients' requests.
+    own_id: Label,
 }
 
 /// Why the gateway answers a request itself.
@@ -157,6 +156,7 @@ impl Edge {
             limits: inputs.limits.clone(),
             servers: inputs.servers.clone(),
             access_log: inputs.access_log,
+            own_id: metrics::identity(&inputs.own_id.to_string()),
         }))
     }
 
@@ -258,16 +258,28 @@ impl Edge {
         let caller_http1 = req.version() != Version::HTTP_2;
         let method = req.method().clone();
         let raw_path = req.uri().path().to_owned();
-        let (response, cause, path) = self.handle(req, client, grpc, caller_http1).await;
+        let span = RequestSpan::start(
+            Direction::Gateway,
+            Parent::Link,
+            req.headers(),
+            &method,
+            &raw_path,
+            &client.addr,
+            &self.own_id,
+        );
+        let (response, cause, path) = self.handle(req, client, grpc, caller_http1, &span).await;
         let record = record::Request {
             direction: Direction::Gateway,
             protocol: record::Protocol::of(grpc, caller_http1),
             peer: &client.addr,
+            source: &metrics::EXTERNAL,
+            destination: &self.own_id,
             method: &method,
             path: path.as_deref().unwrap_or(&raw_path),
             status: response.status().as_u16(),
             cause,
             elapsed: started.elapsed(),
+            span: &span,
         };
         record.write(self.access_log);
         response
@@ -280,6 +292,7 @@ impl Edge {
         client: &Client<'_>,
         grpc: bool,
         caller_http1: bool,
+        span: &RequestSpan,
     ) -> (Response<Body>, Option<&'static str>, Option<String>) {
         let refused = |refusal: Refusal| match refusal {
             Refusal::Failure(f) => (failure_response(f, grpc), f.cause()),
@@ -316,10 +329,13 @@ impl Edge {
         };
         let verdict = self.limiter.check(&identified.route.limits, &key).await;
         let route = identified.route;
+        span.route(route.index);
         let (mut response, cause, path) =
-            match self.decide(&mut req, client, grpc, identified, &verdict) {
+            match self.decide(&mut req, client, grpc, identified, &verdict, span) {
                 Ok(path) => {
-                    let (response, cause) = self.forward(req, route, caller_http1, grpc).await;
+                    span.propagate(req.headers_mut());
+                    let forward = self.forward(req, route, caller_http1, grpc);
+                    let (response, cause) = forward.instrument(span.span().clone()).await;
                     (response, cause, path)
                 }
                 Err((refusal, path)) => {
@@ -466,6 +482,7 @@ impl Edge {
         grpc: bool,
         identified: Identified<'_>,
         verdict: &Verdict,
+        span: &RequestSpan,
     ) -> Result<String, (Refusal, String)> {
         let Identified {
             route,
@@ -493,6 +510,7 @@ impl Edge {
             Err(refusal) => format!("refused: {}", refusal.reason),
         };
         let facts = Facts {
+            source: &metrics::EXTERNAL,
             protocol: if grpc { "grpc" } else { "http" },
             method: Some(req.method().as_str()),
             path: Some(&path),
@@ -507,76 +525,38 @@ impl Edge {
             }),
         };
         if let Some(limit) = &verdict.limited_by {
-            self.authz
-                .refused(&call, facts, &format!("rate-limit:{limit}"));
+            let rule = format!("rate-limit:{limit}");
+            self.authz.refused(&call, facts, &rule);
+            span.refused(&rule);
             return Err((Refusal::Limited, path));
         }
         if authenticated.is_err() {
             self.authz.refused(&call, facts, "authentication");
+            span.refused("authentication");
             if let Err(refusal) = authenticated {
                 return Err((Refusal::Unauthenticated(refusal), path));
             }
         }
-        if !self.authz.decide(&call, facts).allowed {
+        let decision = self.authz.decide(&call, facts);
+        span.decided(&decision);
+        if !decision.allowed {
             return Err((Refusal::Failure(Failure::Forbidden), path));
         }
         let end_user = user.and_then(|u| u.header_value(self.forward_claims.as_deref()));
-        if let Err(f) = self.prepare(req, route, &path, client, &request_id, end_user) {
+        let credentials = onward::Credentials {
+            token: &self.token,
+            api_key: self.api_keys.as_deref().map(ApiKeys::header),
+        };
+        let onward = onward::Onward {
+            route,
+            path: &path,
+            client,
+            request_id: &request_id,
+            end_user,
+        };
+        if let Err(f) = onward::prepare(req, onward, credentials) {
             return Err((Refusal::Failure(f), path));
         }
         Ok(path)
-    }
-
-    /// The request as it goes into the mesh: the normalized path, the token removed (unless
-    /// the route forwards it), the route's header rewrites, the end user, the client.
-    fn prepare(
-        &self,
-        req: &mut Request<Incoming>,
-        route: &Route,
-        path: &str,
-        client: &Client<'_>,
-        request_id: &str,
-        end_user: Option<HeaderValue>,
-    ) -> Result<(), Failure> {
-        let query = req
-            .uri()
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = Some(
-            format!("{path}{query}")
-                .parse()
-                .map_err(|_| Failure::BadRequest)?,
-        );
-        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| Failure::BadRequest)?;
-        let headers = req.headers_mut();
-        if !route.forward_token && route.authentication != super::routes::Authentication::None {
-            credentials::remove(headers, &self.token);
-            headers.remove(DPOP);
-            if let Some(keys) = &self.api_keys {
-                headers.remove(keys.header());
-            }
-        }
-        for name in &route.remove_headers {
-            headers.remove(name);
-        }
-        for (name, value) in &route.set_headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        if let Some(v) = end_user {
-            headers.insert(END_USER, v);
-        }
-        // The client as the trusted hops tell it (else the connection's), nothing older.
-        headers.remove(header::FORWARDED);
-        if let Ok(v) = HeaderValue::from_str(&client.addr) {
-            headers.insert(FORWARDED_FOR, v);
-        }
-        let proto = if client.https { "https" } else { "http" };
-        headers.insert(FORWARDED_PROTO, HeaderValue::from_static(proto));
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(REQUEST_ID, v);
-        }
-        Ok(())
     }
 }

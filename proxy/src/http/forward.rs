@@ -116,6 +116,7 @@ async fn send_h2(pool: &H2Pool, req: Request<Incoming>) -> Result<Response<Incom
         match again {
             Some((next, reason)) if attempt < MAX_ATTEMPTS => {
                 metrics::retried(reason);
+                crate::trace::retried(attempt);
                 req = next;
             }
             Some(_) => {

@@ -14,6 +14,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 use ward_certs::SpiffeId;
 use ward_policy::compile::namespace_of;
 use ward_policy::request::Admitted as Judged;
@@ -30,8 +31,9 @@ use crate::http::{
     Body, END_USER, Failure, ORIGINAL_PROTOCOL, allowed_upgrade, failure_response, is_grpc,
 };
 use crate::inputs::ProxyInputs;
-use crate::metrics::{self, Direction, OpenConnection};
+use crate::metrics::{self, Direction, Label, OpenConnection};
 use crate::record;
+use crate::trace::{Parent, RequestSpan};
 use crate::transport::alpn::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ALPN_WARD_H2};
 use crate::transport::detect::Prefixed;
 use crate::transport::handshake_kind;
@@ -73,10 +75,12 @@ struct Admitted {
     original_http1: Option<bool>,
 }
 
-/// A verified peer: its SPIFFE ID, and the same as text for headers, metrics and logs.
+/// A verified peer: its SPIFFE ID, and the same as text for headers and logs and as a
+/// metrics label.
 pub struct Peer {
     pub id: SpiffeId,
     pub name: String,
+    pub label: Label,
 }
 
 /// One inbound listener's state.
@@ -85,6 +89,7 @@ pub struct Inbound {
     protocol: Protocol,
     upgrades: Vec<UpgradeToken>,
     own_id: String,
+    own_label: Label,
     acceptor: TlsAcceptor,
     authz: Arc<Authorizer>,
     app_h1: NextHop,
@@ -140,6 +145,7 @@ impl Inbound {
             protocol,
             upgrades: upgrades.to_vec(),
             own_id: inputs.own_id.to_string(),
+            own_label: metrics::identity(&inputs.own_id.to_string()),
             acceptor: TlsAcceptor::from(tls),
             authz: inputs.authz.clone(),
             app_h1: NextHop::H1(Box::new(forward::app_h1_client(limits.connect_timeout))),
@@ -174,7 +180,11 @@ impl Inbound {
             return;
         };
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-        let peer = Arc::new(Peer { name, id: peer });
+        let peer = Arc::new(Peer {
+            label: metrics::identity(&name),
+            name,
+            id: peer,
+        });
         if self.protocol == Protocol::Tcp || alpn.as_deref() == Some(ALPN_TCP) {
             return self.tcp(tls, &peer, &app).await;
         }
@@ -292,6 +302,8 @@ impl Inbound {
                 let record = record::Tcp {
                     direction: Direction::Inbound,
                     peer: &peer.name,
+                    source: &peer.label,
+                    destination: &self.own_label,
                     carried,
                     elapsed: started.elapsed(),
                 };
@@ -321,6 +333,7 @@ impl Inbound {
             http: None,
         };
         let facts = Facts {
+            source: &peer.label,
             protocol: "tcp",
             method: None,
             path: None,
@@ -349,17 +362,25 @@ impl Inbound {
             .flatten()
             .map(|v| v.as_bytes() == b"http/1.1");
         let method = req.method().clone();
-        let (result, path) = match self.admit(req, peer, app.addr.port(), reported_http1, grpc) {
-            Ok(admitted) => {
+        let span = RequestSpan::start(
+            Direction::Inbound,
+            Parent::Continue,
+            req.headers(),
+            &method,
+            req.uri().path(),
+            &peer.name,
+            &self.own_id,
+        );
+        let admitted = self.admit(req, peer, app.addr.port(), reported_http1, grpc, &span);
+        let (result, path) = match admitted {
+            Ok(mut admitted) => {
                 let path = admitted.path.clone();
                 let spliced = switch
                     .filter(|_| admitted.upgrade.is_some())
                     .map(SwitchSignal::spliced);
-                (
-                    self.forward(admitted, peer, app, caller_http1, spliced)
-                        .await,
-                    path,
-                )
+                span.propagate(admitted.req.headers_mut());
+                let forward = self.forward(admitted, peer, app, caller_http1, spliced);
+                (forward.instrument(span.span().clone()).await, path)
             }
             Err((failure, path)) => (Err(failure), path),
         };
@@ -374,11 +395,14 @@ impl Inbound {
             direction: Direction::Inbound,
             protocol: record::Protocol::of(grpc, reported_http1.unwrap_or(caller_http1)),
             peer: &peer.name,
+            source: &peer.label,
+            destination: &self.own_label,
             method: &method,
             path: &path,
             status: response.status().as_u16(),
             cause,
             elapsed: started.elapsed(),
+            span: &span,
         };
         record.write(self.access_log);
         response
@@ -395,6 +419,7 @@ impl Inbound {
         port: u16,
         original_http1: Option<bool>,
         grpc: bool,
+        span: &RequestSpan,
     ) -> Result<Admitted, (Failure, String)> {
         let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
         let default_port = if https { 443 } else { 80 };
@@ -450,13 +475,16 @@ impl Inbound {
             }),
         };
         let facts = Facts {
+            source: &peer.label,
             protocol: if grpc { "grpc" } else { "http" },
             method: Some(req.method().as_str()),
             path: Some(&path),
             request_id: Some(&request_id),
             edge: None,
         };
-        if self.authz.decide(&call, facts).allowed {
+        let decision = self.authz.decide(&call, facts);
+        span.decided(&decision);
+        if decision.allowed {
             Ok(Admitted {
                 req,
                 path,
