@@ -1,7 +1,7 @@
 # The two fresh-machine commands are `make run` and `make test`; see README.md.
 CARGO ?= cargo
 
-.PHONY: dex jaeger run test deps k8s-peers deploy-manifests lint build bench bench-compare bench-micro fuzz
+.PHONY: dex jaeger promtool run test deps k8s-peers deploy-manifests lint build bench bench-compare bench-micro fuzz
 
 ## run: build, then run a whole mesh on this machine (`ward demo`; Ctrl-C stops it).
 ## DEMO_ARGS passes options, e.g. make run DEMO_ARGS="--duration 30s".
@@ -16,7 +16,7 @@ deps:
 	./scripts/install-deps.sh
 
 ## test: install what is missing, lint, then the whole suite (unit, integration, end-to-end)
-test: deps k8s-peers dex jaeger
+test: deps k8s-peers dex jaeger promtool
 	$(MAKE) lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --doc
@@ -31,6 +31,11 @@ dex:
 ## Go modules (cached in target/jaeger/bin: minutes once, then nothing)
 jaeger:
 	./scripts/jaeger.sh
+
+## promtool: build promtool, which checks and unit-tests deploy/observability's alert rules
+## and the dashboard's queries, from the Prometheus Go module (cached in target/promtool/bin)
+promtool:
+	./scripts/promtool.sh
 
 ## k8s-peers: build kube-apiserver, kubectl and etcd from their Go modules for the
 ## Kubernetes tests (cached in target/k8s/bin: minutes once, then nothing)

@@ -136,18 +136,17 @@ impl Capture {
             }
         };
         let _ = other.set_nodelay(true);
-        if let Ok(carried) = crate::transport::tcp::splice(tcp, other, self.idle_timeout).await {
-            let peer = orig.to_string();
-            let record = record::Tcp {
-                direction: Direction::Outbound,
-                peer: &peer,
-                source: &self.own_label,
-                destination: &crate::metrics::EXTERNAL,
-                carried,
-                elapsed: started.elapsed(),
-            };
-            record.write(self.access_log);
-        }
+        let (carried, _) = crate::transport::tcp::splice(tcp, other, self.idle_timeout).await;
+        let peer = orig.to_string();
+        let record = record::Tcp {
+            direction: Direction::Outbound,
+            peer: &peer,
+            source: &self.own_label,
+            destination: &crate::metrics::EXTERNAL,
+            carried,
+            elapsed: started.elapsed(),
+        };
+        record.write(self.access_log);
     }
 }
 

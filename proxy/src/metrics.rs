@@ -19,6 +19,7 @@ pub const TCP_CONNECTIONS_OPEN: &str = "ward_tcp_connections_open";
 pub const TCP_BYTES_TOTAL: &str = "ward_tcp_bytes_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "ward_tls_handshakes_total";
 pub const CERT_EXPIRY: &str = "ward_cert_expiry_timestamp_seconds";
+pub const CERT_ISSUED: &str = "ward_cert_issued_timestamp_seconds";
 pub const PROTOCOL_DETECT_TOTAL: &str = "ward_protocol_detect_total";
 pub const REQUEST_RETRIES_TOTAL: &str = "ward_request_retries_total";
 pub const REQUEST_FAILURES_TOTAL: &str = "ward_request_failures_total";
@@ -72,6 +73,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_counter!(TCP_BYTES_TOTAL, "Bytes carried by opaque TCP connections");
     describe_counter!(TLS_HANDSHAKES_TOTAL, "mTLS handshakes by result");
     describe_gauge!(CERT_EXPIRY, "notAfter of the served SVID, Unix seconds");
+    describe_gauge!(CERT_ISSUED, "notBefore of the served SVID, Unix seconds");
     describe_counter!(
         PROTOCOL_DETECT_TOTAL,
         "Protocol detection outcomes on outbound connections"
@@ -208,12 +210,15 @@ pub fn tcp_bytes(
     }
 }
 
-pub fn cert_expiry(not_after: SystemTime) {
-    let secs = not_after
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    gauge!(CERT_EXPIRY).set(secs);
+/// The served SVID's validity window.
+pub fn cert_validity(not_before: SystemTime, not_after: SystemTime) {
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    gauge!(CERT_ISSUED).set(secs(not_before));
+    gauge!(CERT_EXPIRY).set(secs(not_after));
 }
 
 /// Counts one open connection for as long as it lives.

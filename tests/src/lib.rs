@@ -6,6 +6,7 @@ pub mod apps;
 pub mod bin;
 pub mod control_plane;
 pub mod gateway;
+pub mod jaeger;
 pub mod jwt;
 pub mod k8s;
 pub mod mesh;

@@ -354,6 +354,13 @@ pub struct ManagedPair {
     pub inbound: SocketAddr,
 }
 
+/// More top-level YAML for each sidecar of a [`ManagedPair`].
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub web: String,
+    pub orders: String,
+}
+
 pub const WEB_ID: &str = "spiffe://example.org/ns/default/sa/web";
 pub const ORDERS_ID: &str = "spiffe://example.org/ns/default/sa/orders";
 
@@ -372,16 +379,35 @@ impl ManagedPair {
         svid_ttl: &'static str,
         policy: String,
     ) -> Self {
-        tokio::task::spawn_blocking(move || Self::start_with(app, svid_ttl, &policy, true))
+        let extra = Extra::default();
+        tokio::task::spawn_blocking(move || Self::start_with(app, svid_ttl, &policy, true, &extra))
+            .await
+            .expect("start managed pair")
+    }
+
+    /// [`ManagedPair::launch`] with more top-level YAML for each sidecar.
+    pub async fn launch_with(
+        app: SocketAddr,
+        svid_ttl: &'static str,
+        policy: String,
+        extra: Extra,
+    ) -> Self {
+        tokio::task::spawn_blocking(move || Self::start_with(app, svid_ttl, &policy, false, &extra))
             .await
             .expect("start managed pair")
     }
 
     pub fn start(app: SocketAddr, svid_ttl: &str, policy: &str) -> Self {
-        Self::start_with(app, svid_ttl, policy, false)
+        Self::start_with(app, svid_ttl, policy, false, &Extra::default())
     }
 
-    fn start_with(app: SocketAddr, svid_ttl: &str, policy: &str, intermediate: bool) -> Self {
+    fn start_with(
+        app: SocketAddr,
+        svid_ttl: &str,
+        policy: &str,
+        intermediate: bool,
+        extra: &Extra,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         if intermediate {
             let data = dir.path().join("cp-data");
@@ -419,14 +445,16 @@ impl ManagedPair {
             )
         };
         let orders = format!(
-            "trust_domain: example.org\n{}inbound: [ {{ listen: {inbound}, app: {app} }} ]\nadmin: {}\n",
+            "trust_domain: example.org\n{}inbound: [ {{ listen: {inbound}, app: {app} }} ]\nadmin: {}\n{}",
             identity("orders"),
-            free_addr()
+            free_addr(),
+            extra.orders,
         );
         let web = format!(
-            "trust_domain: example.org\n{}outbound: [ {{ listen: {outbound}, upstream: {inbound}, server_identity: \"{ORDERS_ID}\" }} ]\nadmin: {}\n",
+            "trust_domain: example.org\n{}outbound: [ {{ listen: {outbound}, upstream: {inbound}, server_identity: \"{ORDERS_ID}\" }} ]\nadmin: {}\n{}",
             identity("web"),
-            free_addr()
+            free_addr(),
+            extra.web,
         );
         let orders = Proxy::start(dir.path(), "orders", &orders);
         let web = Proxy::start(dir.path(), "web", &web);

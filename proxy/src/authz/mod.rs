@@ -20,12 +20,14 @@ use ward_policy::{Call, Decider, Decision, MeshDefault, PolicySet, WorkloadPolic
 
 use crate::config::{Audit, AuditDecisions};
 
+pub mod anomaly;
 pub mod end_user;
 use ward_runtime::Drain;
 use ward_runtime::Pending;
 
 pub const DECISIONS_TOTAL: &str = "ward_authz_decisions_total";
 pub const POLICY_RELOADS_TOTAL: &str = "ward_policy_reloads_total";
+pub const ANOMALIES_TOTAL: &str = "ward_anomalies_total";
 
 /// What the audit line says about a call besides the decision.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +67,7 @@ pub struct Authorizer {
     registry_only: std::sync::atomic::AtomicBool,
     generation: watch::Sender<u64>,
     audit: AuditLog,
+    spikes: anomaly::Spikes,
 }
 
 impl Authorizer {
@@ -82,6 +85,7 @@ impl Authorizer {
             registry_only: std::sync::atomic::AtomicBool::new(false),
             generation: watch::Sender::new(0),
             audit,
+            spikes: anomaly::Spikes::default(),
         })
     }
 
@@ -137,7 +141,38 @@ impl Authorizer {
         }
         self.audit
             .record(call, &decision, facts, call.port, &self.destination);
+        if !decision.allowed {
+            self.judge_denial(call, facts);
+        }
         decision
+    }
+
+    /// A denial, against its caller's baseline: a spike is counted and audited.
+    fn judge_denial(&self, call: &Call<'_>, facts: Facts<'_>) {
+        let Some(spike) = self.spikes.denied(facts.source) else {
+            return;
+        };
+        let source = facts.source.clone();
+        counter!(ANOMALIES_TOTAL, "kind" => "denial_spike", "source" => source).increment(1);
+        tracing::warn!(source = %facts.source, denials = spike.denials,
+            baseline = spike.baseline, "denial spike");
+        let principal = if call.principal.is_empty() {
+            &**facts.source
+        } else {
+            call.principal
+        };
+        self.audit.write(
+            json!({
+                "time": ward_runtime::time::rfc3339_millis(SystemTime::now()),
+                "kind": "anomaly",
+                "anomaly": "denial_spike",
+                "source": principal,
+                "destination": self.destination,
+                "denials_this_minute": spike.denials,
+                "baseline_per_minute": (spike.baseline * 100.0).round() / 100.0,
+            }),
+            None,
+        );
     }
 
     /// Records a call refused before any policy could judge it (at the gateway: no valid
@@ -156,6 +191,7 @@ impl Authorizer {
                 .line(call, &decision, facts, call.port, &self.destination),
             Some(policy),
         );
+        self.judge_denial(call, facts);
     }
 }
 
@@ -227,6 +263,7 @@ impl AuditLog {
         let rule = |d: &Decider| d.rule();
         let mut line = json!({
             "time": ward_runtime::time::rfc3339_millis(SystemTime::now()),
+            "kind": "decision",
             "source": call.principal,
             "destination": destination,
             "port": port,

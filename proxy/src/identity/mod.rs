@@ -154,9 +154,10 @@ pub fn report_roots(bundle: &TrustBundle) {
     gauge!("ward_bundle_root_warnings").set(warnings.len() as f64);
 }
 
-/// Sets `ward_cert_expiry_timestamp_seconds` from the SVID in force.
+/// Sets `ward_cert_issued_timestamp_seconds` and `ward_cert_expiry_timestamp_seconds` from
+/// the SVID in force.
 fn report_expiry(svid: &Svid) {
     if let Ok(info) = svid.leaf_info() {
-        crate::metrics::cert_expiry(info.not_after);
+        crate::metrics::cert_validity(info.not_before, info.not_after);
     }
 }

@@ -55,15 +55,26 @@ impl Activity {
 pub struct Tracked<S> {
     inner: S,
     activity: Activity,
+    /// Bytes written to `inner` so far.
+    written: u64,
 }
 
 impl<S> Tracked<S> {
     pub fn new(inner: S, activity: Activity) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            written: 0,
+        }
     }
 
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// Bytes written to the stream so far (also when a copy into it ended in an error).
+    pub fn written(&self) -> u64 {
+        self.written
     }
 }
 
@@ -89,7 +100,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = poll
+            && n > 0
+        {
+            self.written += n as u64;
             self.activity.touch();
         }
         poll

@@ -19,7 +19,8 @@ pub struct Carried {
 }
 
 /// Splices `a` and `b` until both directions end, an error, or `idle` with no traffic.
-pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> io::Result<Carried>
+/// Returns the bytes carried each way — also when it ended in an error (then with it).
+pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> (Carried, io::Result<()>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -27,19 +28,22 @@ where
     let activity = Activity::new();
     let mut a = Tracked::new(a, activity.clone());
     let mut b = Tracked::new(b, activity.clone());
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => {
-            copied.map(|(a_to_b, b_to_a)| Carried { a_to_b, b_to_a })
-        }
+    let ended = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => copied.map(|_| ()),
         _ = activity.idle_for(idle) => {
             Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
         }
-    }
+    };
+    let carried = Carried {
+        a_to_b: b.written(),
+        b_to_a: a.written(),
+    };
+    (carried, ended)
 }
 
 /// Carries an accepted connection as opaque TCP to what `next` dials. Returns what was
-/// carried, or `None` if the next hop could not be reached or the connection broke (both
-/// logged here); the caller writes the connection's record.
+/// carried (also by a connection that broke, logged here), or `None` if the next hop
+/// could not be reached; the caller writes the connection's record.
 pub async fn forward<S>(
     accepted: S,
     next: &Dialer,
@@ -56,11 +60,9 @@ where
             return None;
         }
     };
-    match splice(accepted, other, idle).await {
-        Ok(carried) => Some(carried),
-        Err(e) => {
-            tracing::debug!(direction = direction.label(), error = %e, "TCP connection ended");
-            None
-        }
+    let (carried, ended) = splice(accepted, other, idle).await;
+    if let Err(e) = ended {
+        tracing::debug!(direction = direction.label(), error = %e, "TCP connection ended");
     }
+    Some(carried)
 }
