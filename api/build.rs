@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ward/v1/policy.proto",
         "proto/ward/v1/bundle.proto",
         "proto/ward/v1/discovery.proto",
+        "proto/ward/v1/telemetry.proto",
     ];
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

@@ -8,7 +8,8 @@ need_apt=()
 # without nft (its tests run both in network namespaces); ip (iproute2): the tests make
 # those namespaces. redis-server: the gateway's shared rate limits are tested against it.
 # nghttp (nghttp2-client): shows the SETTINGS the gateway sends to HTTP/2 clients.
-for tool in openssl:openssl curl:curl make:make nft:nftables iptables-restore:iptables ip:iproute2 redis-server:redis-server nghttp:nghttp2-client; do
+# chromium + chromedriver: the control plane's dashboard is tested in a headless browser.
+for tool in openssl:openssl curl:curl make:make nft:nftables iptables-restore:iptables ip:iproute2 redis-server:redis-server nghttp:nghttp2-client chromium:chromium chromedriver:chromium-driver; do
   bin=${tool%%:*}; pkg=${tool##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -40,4 +41,14 @@ if ! "$SSLYZE_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit
   echo "install-deps: sslyze==$SSLYZE_VERSION into $SSLYZE_VENV"
   python3 -m venv "$SSLYZE_VENV"
   "$SSLYZE_VENV/bin/pip" install --quiet --disable-pip-version-check "sslyze==$SSLYZE_VERSION"
+fi
+
+# selenium (PyPI, pinned) drives Debian's chromium through its chromedriver for the
+# dashboard's browser test; its own venv under target/ like sslyze's.
+SELENIUM_VERSION=4.38.0
+BROWSER_VENV="$(dirname "$0")/../target/browser/venv"
+if ! "$BROWSER_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('selenium') != '$SELENIUM_VERSION')" 2>/dev/null; then
+  echo "install-deps: selenium==$SELENIUM_VERSION into $BROWSER_VENV"
+  python3 -m venv "$BROWSER_VENV"
+  "$BROWSER_VENV/bin/pip" install --quiet --disable-pip-version-check "selenium==$SELENIUM_VERSION"
 fi

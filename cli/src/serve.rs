@@ -52,6 +52,10 @@ pub struct ControlPlaneArgs {
     /// Admin address: /live, /ready, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
+    /// Serve the read-only dashboard (the mesh as proxies report it) here; `--dashboard`
+    /// alone serves it on 127.0.0.1:15015.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:15015")]
+    dashboard: Option<SocketAddr>,
     /// Lifetime of the SVIDs issued to proxies.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     svid_ttl: Duration,
@@ -78,6 +82,7 @@ pub fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<Outcome> {
         policy_dir: args.policy_dir,
         svid_ttl: args.svid_ttl,
         admin: args.admin,
+        dashboard: args.dashboard,
         certify_rate: args.certify_rate,
         max_watches_per_identity: usize::try_from(args.max_watches_per_identity)
             .unwrap_or(usize::MAX),

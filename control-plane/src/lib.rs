@@ -11,13 +11,16 @@
 //!   known; [`tasks`]: the background work;
 //! - [`datadir`] and [`rotation`]: the CA files, the rotation journal and `status.json`,
 //!   shared with the `ward` CLI;
-//! - [`metrics`]: the control plane's metric names.
+//! - [`metrics`]: the control plane's metric names; [`dashboard`]: what proxies report,
+//!   shown by [`page`] on a read-only web page.
 
 pub mod api;
 pub mod attest;
+pub mod dashboard;
 pub mod datadir;
 pub mod discovery;
 pub mod metrics;
+pub mod page;
 pub mod policy_source;
 pub mod registry;
 pub mod rotation;

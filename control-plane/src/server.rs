@@ -84,6 +84,7 @@ pub async fn serve(
         ),
         ca: ArcSwap::from_pointee(ca),
         settings: settings.clone(),
+        dashboard: crate::dashboard::Dashboard::open(dir),
     });
 
     let drain = Drain::new();
@@ -109,6 +110,15 @@ pub async fn serve(
     }
     let admin = bind("--admin", settings.admin).await?;
     tokio::spawn(Admin::new(Readiness::new(), metrics).serve(admin, drain.clone()));
+    if let Some(addr) = settings.dashboard {
+        let listener = bind("--dashboard", addr).await?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(dashboard = %addr, "the dashboard has no login: serve it on loopback \
+                (or behind an authenticating proxy) unless everyone who reaches it may see the mesh");
+        }
+        tracing::info!(dashboard = %format!("http://{addr}/"), "dashboard");
+        tokio::spawn(crate::page::serve(state.clone(), listener, drain.clone()));
+    }
     tracing::info!(listen = %settings.listen, admin = %settings.admin, spiffe_id = %own_id, "control plane ready");
     let incoming = tls_incoming(listener, TlsAcceptor::from(tls), drain.clone());
     let stop = async move {
@@ -119,7 +129,13 @@ pub async fn serve(
         .add_service(v1::identity_server::IdentityServer::new(Api(state.clone())))
         .add_service(v1::policy_server::PolicyServer::new(Api(state.clone())))
         .add_service(v1::bundle_server::BundleServer::new(Api(state.clone())))
-        .add_service(v1::discovery_server::DiscoveryServer::new(Api(state)))
+        .add_service(v1::discovery_server::DiscoveryServer::new(Api(
+            state.clone()
+        )))
+        .add_service(
+            v1::telemetry_server::TelemetryServer::new(Api(state))
+                .max_decoding_message_size(crate::api::telemetry::MAX_REPORT_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, stop)
         .await
         .context("serving the control-plane API")?;

@@ -19,6 +19,8 @@ pub struct Settings {
     pub certify_rate: u32,
     /// Open Watch streams (policy and bundle together) allowed per SPIFFE ID.
     pub max_watches_per_identity: usize,
+    /// Where the read-only dashboard is served, if anywhere.
+    pub dashboard: Option<SocketAddr>,
 }
 
 /// The SPIFFE ID the control plane serves with.

@@ -32,6 +32,8 @@ pub struct State {
     pub bundle: watch::Sender<Arc<Trust>>,
     pub policy: watch::Sender<Arc<Policy>>,
     pub registry: Registry,
+    /// What proxies report, for the dashboard.
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 impl State {

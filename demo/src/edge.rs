@@ -122,7 +122,7 @@ pub(crate) fn gateway_config(
     format!(
         "# Written by `ward demo`: the edge, in front of web.\n\
          trust_domain: {TRUST_DOMAIN}\n\
-         identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n\
+         identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n  report_every: 1s\n\
          listen: {listen}\n\
          tls: {{ certificates: [ {{ cert: \"{cert}\", key: \"{key}\" }} ] }}\n\
          issuers:\n  - {{ issuer: \"{ISSUER}\", audiences: [{AUDIENCE}], algorithms: [ES256], jwks_file: \"{jwks}\" }}\n\

@@ -56,11 +56,13 @@ pub(crate) struct Layout {
     pub(crate) gateway_admin: SocketAddr,
     /// Where every proxy sends its spans (OTLP endpoint, protocol), if anywhere.
     pub(crate) otlp: Option<(String, &'static str)>,
+    /// The control plane's dashboard.
+    pub(crate) dashboard: SocketAddr,
 }
 
 impl Layout {
     pub(crate) fn new(dir: &Path) -> anyhow::Result<Self> {
-        let mut ports = free_ports(17)?.into_iter();
+        let mut ports = free_ports(18)?.into_iter();
         let mut next = || ports.next().context("ran out of free ports");
         let workloads = AppKind::ALL
             .into_iter()
@@ -87,9 +89,25 @@ impl Layout {
             },
             gateway_listen: next()?,
             gateway_admin: next()?,
+            dashboard: next()?,
             workloads,
             otlp: None,
         })
+    }
+
+    /// Where everything goes, with the trace collector and dashboard address asked for.
+    pub(crate) fn for_demo(args: &crate::DemoArgs, dir: &Path) -> anyhow::Result<Self> {
+        let mut layout = Self::new(dir)?;
+        let protocol = if args.otlp_protocol == "http" {
+            "http"
+        } else {
+            "grpc"
+        };
+        layout.otlp = args.otlp.clone().map(|endpoint| (endpoint, protocol));
+        if let Some(addr) = args.dashboard {
+            layout.dashboard = addr;
+        }
+        Ok(layout)
     }
 
     pub(crate) fn workload(&self, kind: AppKind) -> &Workload {
@@ -144,7 +162,7 @@ impl Layout {
         format!(
             "# Written by `ward demo`: the sidecar of the `{name}` workload.\n\
              trust_domain: {TRUST_DOMAIN}\n\
-             identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n\
+             identity:\n  control_plane: \"https://{cp}\"\n  token_file: \"{token}\"\n  bundle: \"{bundle}\"\n  report_every: 1s\n\
              workload: {{ serving: [ {{ address: \"{app}\", inbound_port: {inbound_port} }} ] }}\n\
              inbound:\n  - {{ listen: {inbound}, app: {app} }}\n\
              {outbounds}\

@@ -66,6 +66,10 @@ pub struct DemoArgs {
     /// collector (OTLP), e.g. http://127.0.0.1:4317.
     #[arg(long, value_name = "URL")]
     otlp: Option<String>,
+    /// Serve the control plane's dashboard here (default: a free loopback port; the demo
+    /// prints its URL).
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<SocketAddr>,
     /// How to speak to the collector: grpc (its port 4317) or http (4318).
     #[arg(long, value_name = "PROTOCOL", default_value = "grpc",
         value_parser = clap::builder::PossibleValuesParser::new(["grpc", "http"]))]
@@ -130,13 +134,7 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
         Some(path) => path.clone(),
         None => sibling_binary("ward-proxy")?,
     };
-    let mut layout = Layout::new(dir)?;
-    let protocol = if args.otlp_protocol == "http" {
-        "http"
-    } else {
-        "grpc"
-    };
-    layout.otlp = args.otlp.clone().map(|endpoint| (endpoint, protocol));
+    let layout = Layout::for_demo(args, dir)?;
     std::fs::create_dir_all(&layout.logs)
         .with_context(|| format!("creating {}", layout.logs.display()))?;
     write_policies(&layout.policies)?;
@@ -161,8 +159,9 @@ async fn demo(args: &DemoArgs, dir: &Path, procs: &mut Procs) -> anyhow::Result<
     say(
         terminal,
         &format!(
-            "ward demo: mesh up in {:.1}s; driving traffic",
-            started.elapsed().as_secs_f64()
+            "ward demo: mesh up in {:.1}s; driving traffic; dashboard at http://{}/",
+            started.elapsed().as_secs_f64(),
+            layout.dashboard
         ),
     );
 
@@ -252,6 +251,8 @@ async fn start_mesh(
             layout.cp_admin.to_string().as_ref(),
             "--svid-ttl".as_ref(),
             std::ffi::OsStr::new(&svid_ttl),
+            "--dashboard".as_ref(),
+            std::ffi::OsStr::new(&layout.dashboard.to_string()),
         ],
         &layout.logs,
     )?;

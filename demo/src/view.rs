@@ -123,6 +123,7 @@ pub(crate) fn render(
             state.rotations
         );
     }
+    let _ = writeln!(out, "\ndashboard: http://{}/", layout.dashboard);
     let _ = writeln!(out, "\nadmin:");
     let _ = writeln!(
         out,

@@ -355,7 +355,7 @@ pub struct WorkloadPolicy {
 /// - A header condition on a header sent more than once (or as a comma-separated list):
 ///   DENY and AUDIT match if any value matches; ALLOW needs every value to match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Allow,
     Deny,
     Audit,
@@ -435,7 +435,7 @@ fn rule_matches(rule: &Rule, call: &Call<'_>, mode: Mode) -> bool {
         && rule.when.iter().all(|c| condition_matches(c, call, mode))
 }
 
-fn source_matches(s: &Source, call: &Call<'_>, mode: Mode) -> bool {
+pub(crate) fn source_matches(s: &Source, call: &Call<'_>, mode: Mode) -> bool {
     let ns = call.namespace.unwrap_or("");
     request_principal_matches(s, call, mode)
         && any_or_empty(&s.principals, |p| {

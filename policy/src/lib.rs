@@ -15,6 +15,7 @@ pub mod load;
 pub mod model;
 pub mod path;
 pub mod pattern;
+pub mod reach;
 pub mod request;
 #[cfg(feature = "crd")]
 mod schema;

@@ -73,6 +73,7 @@ impl ProxyInputs {
             tokio::spawn(upkeep(handle.clone(), UPKEEP_EVERY));
         }
         let reports = Arc::new(Reports::default());
+        let role = if own.is_some() { "gateway" } else { "sidecar" };
         let mut shown = serde_json::to_value(config).unwrap_or_default();
         if let (Some(serde_json::Value::Object(own)), serde_json::Value::Object(all)) =
             (own, &mut shown)
@@ -81,7 +82,7 @@ impl ProxyInputs {
         }
         let mut admin = crate::admin::server(
             readiness.clone(),
-            metrics,
+            metrics.clone(),
             serde_json::to_string_pretty(&shown).unwrap_or_default(),
             reports.clone(),
         );
@@ -119,6 +120,16 @@ impl ProxyInputs {
             control,
         };
         inputs.follow(validated);
+        if let Some((client, _)) = inputs.control.clone() {
+            let reporting = crate::control::report::Reporting {
+                identity: inputs.identity.mesh.clone(),
+                metrics,
+                authz: inputs.authz.clone(),
+                role,
+                every: config.identity.report_every,
+            };
+            tokio::spawn(crate::control::report::follow(client, reporting));
+        }
         Ok(inputs)
     }
 

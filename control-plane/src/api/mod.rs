@@ -1,5 +1,6 @@
 //! The gRPC API (`ward.v1`): Identity.Certify ([`identity`]), Policy.Watch ([`policy`]),
-//! Bundle.Watch ([`bundle`]). Every call but a token-attested Certify requires the
+//! Bundle.Watch ([`bundle`]), Discovery.Watch ([`discovery`]), Telemetry.Report
+//! ([`telemetry`]). Every call but a token-attested Certify requires the
 //! caller's SVID, checked per call.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub mod bundle;
 pub mod discovery;
 pub mod identity;
 pub mod policy;
+pub mod telemetry;
 pub mod transport;
 
 /// The three services, over one state.

@@ -22,6 +22,7 @@ use crate::config::{Audit, AuditDecisions};
 
 pub mod anomaly;
 pub mod end_user;
+pub mod recent;
 use ward_runtime::Drain;
 use ward_runtime::Pending;
 
@@ -68,6 +69,8 @@ pub struct Authorizer {
     generation: watch::Sender<u64>,
     audit: AuditLog,
     spikes: anomaly::Spikes,
+    /// Denials and anomalies not yet reported to the control plane.
+    pub recent: recent::Recent,
 }
 
 impl Authorizer {
@@ -86,6 +89,7 @@ impl Authorizer {
             generation: watch::Sender::new(0),
             audit,
             spikes: anomaly::Spikes::default(),
+            recent: recent::Recent::default(),
         })
     }
 
@@ -142,9 +146,29 @@ impl Authorizer {
         self.audit
             .record(call, &decision, facts, call.port, &self.destination);
         if !decision.allowed {
+            self.keep_denial(
+                facts,
+                &decision.decider.policy_label(),
+                decision.decider.rule(),
+            );
             self.judge_denial(call, facts);
         }
         decision
+    }
+
+    /// A denial, for the next report to the control plane.
+    fn keep_denial(&self, facts: Facts<'_>, policy: &str, rule: Option<usize>) {
+        self.recent.denied(ward_api::v1::Denial {
+            time_unix_ms: recent::now_ms(),
+            source: facts.source.to_string(),
+            destination: self.destination.clone(),
+            protocol: facts.protocol.to_owned(),
+            method: facts.method.unwrap_or_default().to_owned(),
+            path: facts.path.unwrap_or_default().to_owned(),
+            policy: policy.to_owned(),
+            rule: rule.and_then(|r| i32::try_from(r).ok()).unwrap_or(-1),
+            request_id: facts.request_id.unwrap_or_default().to_owned(),
+        });
     }
 
     /// A denial, against its caller's baseline: a spike is counted and audited.
@@ -161,6 +185,14 @@ impl Authorizer {
         } else {
             call.principal
         };
+        self.recent.anomaly(ward_api::v1::Anomaly {
+            time_unix_ms: recent::now_ms(),
+            kind: "denial_spike".into(),
+            source: facts.source.to_string(),
+            destination: self.destination.clone(),
+            denials_this_minute: spike.denials,
+            baseline_per_minute: spike.baseline,
+        });
         self.audit.write(
             json!({
                 "time": ward_runtime::time::rfc3339_millis(SystemTime::now()),
@@ -191,6 +223,7 @@ impl Authorizer {
                 .line(call, &decision, facts, call.port, &self.destination),
             Some(policy),
         );
+        self.keep_denial(facts, policy, None);
         self.judge_denial(call, facts);
     }
 }

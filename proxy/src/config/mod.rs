@@ -211,6 +211,13 @@ pub struct IdentityFiles {
     /// tokens are used up by the first certificate, so this stays off for them.
     #[serde(default)]
     pub renew_with_token: bool,
+    /// How often the proxy reports to the control plane (for its dashboard).
+    #[serde(default = "default_report_every", with = "duration")]
+    pub report_every: Duration,
+}
+
+fn default_report_every() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

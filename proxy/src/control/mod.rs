@@ -10,6 +10,7 @@ pub mod client;
 pub mod discovery;
 pub mod identity;
 pub mod policy;
+pub mod report;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
