@@ -30,12 +30,12 @@ dex:
 ## jaeger: build Jaeger, the trace backend the tracing tests export to over OTLP, from its
 ## Go modules (cached in target/jaeger/bin: minutes once, then nothing)
 jaeger:
-	./scripts/jaeger.sh
+	./scripts/go-tool.sh jaeger github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0
 
 ## promtool: build promtool, which checks and unit-tests deploy/observability's alert rules
 ## and the dashboard's queries, from the Prometheus Go module (cached in target/promtool/bin)
 promtool:
-	./scripts/promtool.sh
+	./scripts/go-tool.sh promtool github.com/prometheus/prometheus/cmd/promtool v0.316.0
 
 ## k8s-peers: build kube-apiserver, kubectl and etcd from their Go modules for the
 ## Kubernetes tests (cached in target/k8s/bin: minutes once, then nothing)

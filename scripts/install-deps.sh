@@ -33,22 +33,17 @@ fi
 # The benchmark harness runs in smoke mode in the test suite, so its tools are needed too.
 "$(dirname "$0")/../bench/setup.sh"
 
-# sslyze (PyPI, pinned) scans the gateway's public TLS in the suite; its own venv under
-# target/ so the system Python stays untouched.
-SSLYZE_VERSION=6.3.1
-SSLYZE_VENV="$(dirname "$0")/../target/tls-scan/venv"
-if ! "$SSLYZE_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('sslyze') != '$SSLYZE_VERSION')" 2>/dev/null; then
-  echo "install-deps: sslyze==$SSLYZE_VERSION into $SSLYZE_VENV"
-  python3 -m venv "$SSLYZE_VENV"
-  "$SSLYZE_VENV/bin/pip" install --quiet --disable-pip-version-check "sslyze==$SSLYZE_VERSION"
-fi
-
-# selenium (PyPI, pinned) drives Debian's chromium through its chromedriver for the
-# dashboard's browser test; its own venv under target/ like sslyze's.
-SELENIUM_VERSION=4.38.0
-BROWSER_VENV="$(dirname "$0")/../target/browser/venv"
-if ! "$BROWSER_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('selenium') != '$SELENIUM_VERSION')" 2>/dev/null; then
-  echo "install-deps: selenium==$SELENIUM_VERSION into $BROWSER_VENV"
-  python3 -m venv "$BROWSER_VENV"
-  "$BROWSER_VENV/bin/pip" install --quiet --disable-pip-version-check "selenium==$SELENIUM_VERSION"
-fi
+# Python tools the suite runs, each pinned in its own venv under target/ so the system
+# Python stays untouched: venv_tool DIR PACKAGE VERSION.
+venv_tool() {
+  local venv="$(dirname "$0")/../target/$1/venv"
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('$2') != '$3')" 2>/dev/null; then
+    echo "install-deps: $2==$3 into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$2==$3"
+  fi
+}
+# sslyze scans the gateway's public TLS.
+venv_tool tls-scan sslyze 6.3.1
+# selenium drives Debian's chromium through its chromedriver for the dashboard's test.
+venv_tool browser selenium 4.38.0

@@ -21,6 +21,22 @@ pub fn path(name: &str) -> PathBuf {
     bin
 }
 
+/// A program the suite builds from its Go modules (`make NAME`; `make test` does), at
+/// `target/NAME/bin/NAME`: Dex, Jaeger, promtool.
+pub fn go_tool(name: &str) -> PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(name)
+        .join("bin")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run make {name} (make test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// What a finished command said and how it ended.
 #[derive(Debug)]
 pub struct Run {

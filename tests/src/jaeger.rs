@@ -1,9 +1,9 @@
-//! Jaeger (built from its Go modules by `scripts/jaeger.sh`, an OpenTelemetry Collector
+//! Jaeger (built from its Go modules by `make jaeger`, an OpenTelemetry Collector
 //! distribution) as the trace backend tests export to: OTLP/gRPC and OTLP/HTTP receivers and
 //! its query API on free loopback ports, in-memory storage.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,16 +12,6 @@ use serde_json::Value;
 use crate::bin::run;
 use crate::k8s::eventually;
 use crate::net::free_addr;
-
-fn jaeger_binary() -> PathBuf {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/jaeger/bin/jaeger");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/jaeger.sh (make test does)",
-        bin.display()
-    );
-    bin
-}
 
 /// Jaeger with in-memory storage, OTLP receivers and its query API on free loopback ports.
 pub struct Jaeger {
@@ -53,7 +43,7 @@ impl Jaeger {
         .expect("jaeger config");
         let log = dir.join("jaeger.log");
         let out = std::fs::File::create(&log).expect("jaeger log");
-        let child = Command::new(jaeger_binary())
+        let child = Command::new(crate::bin::go_tool("jaeger"))
             .arg(format!("--config={}", config.display()))
             .stdout(out.try_clone().expect("log handle"))
             .stderr(out)

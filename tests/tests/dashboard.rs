@@ -124,6 +124,48 @@ fn the_dashboard_shows_the_demo_mesh_in_a_real_browser() {
     );
     assert_eq!(post.stdout, "405", "read-only");
 
+    // Every edge of a new mesh is a first-ever call: flagged once, remembered in the data
+    // directory, audited by the control plane.
+    let (gateway, web_id) = (
+        "spiffe://bank.local/ns/bank/sa/gateway",
+        "spiffe://bank.local/ns/bank/sa/web",
+    );
+    let first_calls = eventually(Duration::from_secs(30), "first calls flagged", || {
+        let view: Value = serde_json::from_str(&http_get(dashboard, "/api/mesh")?.1).ok()?;
+        let calls: Vec<(String, String)> = view["anomalies"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["kind"] == "first_call")
+            .filter_map(|a| {
+                Some((
+                    a["source"].as_str()?.into(),
+                    a["destination"].as_str()?.into(),
+                ))
+            })
+            .collect();
+        calls
+            .iter()
+            .any(|c| c.0 == gateway && c.1 == web_id)
+            .then_some(calls)
+    });
+    assert_eq!(
+        first_calls
+            .iter()
+            .filter(|c| c.0 == gateway && c.1 == web_id)
+            .count(),
+        1,
+        "flagged once: {first_calls:?}"
+    );
+    let audit = std::fs::read_to_string(data.join("control-plane/audit.log")).expect("audit");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"first_call\"") && l.contains(web_id)),
+        "{audit}"
+    );
+    let known = std::fs::read_to_string(data.join("control-plane/edges.json")).expect("edges");
+    assert!(known.contains(gateway), "{known}");
+
     let web = std::fs::read_to_string(data.join("web-sidecar.yaml")).expect("web's config");
     let shots = root().join("target/browser/shots");
     let python = root().join("target/browser/venv/bin/python");

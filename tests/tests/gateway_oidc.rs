@@ -28,16 +28,6 @@ struct Dex {
     log: PathBuf,
 }
 
-fn dex_binary() -> PathBuf {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dex/bin/dex");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/dex.sh (make test does)",
-        bin.display()
-    );
-    bin
-}
-
 impl Dex {
     fn start(dir: &Path) -> Self {
         let (ca, ca_path) = public_ca(dir, "dex-ca");
@@ -145,7 +135,7 @@ fn spawn(config: &Path, log: &Path) -> Child {
         .append(true)
         .open(log)
         .expect("dex log");
-    Command::new(dex_binary())
+    Command::new(ward_tests::bin::go_tool("dex"))
         .arg("serve")
         .arg(config)
         .stdout(Stdio::null())

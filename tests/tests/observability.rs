@@ -1,6 +1,6 @@
 //! What operators load from deploy/observability, checked with real parts: the alert rules
 //! pass `promtool check rules` and their own `promtool test rules` suite (promtool built
-//! from the Prometheus module by `scripts/promtool.sh`); every query of the Grafana
+//! from the Prometheus module by `make promtool`); every query of the Grafana
 //! dashboard is valid PromQL; and every metric the rules and the dashboard name is one a
 //! running mesh (a control plane, two sidecars with tokens, a trace collector) exports.
 //! On the way: a caller denied again and again is flagged as a denial spike — counted by
@@ -25,13 +25,7 @@ fn deploy(file: &str) -> PathBuf {
 }
 
 fn promtool(args: &[&str]) -> ward_tests::bin::Run {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/promtool/bin/promtool");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/promtool.sh (make test does)",
-        bin.display()
-    );
-    run(&bin, args)
+    run(&ward_tests::bin::go_tool("promtool"), args)
 }
 
 #[test]

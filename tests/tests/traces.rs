@@ -1,5 +1,5 @@
 //! Request traces against a real trace backend: Jaeger (built from its Go modules by
-//! `scripts/jaeger.sh`, an OpenTelemetry Collector distribution) receives the proxies' spans
+//! `make jaeger`, an OpenTelemetry Collector distribution) receives the proxies' spans
 //! over OTLP/gRPC and OTLP/HTTP, and its query API shows what arrived.
 //!
 //! - `ward demo --otlp`: a customer's request crosses gateway → web → accounts → ledger and
