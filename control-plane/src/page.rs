@@ -1,7 +1,8 @@
 //! The dashboard's web server (`--dashboard ADDR`): one page, its script and style, and
-//! two read-only JSON endpoints — `/api/mesh` (the [`crate::dashboard`] view with the CA
-//! and policy in force) and `/api/who-can-call/SPIFFE_ID` (the policy engine's answer for
-//! that workload, each known workload as a caller). GET only; nothing on it changes the
+//! read-only JSON endpoints — `/api/mesh` (the [`crate::dashboard`] view with the CA and
+//! policy in force), `/api/denials/TEXT` (the newest kept denials mentioning TEXT) and
+//! `/api/who-can-call/SPIFFE_ID` (the policy engine's answer for that workload, each known
+//! workload as a caller). GET only; nothing on it changes the
 //! mesh. The page builds its DOM with `textContent` only: what it shows (paths of denied
 //! requests, identities) is never read as markup. A strict Content-Security-Policy allows
 //! nothing but this server's own script and style.
@@ -101,7 +102,7 @@ fn who_can_call(state: &State, rest: &str) -> Response<Body> {
 
 /// Serves the dashboard on `listener` until the drain.
 pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener, drain: Drain) {
-    let (for_mesh, for_reach) = (state.clone(), state);
+    let (for_mesh, for_search, for_reach) = (state.clone(), state.clone(), state);
     Admin::new(Readiness::new(), None)
         .route("/", Arc::new(|| asset("text/html; charset=utf-8", PAGE)))
         .route(
@@ -115,6 +116,19 @@ pub async fn serve(state: Arc<State>, listener: tokio::net::TcpListener, drain: 
         .route(
             "/api/mesh",
             Arc::new(move || json_answer(StatusCode::OK, &mesh(&for_mesh))),
+        )
+        .prefix(
+            "/api/denials/",
+            Arc::new(move |rest| {
+                let answer = match percent_decode(&rest) {
+                    Some(text) => json_answer(
+                        StatusCode::OK,
+                        &for_search.dashboard.denials_matching(&text),
+                    ),
+                    None => text(StatusCode::BAD_REQUEST, "not percent-encoded text\n"),
+                };
+                Box::pin(async move { answer })
+            }),
         )
         .prefix(
             "/api/who-can-call/",

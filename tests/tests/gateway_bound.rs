@@ -3,6 +3,8 @@
 //! nonces, and certificate-bound tokens (RFC 8705) against the client certificate of the
 //! connection.
 
+use std::time::Duration;
+
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use ward_tests::apps;
@@ -41,17 +43,30 @@ fn call(
 }
 
 /// The reason the gateway's audit log gives for its last refusal.
-fn last_refusal(edge: &Edge) -> String {
+/// The refusals the gateway audited so far, oldest first.
+fn refusals(edge: &Edge) -> Vec<String> {
     edge.audit()
         .iter()
-        .rev()
-        .find_map(|l| {
+        .filter_map(|l| {
             l["authentication"]
                 .as_str()
                 .filter(|a| a.starts_with("refused"))
+                .map(str::to_owned)
         })
-        .unwrap_or_default()
-        .to_owned()
+        .collect()
+}
+
+/// Makes one refused request with `call`, and returns its answer and the refusal audited
+/// for it. Audit lines are written after the answer, by the audit writer: this waits for
+/// the line that request added rather than reading the log too early.
+fn refused<T>(edge: &Edge, call: impl FnOnce() -> T) -> (T, String) {
+    let before = refusals(edge).len();
+    let answer = call();
+    let reason =
+        ward_tests::k8s::eventually(Duration::from_secs(5), "the refusal's audit line", || {
+            refusals(edge).get(before).cloned()
+        });
+    (answer, reason)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +92,8 @@ async fn dpop_bound_tokens_need_a_fresh_proof_by_their_key_for_this_request() {
         assert!(seen["x-ward-end-user"][0].is_string());
 
         // The same proof again: a replay.
-        let (code, head, body) = call(&edge, path, "DPoP", &token, &[&proof]);
+        let ((code, head, body), refusal) =
+            refused(&edge, || call(&edge, path, "DPoP", &token, &[&proof]));
         assert_eq!((code, body.as_str()), (401, "unauthorized\n"));
         let head = head.to_ascii_lowercase();
         assert!(
@@ -86,11 +102,7 @@ async fn dpop_bound_tokens_need_a_fresh_proof_by_their_key_for_this_request() {
             ),
             "{head}"
         );
-        assert!(
-            last_refusal(&edge).contains("replayed"),
-            "{}",
-            last_refusal(&edge)
-        );
+        assert!(refusal.contains("replayed"), "{refusal}");
 
         let url = htu(&edge, path);
         let fresh = |claims: Value| dpop_proof(&holder, "GET", &url, &token, claims);
@@ -215,32 +227,35 @@ async fn dpop_bound_tokens_need_a_fresh_proof_by_their_key_for_this_request() {
         ];
         for (what, proofs, reason) in &cases {
             let proofs: Vec<&str> = proofs.iter().map(String::as_str).collect();
-            let (code, head, body) = call(&edge, path, "DPoP", &token, &proofs);
+            let ((code, head, body), refusal) =
+                refused(&edge, || call(&edge, path, "DPoP", &token, &proofs));
             assert_eq!((code, body.as_str()), (401, "unauthorized\n"), "{what}");
             assert!(
                 head.to_ascii_lowercase()
                     .contains("www-authenticate: dpop "),
                 "{what}: {head}"
             );
-            let refusal = last_refusal(&edge);
             assert!(refusal.contains(reason), "{what}: {refusal}");
         }
 
         // The binding cannot be stepped around: the bound token as a bearer token, an
         // unbound one with the DPoP scheme (and a good proof).
-        let (code, head, _) = call(&edge, path, "Bearer", &token, &[&fresh(json!({}))]);
+        let ((code, head, _), refusal) = refused(&edge, || {
+            call(&edge, path, "Bearer", &token, &[&fresh(json!({}))])
+        });
         assert_eq!(code, 401);
         assert!(
             head.to_ascii_lowercase()
                 .contains("www-authenticate: dpop "),
             "{head}"
         );
-        assert!(last_refusal(&edge).contains("without the DPoP scheme"));
+        assert!(refusal.contains("without the DPoP scheme"), "{refusal}");
         let unbound = edge.alice.clone();
         let proof = dpop_proof(&holder, "GET", &url, &unbound, json!({}));
-        let (code, _, _) = call(&edge, path, "DPoP", &unbound, &[&proof]);
+        let ((code, _, _), refusal) =
+            refused(&edge, || call(&edge, path, "DPoP", &unbound, &[&proof]));
         assert_eq!(code, 401);
-        assert!(last_refusal(&edge).contains("not bound to a DPoP key"));
+        assert!(refusal.contains("not bound to a DPoP key"), "{refusal}");
         // An unknown confirmation method is refused, not ignored.
         let odd = bound_token(
             &edge,
@@ -248,8 +263,9 @@ async fn dpop_bound_tokens_need_a_fresh_proof_by_their_key_for_this_request() {
             json!({ "jkt": thumbprint(&holder), "jwk": {} }),
         );
         let proof = dpop_proof(&holder, "GET", &url, &odd, json!({}));
-        assert_eq!(call(&edge, path, "DPoP", &odd, &[&proof]).0, 401);
-        assert!(last_refusal(&edge).contains("cnf"));
+        let (answer, refusal) = refused(&edge, || call(&edge, path, "DPoP", &odd, &[&proof]));
+        assert_eq!(answer.0, 401);
+        assert!(refusal.contains("cnf"), "{refusal}");
 
         // Bob's DPoP-bound token still meets the policy: not Alice's statements.
         let bobs = bound_token(&edge, "bob", json!({ "jkt": thumbprint(&holder) }));
@@ -313,8 +329,10 @@ async fn a_gateway_that_requires_nonces_hands_one_out_and_takes_proofs_that_carr
         let (code, _, body) = call(&edge, path, "DPoP", &token, &[&with_nonce]);
         assert_eq!(code, 200, "{body}");
         let forged = dpop_proof(&holder, "GET", &url, &token, json!({ "nonce": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" }));
-        let (code, head, _) = call(&edge, path, "DPoP", &token, &[&forged]);
+        let ((code, head, _), refusal) =
+            refused(&edge, || call(&edge, path, "DPoP", &token, &[&forged]));
         assert_eq!(code, 401);
+        assert!(refusal.contains("nonce"), "{refusal}");
         assert!(head.to_ascii_lowercase().contains("use_dpop_nonce"), "{head}");
         // A proof by a key of an algorithm not on this gateway's list.
         let es = key("dpop-es", Algorithm::ES256);
@@ -322,8 +340,9 @@ async fn a_gateway_that_requires_nonces_hands_one_out_and_takes_proofs_that_carr
         let rs = key("dpop-rs", Algorithm::RS256);
         let rs_token = bound_token(&edge, "alice", json!({ "jkt": thumbprint(&rs) }));
         let proof = dpop_proof(&rs, "GET", &url, &rs_token, json!({ "nonce": nonce_sent }));
-        assert_eq!(call(&edge, path, "DPoP", &rs_token, &[&proof]).0, 401);
-        assert!(last_refusal(&edge).contains("alg not accepted"));
+        let (answer, refusal) = refused(&edge, || call(&edge, path, "DPoP", &rs_token, &[&proof]));
+        assert_eq!(answer.0, 401);
+        assert!(refusal.contains("alg not accepted"), "{refusal}");
         let proof = dpop_proof(&es, "GET", &url, &es_token, json!({ "nonce": nonce_sent }));
         assert_eq!(call(&edge, path, "DPoP", &es_token, &[&proof]).0, 200);
     })
@@ -365,15 +384,18 @@ async fn certificate_bound_tokens_are_taken_only_over_a_connection_with_that_cli
         let (code, _, body) = with_cert("client-a", &auth);
         assert_eq!(code, 200, "{body}");
         // Without a certificate, or with another one from the same CA: 401.
-        let (code, head, _) = edge.get("/statements/alice/2026", Some(&token), &[]);
+        let ((code, head, _), refusal) = refused(&edge, || {
+            edge.get("/statements/alice/2026", Some(&token), &[])
+        });
         assert_eq!(code, 401);
         assert!(
             head.to_ascii_lowercase()
                 .contains("bearer realm=\"ward\", error=\"invalid_token\"")
         );
-        assert!(last_refusal(&edge).contains("this connection has none"));
-        assert_eq!(with_cert("client-b", &auth).0, 401);
-        assert!(last_refusal(&edge).contains("another client certificate"));
+        assert!(refusal.contains("this connection has none"), "{refusal}");
+        let (answer, refusal) = refused(&edge, || with_cert("client-b", &auth));
+        assert_eq!(answer.0, 401);
+        assert!(refusal.contains("another client certificate"), "{refusal}");
         // A certificate from a CA the gateway does not trust ends the handshake.
         assert_eq!(with_cert("stranger", &auth).0, 0);
         // Unbound tokens still work with or without a certificate.

@@ -14,7 +14,11 @@ use ward_api::v1;
 
 pub mod first_calls;
 
-/// Denials and anomalies kept, newest last.
+/// Denials kept, newest last (about half a minute of the demo's forbidden traffic).
+const DENIALS_KEPT: usize = 1000;
+/// Denials in the view, and matches of a search at most.
+pub const DENIALS_SHOWN: usize = 25;
+/// Anomalies kept, newest last.
 const RECENT: usize = 100;
 /// SVIDs remembered per workload (its rotation timeline).
 const SERIALS: usize = 12;
@@ -131,12 +135,31 @@ impl Dashboard {
         for anomaly in report.anomalies {
             inner.anomalies.push_back((id.to_owned(), anomaly));
         }
-        while inner.denials.len() > RECENT {
+        while inner.denials.len() > DENIALS_KEPT {
             inner.denials.pop_front();
         }
         while inner.anomalies.len() > RECENT {
             inner.anomalies.pop_front();
         }
+    }
+
+    /// The newest kept denials with `text` in their caller, called workload, path, policy
+    /// or request id (an operator looking for one denial among many).
+    pub fn denials_matching(&self, text: &str) -> Value {
+        let inner = self.lock();
+        let fields = |d: &v1::Denial| {
+            [
+                &d.source,
+                &d.destination,
+                &d.path,
+                &d.policy,
+                &d.request_id,
+                &d.method,
+            ]
+            .into_iter()
+            .any(|f| f.contains(text))
+        };
+        Value::Array(denials_view(&inner, fields))
     }
 
     /// The identities known from reports.
@@ -162,19 +185,7 @@ impl Dashboard {
             add_edges(&mut edges, proxy);
         }
         let edges: Vec<Value> = edges.into_values().collect();
-        let denials: Vec<Value> = inner
-            .denials
-            .iter()
-            .rev()
-            .map(|(at, d)| {
-                json!({
-                    "time_ms": d.time_unix_ms, "reported_by": at, "source": d.source,
-                    "destination": d.destination, "protocol": d.protocol, "method": d.method,
-                    "path": d.path, "policy": d.policy,
-                    "rule": (d.rule >= 0).then_some(d.rule), "request_id": d.request_id,
-                })
-            })
-            .collect();
+        let denials = denials_view(&inner, |_| true);
         let anomalies: Vec<Value> = inner
             .anomalies
             .iter()
@@ -196,6 +207,25 @@ impl Dashboard {
             "anomalies": anomalies,
         })
     }
+}
+
+/// The newest kept denials that pass `keep`, at most [`DENIALS_SHOWN`].
+fn denials_view(inner: &Inner, keep: impl Fn(&v1::Denial) -> bool) -> Vec<Value> {
+    inner
+        .denials
+        .iter()
+        .rev()
+        .filter(|(_, d)| keep(d))
+        .take(DENIALS_SHOWN)
+        .map(|(at, d)| {
+            json!({
+                "time_ms": d.time_unix_ms, "reported_by": at, "source": d.source,
+                "destination": d.destination, "protocol": d.protocol, "method": d.method,
+                "path": d.path, "policy": d.policy,
+                "rule": (d.rule >= 0).then_some(d.rule), "request_id": d.request_id,
+            })
+        })
+        .collect()
 }
 
 /// One workload: its SVID now, its rotation timeline and state.
@@ -371,6 +401,36 @@ mod tests {
         assert_eq!(
             d.view(later + STALE_AFTER)["workloads"][0]["reporting"],
             false
+        );
+    }
+
+    #[test]
+    fn the_view_shows_the_newest_denials_and_a_search_finds_older_ones() {
+        let d = Dashboard::default();
+        let now = SystemTime::now();
+        let mut r = report(vec![], "01");
+        r.denials = (0..200)
+            .map(|i| v1::Denial {
+                path: format!("/p/{i}"),
+                request_id: if i == 3 {
+                    "needle".into()
+                } else {
+                    format!("r{i}")
+                },
+                ..Default::default()
+            })
+            .collect();
+        d.report("spiffe://t/ns/a/sa/b", r, now);
+        let view = d.view(now);
+        let shown = view["denials"].as_array().expect("denials");
+        assert_eq!(shown.len(), DENIALS_SHOWN);
+        assert_eq!(shown[0]["path"], "/p/199", "newest first");
+        let found = d.denials_matching("needle");
+        assert_eq!(found.as_array().map(Vec::len), Some(1));
+        assert_eq!(found[0]["path"], "/p/3");
+        assert_eq!(
+            d.denials_matching("/p/1").as_array().map(Vec::len),
+            Some(DENIALS_SHOWN)
         );
     }
 

@@ -4,8 +4,8 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const EVERY_MS = 2000;
-const DENIALS_SHOWN = 25;
 let whoCanCall = "";
+let denialFilter = "";
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -119,14 +119,14 @@ function render(view) {
     el("td", { class: `state-${w.rotation}` }, w.rotation),
     el("td", {}, w.rotations),
     el("td", {}, timeline(w, now)))));
-  replaceRows("denials", view.denials.slice(0, DENIALS_SHOWN).map((d) => el("tr", {},
-    el("td", {}, clock(d.time_ms)),
-    el("td", { class: "mono" }, d.source || "(no SVID)"),
-    el("td", { class: "mono" }, d.destination),
-    el("td", { class: "mono request" }, `${d.method || d.protocol} ${d.path || ""}`.trim()),
-    el("td", { class: "mono policy" }, d.policy),
-    el("td", {}, d.rule === null || d.rule === undefined ? "–" : `rule ${d.rule}`),
-    el("td", { class: "mono" }, d.request_id || "–"))));
+  if (denialFilter) {
+    fetch(`/api/denials/${encodeURIComponent(denialFilter)}`)
+      .then((r) => r.json())
+      .then(showDenials)
+      .catch(() => showDenials([]));
+  } else {
+    showDenials(view.denials);
+  }
   replaceRows("anomalies", view.anomalies.map((a) => el("tr", {},
     el("td", {}, clock(a.time_ms)),
     el("td", {}, a.kind.replace("_", " ")),
@@ -140,6 +140,17 @@ function render(view) {
     if (!known.includes(w.spiffe_id)) select.append(el("option", { value: w.spiffe_id }, w.name));
   }
   if (whoCanCall) showReach(whoCanCall);
+}
+
+function showDenials(denials) {
+  replaceRows("denials", denials.map((d) => el("tr", {},
+    el("td", {}, clock(d.time_ms)),
+    el("td", { class: "mono" }, d.source || "(no SVID)"),
+    el("td", { class: "mono" }, d.destination),
+    el("td", { class: "mono request" }, `${d.method || d.protocol} ${d.path || ""}`.trim()),
+    el("td", { class: "mono policy" }, d.policy),
+    el("td", {}, d.rule === null || d.rule === undefined ? "–" : `rule ${d.rule}`),
+    el("td", { class: "mono" }, d.request_id || "–"))));
 }
 
 function showReach(id) {
@@ -171,6 +182,10 @@ function refresh() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("denial-filter").addEventListener("input", (e) => {
+    denialFilter = e.target.value.trim();
+    refresh();
+  });
   document.getElementById("whocan").addEventListener("change", (e) => {
     whoCanCall = e.target.value;
     if (whoCanCall) showReach(whoCanCall);
