@@ -305,6 +305,14 @@ impl Edge {
             .to_owned()
     }
 
+    /// The first audit line that `matches`, waited for: lines are written after the answer,
+    /// by the gateway's audit writer, so a test reading right after a request may be early.
+    pub fn audit_line(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        crate::k8s::eventually(std::time::Duration::from_secs(5), what, || {
+            self.audit().into_iter().find(|l| matches(l))
+        })
+    }
+
     pub fn audit(&self) -> Vec<Value> {
         std::fs::read_to_string(self.pki.dir().join("gateway-audit.log"))
             .unwrap_or_default()

@@ -97,11 +97,10 @@ async fn end_users_reach_their_own_accounts_through_the_gateway_and_nothing_else
         assert_eq!(edge.get("/health", None, &[]).0, 200);
         assert_eq!(edge.get("/nowhere", Some(&alice), &[]).0, 404);
         // The audit log: who, how, by which route and policy; never a token.
+        let allowed = edge.audit_line("an allow line", |l| {
+            l["decision"] == "allow" && l["path"] == "/accounts/alice/balance"
+        });
         let lines = edge.audit();
-        let allowed = lines
-            .iter()
-            .find(|l| l["decision"] == "allow" && l["path"] == "/accounts/alice/balance")
-            .expect("an allow line");
         assert_eq!(allowed["request_principal"], format!("{IDP}/alice"));
         assert_eq!(allowed["authentication"], "verified");
         assert_eq!(allowed["issuer"], IDP);

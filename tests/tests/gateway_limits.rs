@@ -86,11 +86,9 @@ async fn each_end_user_has_a_bucket_and_429_says_when_to_come_back() {
         eventually(Duration::from_secs(5), "alice served again", || {
             (edge.get(path, Some(&edge.alice), &[]).0 == 200).then_some(())
         });
-        let limited = edge
-            .audit()
-            .into_iter()
-            .find(|l| l["policy"] == "rate-limit:per-user")
-            .expect("the 429 in the audit log");
+        let limited = edge.audit_line("the 429 in the audit log", |l| {
+            l["policy"] == "rate-limit:per-user"
+        });
         assert_eq!(limited["limit"], "per-user");
         assert_eq!(limited["request_principal"], format!("{IDP}/alice"));
         assert_eq!(limited["decision"], "deny");

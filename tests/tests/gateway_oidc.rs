@@ -183,11 +183,7 @@ async fn dex_users_reach_their_own_accounts_and_key_rotation_needs_no_restart() 
         let (code, _, body) = edge.get(path, Some(&alice), &[]);
         assert_eq!(code, 200, "{body}");
         assert_eq!(edge.get(path, Some(&bob), &[]).0, 403, "BOLA");
-        let line = edge
-            .audit()
-            .into_iter()
-            .find(|l| l["decision"] == "allow")
-            .expect("the allow line");
+        let line = edge.audit_line("the allow line", |l| l["decision"] == "allow");
         assert_eq!(line["issuer"], dex.issuer.as_str());
         assert_eq!(line["kid"], kid(&alice).as_str());
 
