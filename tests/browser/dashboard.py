@@ -69,39 +69,49 @@ def row_texts(driver, table):
     return [r.text for r in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
 
 
+def workloads(driver):
+    """{name: (serial, row text, cells)} as the page shows them now."""
+    out = {}
+    for r in driver.find_elements(By.CSS_SELECTOR, "#workloads tbody tr"):
+        cells = [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+        out[r.get_attribute("data-id").rsplit("/", 1)[-1]] = (r.get_attribute("data-serial"), r.text, cells)
+    return out
+
+
+def edge(driver, source, destination):
+    """(security, label) of the edge drawn from source to destination, or None."""
+    found = driver.find_elements(
+        By.CSS_SELECTOR, f'#graph g.edge[data-source="{source}"][data-destination="{destination}"]')
+    return (found[0].get_attribute("data-security"), found[0].text) if found else None
+
+
+# The page redraws every 2 s, so an element found now may be gone a moment later: every
+# read happens inside wait(), which takes the page as it is and tries again.
 def check(driver):
     driver.get(URL)
     assert driver.title == "ward mesh", driver.title
 
     # The workloads, each with its SVID serial, and the edges between them.
     names = {"web", "accounts", "ledger", "gateway"}
-    wait("the demo's workloads", lambda: names <= {
-        r.get_attribute("data-id").rsplit("/", 1)[-1]
-        for r in driver.find_elements(By.CSS_SELECTOR, "#workloads tbody tr")})
+    shown = wait("the demo's workloads", lambda: (lambda w: w if names <= set(w) else None)(workloads(driver)))
     for name in names:
-        row = driver.find_element(By.CSS_SELECTOR, f'#workloads tr[data-id="{ID}{name}"]')
-        assert len(row.get_attribute("data-serial")) >= 16, row.text
-        assert "ok" in row.text or "renewing" in row.text, row.text
-
-    def edge(source, destination):
-        return driver.find_elements(
-            By.CSS_SELECTOR, f'#graph g.edge[data-source="{source}"][data-destination="{destination}"]')
+        serial, text, _ = shown[name]
+        assert len(serial) >= 16, text
+        assert "ok" in text or "renewing" in text, text
     for source, destination in [("gateway", "web"), ("web", "accounts"), ("accounts", "ledger")]:
-        found = wait(f"the edge {source} -> {destination}", lambda: edge(ID + source, ID + destination))
-        assert found[0].get_attribute("data-security") == "mtls"
-        wait(f"a rate on {source} -> {destination}",
-             lambda: "/s" in edge(ID + source, ID + destination)[0].text)
-    assert wait("the clients' edge", lambda: edge("external", ID + "gateway"))[0] \
-        .get_attribute("data-security") == "tls"
+        security, _ = wait(f"a rate on the edge {source} -> {destination}", lambda: (
+            lambda e: e if e and "/s" in e[1] else None)(edge(driver, ID + source, ID + destination)))
+        assert security == "mtls", (source, destination, security)
+    assert wait("the clients' edge", lambda: edge(driver, "external", ID + "gateway"))[0] == "tls"
 
     # A forbidden call: among the denials, with the policy that decided; its request id
     # (markup) is shown as text. The demo's own denials are many a second: the operator finds
     # ours with the search box.
     forbidden_call()
     driver.find_element(By.ID, "denial-filter").send_keys("onerror")
-    denial = wait("our denial on the page", lambda: [
-        r for r in driver.find_elements(By.CSS_SELECTOR, "#denials tbody tr") if PROBE in r.text])
-    cells = [c.text for c in denial[0].find_elements(By.TAG_NAME, "td")]
+    cells = wait("our denial on the page", lambda: next((
+        [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+        for r in driver.find_elements(By.CSS_SELECTOR, "#denials tbody tr") if PROBE in r.text), None))
     assert cells[1] == ID + "web" and cells[2] == ID + "accounts", cells
     assert cells[3] == "DELETE /accounts/77", cells
     assert cells[4].startswith("default:deny"), cells
@@ -120,16 +130,14 @@ def check(driver):
         for r in driver.find_elements(By.CSS_SELECTOR, "#reach tbody tr")} or None)
     assert "some" in reach[ID + "web"] and "web-reads-accounts" in reach[ID + "web"], reach
     assert "none" in reach[ID + "gateway"], reach
-    assert "ALLOW bank/web-reads-accounts rule 0" in driver.find_element(By.ID, "rules").text
+    wait("the rules that apply", lambda: "ALLOW bank/web-reads-accounts rule 0"
+         in driver.find_element(By.ID, "rules").text)
 
-    # A rotation: web's serial changes on the page.
-    before = driver.find_element(By.CSS_SELECTOR, f'#workloads tr[data-id="{ID}web"]') \
-        .get_attribute("data-serial")
-    wait("web's SVID to rotate", lambda: driver.find_element(
-        By.CSS_SELECTOR, f'#workloads tr[data-id="{ID}web"]').get_attribute("data-serial") != before,
-        timeout=90)
-    row = driver.find_element(By.CSS_SELECTOR, f'#workloads tr[data-id="{ID}web"]')
-    assert int(row.find_elements(By.TAG_NAME, "td")[6].text) >= 1, row.text
+    # A rotation: web's serial changes on the page, and the rotation is counted.
+    before = shown["web"][0]
+    rotated = wait("web's SVID to rotate", lambda: (
+        lambda w: w if w[0] != before else None)(workloads(driver)["web"]), timeout=90)
+    assert int(rotated[2][6]) >= 1, rotated
 
 
 def main():

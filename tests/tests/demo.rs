@@ -164,11 +164,16 @@ fn interrupt(extra: &[&str], signal: i32) -> (std::process::ExitStatus, String) 
     // Progress lines go to stderr when stdout is not a terminal; wait for the mesh.
     let stderr = demo.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
-    let up = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("mesh up"));
-    assert!(up, "ward demo never brought the mesh up");
+    let mut said = Vec::new();
+    let up = lines.by_ref().map_while(Result::ok).any(|l| {
+        said.push(l.clone());
+        l.contains("mesh up")
+    });
+    assert!(
+        up,
+        "ward demo never brought the mesh up:\n{}",
+        said.join("\n")
+    );
     assert!(
         demo_processes(dir.path()).len() >= 7,
         "control plane, three apps and three sidecars: {:?}",

@@ -86,7 +86,32 @@ impl Dashboard {
     }
 
     /// A report from the proxy whose SVID is `id` (verified by the caller).
-    pub fn report(&self, id: &str, report: v1::ProxyReport, now: SystemTime) {
+    ///
+    /// A proxy speaks only for calls it took part in: edges where it is neither end,
+    /// denials and anomalies of another workload, and an SVID of another identity are
+    /// dropped (and counted), so one compromised workload cannot paint calls, denials or
+    /// first calls between others on the page.
+    pub fn report(&self, id: &str, mut report: v1::ProxyReport, now: SystemTime) {
+        let before = report.edges.len()
+            + report.denials.len()
+            + report.anomalies.len()
+            + usize::from(report.svid.is_some());
+        report
+            .edges
+            .retain(|e| e.source == id || e.destination == id);
+        report.denials.retain(|d| d.destination == id);
+        report.anomalies.retain(|a| a.destination == id);
+        report.svid = report.svid.filter(|s| s.spiffe_id == id);
+        let kept = report.edges.len()
+            + report.denials.len()
+            + report.anomalies.len()
+            + usize::from(report.svid.is_some());
+        if kept < before {
+            metrics::counter!("ward_cp_report_items_refused_total")
+                .increment((before - kept) as u64);
+            tracing::warn!(proxy = %id, refused = before - kept,
+                "a report spoke for other workloads; those parts are dropped");
+        }
         let mut inner = self.lock();
         if !inner.proxies.contains_key(id) && inner.proxies.len() >= MAX_PROXIES {
             metrics::counter!("ward_cp_reports_dropped_total").increment(1);
@@ -411,6 +436,7 @@ mod tests {
         let mut r = report(vec![], "01");
         r.denials = (0..200)
             .map(|i| v1::Denial {
+                destination: "spiffe://t/ns/a/sa/b".into(),
                 path: format!("/p/{i}"),
                 request_id: if i == 3 {
                     "needle".into()
@@ -432,6 +458,43 @@ mod tests {
             d.denials_matching("/p/1").as_array().map(Vec::len),
             Some(DENIALS_SHOWN)
         );
+    }
+
+    #[test]
+    fn a_proxy_speaks_only_for_its_own_calls() {
+        let d = Dashboard::default();
+        let now = SystemTime::now();
+        let me = "spiffe://t/ns/a/sa/b";
+        let mut r = report(
+            vec![
+                edge("spiffe://t/ns/a/sa/a", me, 5, 0),
+                edge("spiffe://t/ns/x/sa/x", "spiffe://t/ns/y/sa/y", 5, 0),
+            ],
+            "01",
+        );
+        r.denials = vec![
+            v1::Denial {
+                destination: me.into(),
+                ..Default::default()
+            },
+            v1::Denial {
+                destination: "spiffe://t/ns/y/sa/y".into(),
+                ..Default::default()
+            },
+        ];
+        d.report(me, r, now);
+        let view = d.view(now);
+        assert_eq!(view["edges"].as_array().map(Vec::len), Some(1), "{view}");
+        assert_eq!(view["denials"].as_array().map(Vec::len), Some(1), "{view}");
+        let firsts: Vec<&Value> = view["anomalies"].as_array().into_iter().flatten().collect();
+        assert!(firsts.iter().all(|a| a["destination"] == me), "{firsts:?}");
+        // An SVID of another identity is not taken for this workload's.
+        let mut other = report(vec![], "99");
+        if let Some(svid) = other.svid.as_mut() {
+            svid.spiffe_id = "spiffe://t/ns/x/sa/x".into();
+        }
+        d.report(me, other, now);
+        assert_eq!(d.view(now)["workloads"][0]["serial"], "01");
     }
 
     #[test]
