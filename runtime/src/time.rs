@@ -41,6 +41,13 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .as_secs()
 }
 
+/// Milliseconds since the Unix epoch (0 for a time before it).
+pub fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

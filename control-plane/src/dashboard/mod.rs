@@ -59,12 +59,6 @@ pub struct Dashboard {
     inner: Mutex<Inner>,
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The last path segment of a SPIFFE ID (`.../sa/web` → `web`).
 pub fn short_name(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
@@ -124,7 +118,7 @@ impl Dashboard {
             .filter(|e| called_side(e) || leaves_mesh(e))
             .filter(|e| inner.first_calls.seen(&e.source, &e.destination, id))
             .map(|e| v1::Anomaly {
-                time_unix_ms: unix_ms(now),
+                time_unix_ms: ward_runtime::time::unix_millis(now),
                 kind: "first_call".into(),
                 source: e.source.clone(),
                 destination: e.destination.clone(),
@@ -137,7 +131,9 @@ impl Dashboard {
         let proxy = inner.proxies.entry(id.to_owned()).or_default();
         proxy.role = report.role;
         proxy.last_seen = Some(now);
-        proxy.reports.push_back((unix_ms(now), report.edges));
+        proxy
+            .reports
+            .push_back((ward_runtime::time::unix_millis(now), report.edges));
         while proxy.reports.len() > 2 {
             proxy.reports.pop_front();
         }
@@ -148,7 +144,7 @@ impl Dashboard {
                 serial: svid.serial,
                 not_before: svid.not_before_unix,
                 not_after: svid.not_after_unix,
-                first_seen_ms: unix_ms(now),
+                first_seen_ms: ward_runtime::time::unix_millis(now),
             });
             while proxy.serials.len() > SERIALS {
                 proxy.serials.pop_front();
@@ -198,7 +194,7 @@ impl Dashboard {
     /// edges between them with rates, recent denials and anomalies.
     pub fn view(&self, now: SystemTime) -> Value {
         let inner = self.lock();
-        let now_ms = unix_ms(now);
+        let now_ms = ward_runtime::time::unix_millis(now);
         let mut workloads: Vec<Value> = inner
             .proxies
             .iter()

@@ -136,6 +136,7 @@ impl Authorizer {
         let label = decision.decider.policy_label();
         let verdict = if decision.allowed { "allow" } else { "deny" };
         let source = facts.source.clone();
+        let policy = (!decision.allowed).then(|| label.clone());
         counter!(DECISIONS_TOTAL, "decision" => verdict, "policy" => label, "source" => source)
             .increment(1);
         if let Some(audit) = &decision.audit {
@@ -145,12 +146,8 @@ impl Authorizer {
         }
         self.audit
             .record(call, &decision, facts, call.port, &self.destination);
-        if !decision.allowed {
-            self.keep_denial(
-                facts,
-                &decision.decider.policy_label(),
-                decision.decider.rule(),
-            );
+        if let Some(policy) = policy {
+            self.keep_denial(facts, &policy, decision.decider.rule());
             self.judge_denial(call, facts);
         }
         decision

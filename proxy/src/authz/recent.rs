@@ -15,11 +15,9 @@ pub struct Recent {
     held: Mutex<(VecDeque<v1::Denial>, VecDeque<v1::Anomaly>)>,
 }
 
+/// Now, in Unix milliseconds (what reports carry).
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    ward_runtime::time::unix_millis(SystemTime::now())
 }
 
 impl Recent {
