@@ -1,7 +1,7 @@
 # The two fresh-machine commands are `make run` and `make test`; see README.md.
 CARGO ?= cargo
 
-.PHONY: dex jaeger promtool run test deps k8s-peers deploy-manifests lint build bench bench-compare bench-micro fuzz
+.PHONY: dex jaeger promtool spire go-spiffe run test deps k8s-peers deploy-manifests lint build bench bench-compare bench-micro fuzz
 
 ## run: build, then run a whole mesh on this machine (`ward demo`; Ctrl-C stops it).
 ## DEMO_ARGS passes options, e.g. make run DEMO_ARGS="--duration 30s".
@@ -16,7 +16,7 @@ deps:
 	./scripts/install-deps.sh
 
 ## test: install what is missing, lint, then the whole suite (unit, integration, end-to-end)
-test: deps k8s-peers dex jaeger promtool
+test: deps k8s-peers dex jaeger promtool spire go-spiffe
 	$(MAKE) lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --doc
@@ -31,6 +31,16 @@ dex:
 ## Go modules (cached in target/jaeger/bin: minutes once, then nothing)
 jaeger:
 	./scripts/go-tool.sh jaeger github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0
+
+## spire: build SPIRE's server and agent (the identity source the SPIRE tests run against)
+## from the SPIRE Go module, with cgo for its SQLite datastore (cached in target/spire/bin)
+spire:
+	GO_TOOL_CGO=1 ./scripts/go-tool.sh spire github.com/spiffe/spire/cmd/spire-server v1.13.3 github.com/spiffe/spire/cmd/spire-agent
+
+## go-spiffe: build the suite's go-spiffe Workload API client (tests/peers/go-spiffe;
+## seconds once its modules are cached in target/go-spiffe)
+go-spiffe:
+	./scripts/go-peer.sh go-spiffe
 
 ## promtool: build promtool, which checks and unit-tests deploy/observability's alert rules
 ## and the dashboard's queries, from the Prometheus Go module (cached in target/promtool/bin)

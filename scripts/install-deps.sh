@@ -6,10 +6,11 @@ set -euo pipefail
 need_apt=()
 # nft: `ward-proxy init` writes the capture rules with it, iptables-restore on machines
 # without nft (its tests run both in network namespaces); ip (iproute2): the tests make
-# those namespaces. redis-server: the gateway's shared rate limits are tested against it.
+# those namespaces. gcc: cgo for SPIRE's SQLite datastore. redis-server: the gateway's
+# shared rate limits are tested against it.
 # nghttp (nghttp2-client): shows the SETTINGS the gateway sends to HTTP/2 clients.
 # chromium + chromedriver: the control plane's dashboard is tested in a headless browser.
-for tool in openssl:openssl curl:curl make:make nft:nftables iptables-restore:iptables ip:iproute2 redis-server:redis-server nghttp:nghttp2-client chromium:chromium chromedriver:chromium-driver; do
+for tool in openssl:openssl curl:curl make:make gcc:gcc nft:nftables iptables-restore:iptables ip:iproute2 redis-server:redis-server nghttp:nghttp2-client chromium:chromium chromedriver:chromium-driver; do
   bin=${tool%%:*}; pkg=${tool##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -45,5 +46,7 @@ venv_tool() {
 }
 # sslyze scans the gateway's public TLS.
 venv_tool tls-scan sslyze 6.3.1
+# py-spiffe: a Python app's Workload API client, run against the sidecar's Workload API.
+venv_tool py-spiffe spiffe 0.3.2
 # selenium drives Debian's chromium through its chromedriver for the dashboard's test.
 venv_tool browser selenium 4.38.0

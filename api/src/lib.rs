@@ -47,6 +47,16 @@ pub mod v1 {
     tonic::include_proto!("ward.v1");
 }
 
+/// The SPIFFE Workload API (`/SpiffeWorkloadAPI/...`, no protobuf package): served by
+/// sidecars to their apps, and used as a client of a SPIRE agent.
+pub mod workload {
+    tonic::include_proto!("_");
+
+    /// The metadata every Workload API request must carry (`true`), so that a browser or
+    /// an SSRF-able client cannot be tricked into calling the socket.
+    pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1::{CertifyRequest, CertifyResponse};

@@ -14,7 +14,7 @@ pub mod dpop;
 pub mod edge;
 pub mod forwarded;
 pub mod issuers;
-pub mod jwt;
+pub use crate::jwt;
 mod onward;
 pub mod public_tls;
 pub mod ratelimit;

@@ -53,6 +53,13 @@ impl ProxyInputs {
         })
     }
 
+    /// Where the Workload API's JWT-SVIDs come from: this proxy's identity source.
+    pub fn jwt_svids(&self) -> Arc<crate::workload_api::jwt::JwtSvids> {
+        Arc::new(crate::workload_api::jwt::JwtSvids::unavailable(
+            "this proxy's identity source (files or the ward control plane) issues no JWT-SVIDs",
+        ))
+    }
+
     /// Starts the admin server, gets the identity (from files, or from the control plane
     /// with a join token: this waits until the first SVID), and starts following policy.
     /// `/ready` says what is still pending all along: `readiness` may already hold the

@@ -83,6 +83,17 @@ pub async fn run(validated: Validated, metrics: Option<PrometheusHandle>) -> any
         }
     }
     drop(capture);
+    if let Some(api) = &config.workload_api {
+        let attestor = crate::workload_api::attest::Attestor::new(api)
+            .map_err(|e| anyhow::anyhow!("workload_api.same_network_namespace: {e}"))?;
+        let service = crate::workload_api::Service::new(
+            inputs.identity.clone(),
+            attestor,
+            inputs.jwt_svids(),
+            inputs.drain.clone(),
+        );
+        crate::workload_api::serve(api, service).await?;
+    }
     tracing::info!(spiffe_id = %inputs.own_id, admin = %config.admin,
         inbound = config.inbound.len(), outbound = config.outbound.len(), "sidecar ready");
     inputs.serve_until_shutdown().await;

@@ -14,6 +14,7 @@ pub mod net;
 pub mod netns;
 pub mod node;
 pub mod pki;
+pub mod spiffe;
 pub mod tls;
 
 /// Installs the process-wide crypto provider (idempotent), as every binary does at start.

@@ -24,7 +24,16 @@ use yaml_serde::Value;
 const NOT_SETTINGS: &[&str] = &["WARD_LOG"];
 /// Sections whose fields can be set one by one from the environment.
 const SECTIONS: &[&str] = &[
-    "identity", "workload", "limits", "runtime", "policy", "audit", "capture", "tracing",
+    // `workload_api` before `workload`: the first prefix that matches wins.
+    "identity",
+    "workload_api",
+    "workload",
+    "limits",
+    "runtime",
+    "policy",
+    "audit",
+    "capture",
+    "tracing",
 ];
 /// What errors name when there is no file.
 const ENV_ORIGIN: &str = "WARD_* environment";
@@ -87,6 +96,9 @@ pub struct SidecarConfig {
     /// Request spans exported over OTLP; absent, none are made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// The SPIFFE Workload API for the app; absent, it is not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_api: Option<WorkloadApi>,
 }
 
 /// Transparent capture of the app's outbound connections.
@@ -502,8 +514,10 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
 mod env;
 mod traces;
 mod validate;
+mod workload_api;
 
 pub use self::traces::{TraceProtocol, Tracing};
+pub use self::workload_api::WorkloadApi;
 
 use self::env::{apply_env, strip_location};
 

@@ -29,6 +29,9 @@ impl SidecarConfig {
         if let Some(tracing) = &config.tracing {
             tracing.check(|field, why| at.err(field, &why))?;
         }
+        if let Some(api) = &mut config.workload_api {
+            api.check(base, |field, why| at.err(field, &why))?;
+        }
         check_identity(&config.identity, &at)?;
         resolve_identity_files(&mut config.identity, base, &at)?;
         config.resolve_policy_and_audit(base, &at)?;

@@ -101,6 +101,7 @@ impl<C: CaClient> ControlPlaneIdentity<C> {
         Ok(Issued {
             svid,
             bundle,
+            federated: Default::default(),
             workload: Some(Workload {
                 namespace: workload.namespace,
                 labels: workload.labels.into_iter().collect(),

@@ -93,6 +93,7 @@ impl Source for Files {
         Ok(Issued {
             svid,
             bundle,
+            federated: Default::default(),
             workload: None,
         })
     }

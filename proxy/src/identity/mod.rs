@@ -46,8 +46,13 @@ pub struct Workload {
 pub struct Issued {
     pub svid: Svid,
     pub bundle: TrustBundle,
+    /// Foreign trust domains' bundles (from SPIRE's federation), by trust domain.
+    pub federated: Federated,
     pub workload: Option<Workload>,
 }
+
+/// Bundles of federated trust domains, by trust domain name.
+pub type Federated = BTreeMap<String, TrustBundle>;
 
 /// Where the identity comes from.
 pub trait Source: Send + Sync + 'static {
@@ -67,9 +72,15 @@ pub struct Identity {
     pub id: SpiffeId,
     svid: watch::Receiver<Arc<Svid>>,
     bundle: watch::Receiver<Arc<TrustBundle>>,
+    federated: watch::Receiver<Arc<Federated>>,
 }
 
 impl Identity {
+    /// The federated trust domains' bundles in force, and each set after them.
+    pub fn federated(&self) -> watch::Receiver<Arc<Federated>> {
+        self.federated.clone()
+    }
+
     /// The SVID in force, and each one after it.
     pub fn svid(&self) -> watch::Receiver<Arc<Svid>> {
         self.svid.clone()
@@ -87,6 +98,7 @@ pub struct Publisher {
     mesh: MeshIdentity,
     svid: Arc<watch::Sender<Arc<Svid>>>,
     bundle: Arc<watch::Sender<Arc<TrustBundle>>>,
+    federated: Arc<watch::Sender<Arc<Federated>>>,
 }
 
 impl Publisher {
@@ -98,16 +110,19 @@ impl Publisher {
         let id = first.svid.spiffe_id().clone();
         let (svid_tx, svid) = watch::channel(Arc::new(first.svid));
         let (bundle_tx, bundle) = watch::channel(Arc::new(first.bundle));
+        let (federated_tx, federated) = watch::channel(Arc::new(first.federated));
         let identity = Identity {
             mesh: mesh.clone(),
             id,
             svid,
             bundle,
+            federated,
         };
         let publisher = Self {
             mesh,
             svid: Arc::new(svid_tx),
             bundle: Arc::new(bundle_tx),
+            federated: Arc::new(federated_tx),
         };
         Ok((publisher, identity))
     }
@@ -131,6 +146,21 @@ impl Publisher {
         report_roots(&bundle);
         self.mesh.bundle.swap(bundle.clone());
         self.bundle.send_replace(Arc::new(bundle));
+    }
+
+    /// Puts a new set of federated bundles in force (only if it differs).
+    pub fn federated(&self, federated: Federated) {
+        self.federated.send_if_modified(|current| {
+            let same = current.len() == federated.len()
+                && current
+                    .iter()
+                    .zip(&federated)
+                    .all(|((a, x), (b, y))| a == b && x.roots().eq(y.roots()));
+            if !same {
+                *current = Arc::new(federated);
+            }
+            !same
+        });
     }
 }
 

@@ -1,12 +1,12 @@
-//! End-user JWTs (RFC 7519, JWS compact form) checked against configured issuers, for the
-//! gateway. The token is parsed here, strictly, before any signature work: three
-//! base64url segments, a size bound, JSON objects without duplicate names (a claim stated
-//! twice could be read differently by the next hop), `alg` from the issuer's allowlist
-//! (never `none`, never HMAC: an issuer's keys are public), no `crit` extension (none is
-//! understood, so RFC 7515 §4.1.11 says refuse), and the key from the issuer's configured
-//! JWKS only: `jku`, `x5u`, `jwk` and `x5c` headers are never key sources. The key must be
-//! of the algorithm's type (and curve), and say `use: sig` and this `alg` if it says
-//! anything. Then the signature (jsonwebtoken over aws-lc-rs), then `iss`, `aud`, `exp`
+//! JWTs (RFC 7519, JWS compact form) checked against configured issuers: end users' at the
+//! gateway, JWT-SVIDs at the Workload API. The token is parsed here, strictly, before any
+//! signature work: three base64url segments, a size bound, JSON objects without duplicate
+//! names (a claim stated twice could be read differently by the next hop), `alg` from the
+//! issuer's allowlist (never `none`, never HMAC: an issuer's keys are public), no `crit`
+//! extension (none is understood, so RFC 7515 §4.1.11 says refuse), and the key from the
+//! issuer's configured JWKS only: `jku`, `x5u`, `jwk` and `x5c` headers are never key
+//! sources. The key must be of the algorithm's type (and curve), and say `use: sig` and
+//! this `alg` if it says anything. Then the signature (jsonwebtoken over aws-lc-rs), then `iss`, `aud`, `exp`
 //! (required), `nbf` and `iat` against the caller's clock with the issuer's skew.
 
 use std::time::{Duration, SystemTime};
@@ -76,12 +76,44 @@ pub enum JwtError {
     Audience,
 }
 
-pub(super) fn malformed(why: impl Into<String>) -> JwtError {
+pub(crate) fn malformed(why: impl Into<String>) -> JwtError {
     JwtError::Malformed(why.into())
 }
 
 /// Verifies `token` against `issuers` at `now`.
 pub fn verify(token: &str, issuers: &[Issuer], now: SystemTime) -> Result<Verified, JwtError> {
+    let parsed = parse(token)?;
+    let iss = parsed
+        .claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed("no iss"))?;
+    let issuer = issuers
+        .iter()
+        .find(|i| i.issuer == iss)
+        .ok_or_else(|| JwtError::UnknownIssuer(iss.to_owned()))?;
+    parsed.verify(issuer, now)
+}
+
+/// Verifies `token` as signed by `issuer`, whatever its `iss` says (or without one): for
+/// JWT-SVIDs, whose signer is their subject's trust domain.
+pub fn verify_with(token: &str, issuer: &Issuer, now: SystemTime) -> Result<Verified, JwtError> {
+    parse(token)?.verify(issuer, now)
+}
+
+/// A token's segments, parsed but not verified.
+struct Parsed<'t> {
+    token: &'t str,
+    signed_len: usize,
+    signature: &'t str,
+    alg: String,
+    algorithm: Algorithm,
+    kid: Option<String>,
+    claims: Map<String, Value>,
+}
+
+/// Parses `token` strictly (size, segments, JSON, `alg`, no `crit`).
+fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwtError::TooLarge);
     }
@@ -93,7 +125,6 @@ pub fn verify(token: &str, issuers: &[Issuer], now: SystemTime) -> Result<Verifi
     };
     let header = object(header_b64, "header")?;
     let claims = object(payload_b64, "payload")?;
-
     let alg = header
         .get("alg")
         .and_then(Value::as_str)
@@ -104,37 +135,55 @@ pub fn verify(token: &str, issuers: &[Issuer], now: SystemTime) -> Result<Verifi
     if let Some(crit) = header.get("crit") {
         return Err(JwtError::Critical(crit.to_string()));
     }
-    let iss = claims
-        .get("iss")
-        .and_then(Value::as_str)
-        .ok_or_else(|| malformed("no iss"))?;
-    let issuer = issuers
-        .iter()
-        .find(|i| i.issuer == iss)
-        .ok_or_else(|| JwtError::UnknownIssuer(iss.to_owned()))?;
-    if !issuer.algorithms.contains(&algorithm) || algorithm.family() == AlgorithmFamily::Hmac {
-        return Err(JwtError::Algorithm(alg.to_owned()));
-    }
-    let kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
-    let jwk = key_for(issuer, kid.as_deref(), algorithm)?;
-    let key = DecodingKey::from_jwk(jwk).map_err(|_| JwtError::KeyMismatch(kid.clone()))?;
-    let message = &token[..header_b64.len() + 1 + payload_b64.len()];
-    let good = jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, algorithm)
-        .map_err(|_| JwtError::Signature)?;
-    if !good {
-        return Err(JwtError::Signature);
-    }
-    check_claims(&claims, issuer, now)?;
-    Ok(Verified {
-        issuer: iss.to_owned(),
-        subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
-        kid,
+    Ok(Parsed {
+        token,
+        signed_len: header_b64.len() + 1 + payload_b64.len(),
+        signature,
+        alg: alg.to_owned(),
+        algorithm,
+        kid: header.get("kid").and_then(Value::as_str).map(str::to_owned),
         claims,
     })
 }
 
+impl Parsed<'_> {
+    /// The algorithm, the key, the signature, then the claims.
+    fn verify(self, issuer: &Issuer, now: SystemTime) -> Result<Verified, JwtError> {
+        let algorithm = self.algorithm;
+        if !issuer.algorithms.contains(&algorithm) || algorithm.family() == AlgorithmFamily::Hmac {
+            return Err(JwtError::Algorithm(self.alg));
+        }
+        let kid = self.kid;
+        let jwk = key_for(issuer, kid.as_deref(), algorithm)?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| JwtError::KeyMismatch(kid.clone()))?;
+        let message = &self.token[..self.signed_len];
+        let good =
+            jsonwebtoken::crypto::verify(self.signature, message.as_bytes(), &key, algorithm)
+                .map_err(|_| JwtError::Signature)?;
+        if !good {
+            return Err(JwtError::Signature);
+        }
+        check_claims(&self.claims, issuer, now)?;
+        Ok(Verified {
+            issuer: self
+                .claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            subject: self
+                .claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            kid,
+            claims: self.claims,
+        })
+    }
+}
+
 /// A base64url segment holding a JSON object with no name twice (at any depth).
-pub(super) fn object(segment: &str, what: &str) -> Result<Map<String, Value>, JwtError> {
+pub(crate) fn object(segment: &str, what: &str) -> Result<Map<String, Value>, JwtError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| malformed(format!("{what} is not base64url")))?;
@@ -227,7 +276,7 @@ fn key_for<'a>(issuer: &'a Issuer, kid: Option<&str>, alg: Algorithm) -> Result<
 }
 
 /// Whether `jwk` may verify `alg`: its type (and curve), its `use` and its `alg`.
-pub(super) fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
+pub(crate) fn fits(jwk: &Jwk, alg: Algorithm) -> bool {
     let kind = match (&jwk.algorithm, alg) {
         (AlgorithmParameters::RSA(_), a) => a.family() == AlgorithmFamily::Rsa,
         (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
