@@ -82,5 +82,18 @@ pub fn certs(identity: &MeshIdentity) -> serde_json::Value {
         ward_certs::verify::anchor_key_id(&chain, &bundle, ward_certs::verify::unix_time(now)).ok()
     );
     out["bundle"] = json!({ "trust_domain": bundle.trust_domain().to_string(), "roots": roots });
+    let federated: serde_json::Map<String, serde_json::Value> = identity
+        .bundle
+        .federated()
+        .iter()
+        .map(|(td, b)| {
+            let roots: Vec<_> = b
+                .roots()
+                .filter_map(|r| CertInfo::parse(r).ok().map(|info| describe(&info)))
+                .collect();
+            (td.clone(), json!({ "roots": roots }))
+        })
+        .collect();
+    out["federated"] = json!(federated);
     out
 }

@@ -55,9 +55,14 @@ impl ProxyInputs {
 
     /// Where the Workload API's JWT-SVIDs come from: this proxy's identity source.
     pub fn jwt_svids(&self) -> Arc<crate::workload_api::jwt::JwtSvids> {
-        Arc::new(crate::workload_api::jwt::JwtSvids::unavailable(
-            "this proxy's identity source (files or the ward control plane) issues no JWT-SVIDs",
-        ))
+        use crate::workload_api::jwt::JwtSvids;
+        Arc::new(match &self.identity.jwt {
+            Some(source) => JwtSvids::new(source.clone()),
+            None => JwtSvids::unavailable(
+                "this proxy's identity source (files or the ward control plane) issues no \
+                 JWT-SVIDs",
+            ),
+        })
     }
 
     /// Starts the admin server, gets the identity (from files, or from the control plane
@@ -200,16 +205,22 @@ async fn start_identity(
     reports: &Reports,
 ) -> anyhow::Result<(Identity, Workload, Option<(ControlPlane, Arc<Health>)>)> {
     let (files, td) = (&validated.config.identity, &validated.trust_domain);
+    if let Some(spire) = &files.spire {
+        let source = crate::identity::spire::Spire::new(spire, td.clone());
+        let jwt = source.jwt();
+        let (mut identity, _) = crate::identity::start(source).await?;
+        identity.jwt = Some(jwt);
+        return Ok((identity, configured_workload(validated), None));
+    }
     let Some(url) = &files.control_plane else {
         let (identity, _) = crate::identity::start(Files::new(files, td)?).await?;
-        let workload = &validated.config.workload;
-        let workload = Workload {
-            namespace: workload.namespace.clone(),
-            labels: workload.labels.clone(),
-        };
-        return Ok((identity, workload, None));
+        return Ok((identity, configured_workload(validated), None));
     };
-    let bootstrap = TrustBundle::read(td.clone(), &files.bundle).map_err(IdentityError::from)?;
+    let bundle = files
+        .bundle
+        .as_ref()
+        .ok_or_else(|| IdentityError::ControlPlane("no identity.bundle".into()))?;
+    let bootstrap = TrustBundle::read(td.clone(), bundle).map_err(IdentityError::from)?;
     let client = ControlPlane::new(url, td, bootstrap)?.with_watch_token(
         files
             .renew_with_token
@@ -249,4 +260,13 @@ async fn start_identity(
         workload.unwrap_or_default(),
         Some((client, health)),
     ))
+}
+
+/// The workload as the configuration says (files and SPIRE do not attest labels).
+fn configured_workload(validated: &Validated) -> Workload {
+    let workload = &validated.config.workload;
+    Workload {
+        namespace: workload.namespace.clone(),
+        labels: workload.labels.clone(),
+    }
 }

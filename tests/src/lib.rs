@@ -15,6 +15,7 @@ pub mod netns;
 pub mod node;
 pub mod pki;
 pub mod spiffe;
+pub mod spire;
 pub mod tls;
 
 /// Installs the process-wide crypto provider (idempotent), as every binary does at start.

@@ -127,15 +127,35 @@ pub struct BundleStore {
 /// starts with an empty memo.
 struct Trust {
     bundle: Arc<TrustBundle>,
+    /// Foreign trust domains' bundles (SPIFFE federation), by trust domain name: a peer of
+    /// one of them is verified against its own domain's roots.
+    federated: Arc<Federation>,
     verified: VerifiedChains,
 }
 
+/// Bundles of federated trust domains, by trust domain name.
+pub type Federation = std::collections::BTreeMap<String, TrustBundle>;
+
 impl Trust {
-    fn new(bundle: TrustBundle) -> Self {
+    fn new(bundle: Arc<TrustBundle>, federated: Arc<Federation>) -> Self {
         Self {
-            bundle: Arc::new(bundle),
+            bundle,
+            federated,
             verified: VerifiedChains::default(),
         }
+    }
+
+    /// The bundle a chain whose leaf is `leaf` must chain to: its trust domain's, if that
+    /// is a federated one, else ours (which then refuses a foreign leaf).
+    fn bundle_for(&self, leaf: &CertificateDer<'_>) -> &TrustBundle {
+        if !self.federated.is_empty()
+            && let Ok(id) = crate::verify::spiffe_id_of(leaf)
+            && let Some(foreign) = self.federated.get(&id.trust_domain().to_string())
+            && foreign.trust_domain() != self.bundle.trust_domain()
+        {
+            return foreign;
+        }
+        &self.bundle
     }
 }
 
@@ -152,7 +172,7 @@ impl fmt::Debug for BundleStore {
 impl BundleStore {
     pub fn new(bundle: TrustBundle) -> Arc<Self> {
         Arc::new(Self {
-            current: ArcSwap::from_pointee(Trust::new(bundle)),
+            current: ArcSwap::from_pointee(Trust::new(Arc::new(bundle), Arc::default())),
             generation: AtomicU64::new(0),
         })
     }
@@ -160,8 +180,24 @@ impl BundleStore {
     /// Trusts `bundle` from the next handshake on. Sessions established under the old bundle
     /// are no longer resumed (see [`TrustBoundSessions`]).
     pub fn swap(&self, bundle: TrustBundle) {
-        self.current.store(Arc::new(Trust::new(bundle)));
+        let federated = self.current.load().federated.clone();
+        self.current
+            .store(Arc::new(Trust::new(Arc::new(bundle), federated)));
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Trusts peers of these federated trust domains (each by its own roots) from the next
+    /// handshake on, in place of the earlier set.
+    pub fn swap_federated(&self, federated: Federation) {
+        let bundle = self.current.load().bundle.clone();
+        self.current
+            .store(Arc::new(Trust::new(bundle, Arc::new(federated))));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The federated trust domains' bundles in force.
+    pub fn federated(&self) -> Arc<Federation> {
+        self.current.load().federated.clone()
     }
 
     fn generation(&self) -> u64 {
@@ -186,7 +222,8 @@ impl BundleStore {
         if let Some(id) = trust.verified.get(&key, now) {
             return Ok(id);
         }
-        let verified = verify_with_window(leaf, intermediates, &trust.bundle, now, purpose)?;
+        let bundle = trust.bundle_for(leaf);
+        let verified = verify_with_window(leaf, intermediates, bundle, now, purpose)?;
         trust.verified.insert(
             key,
             verified.id.clone(),
@@ -210,11 +247,12 @@ pub enum ExpectedPeer {
 }
 
 impl ExpectedPeer {
-    fn check(&self, found: &SpiffeId) -> Result<(), SvidError> {
+    fn check(&self, found: &SpiffeId, own: &TrustDomain) -> Result<(), SvidError> {
         let ok = match self {
             ExpectedPeer::Exact(id) => id == found,
             ExpectedPeer::OneOf(ids) => ids.contains(found),
-            ExpectedPeer::AnyInTrustDomain => true,
+            // Not a federated domain's: "any" means any of ours.
+            ExpectedPeer::AnyInTrustDomain => found.is_member_of(own),
         };
         if ok {
             Ok(())
@@ -338,7 +376,8 @@ impl ServerCertVerifier for ServerSvidVerifier {
             .bundle
             .verify(end_entity, intermediates, now, Purpose::Server)
             .map_err(rustls_error)?;
-        self.expected.check(&id).map_err(rustls_error)?;
+        let own = self.bundle.current().trust_domain().clone();
+        self.expected.check(&id, &own).map_err(rustls_error)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -210,8 +210,10 @@ pub struct IdentityFiles {
     /// The private key (only its path is ever shown).
     #[serde(default)]
     pub key: Option<PathBuf>,
-    /// The trust bundle (PEM roots).
-    pub bundle: PathBuf,
+    /// The trust bundle (PEM roots); with a control plane, the roots its TLS chains to.
+    /// Not used with `spire` (the agent gives the bundles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PathBuf>,
     /// `https://HOST:PORT` of the control plane.
     #[serde(default)]
     pub control_plane: Option<String>,
@@ -223,9 +225,36 @@ pub struct IdentityFiles {
     /// tokens are used up by the first certificate, so this stays off for them.
     #[serde(default)]
     pub renew_with_token: bool,
+    /// A SPIRE agent's Workload API as the identity source: the SVID, the bundle and the
+    /// federated bundles come from it, and JWT-SVIDs for the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spire: Option<SpireSource>,
     /// How often the proxy reports to the control plane (for its dashboard).
     #[serde(default = "default_report_every", with = "duration")]
     pub report_every: Duration,
+}
+
+/// `identity.spire`: where the SPIRE agent serves the Workload API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpireSource {
+    /// The agent's socket (`unix:///path` or a path).
+    pub socket: String,
+    /// Which of the SVIDs the agent gives this process to use (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+}
+
+impl SpireSource {
+    /// The socket's path, without a `unix://` scheme.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(
+            self.socket
+                .strip_prefix("unix://")
+                .or_else(|| self.socket.strip_prefix("unix:"))
+                .unwrap_or(&self.socket),
+        )
+    }
 }
 
 fn default_report_every() -> Duration {

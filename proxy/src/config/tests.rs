@@ -92,6 +92,29 @@ fn environment_overrides_fields_and_lists() {
 }
 
 #[test]
+fn spire_and_the_workload_api_are_read_from_the_file_and_the_environment() {
+    let files = Files::new();
+    let yaml = GOOD.replace(
+        "{ cert: web.pem, key: web.key, bundle: bundle.pem }",
+        "{ spire: { socket: \"unix:///run/spire/agent.sock\" } }",
+    );
+    let v = files
+        .load(
+            &yaml,
+            &[
+                ("WARD_WORKLOAD_API_SOCKET", "api.sock"),
+                ("WARD_WORKLOAD_API_ALLOWED_UIDS", "[1000, 1001]"),
+            ],
+        )
+        .unwrap();
+    let spire = v.config.identity.spire.as_ref().unwrap();
+    assert_eq!(spire.path(), std::path::Path::new("/run/spire/agent.sock"));
+    let api = v.config.workload_api.as_ref().unwrap();
+    assert_eq!(api.allowed_uids, [1000, 1001]);
+    assert_eq!(api.socket, files.dir.path().join("api.sock"));
+}
+
+#[test]
 fn each_bad_config_is_one_line_naming_the_field_or_file() {
     let files = Files::new();
     type Env = Vec<(&'static str, &'static str)>;
@@ -168,6 +191,43 @@ fn each_bad_config_is_one_line_naming_the_field_or_file() {
             "trust_domain: [unclosed\n".to_owned(),
             vec![],
             "sidecar.yaml:2:1: did not find expected",
+        ),
+        (
+            GOOD.replace(
+                "bundle: bundle.pem",
+                "bundle: bundle.pem, spire: { socket: /run/spire/agent.sock }",
+            ),
+            vec![],
+            "identity: spire gives the SVID and the bundles: no cert, key, bundle",
+        ),
+        (
+            GOOD.replace(
+                "{ cert: web.pem, key: web.key, bundle: bundle.pem }",
+                "{ spire: { socket: /a.sock, spiffe_id: \"spiffe://other.org/x\" } }",
+            ),
+            vec![],
+            "identity.spire.spiffe_id: spiffe://other.org/x is not in trust domain example.org",
+        ),
+        (
+            GOOD.replace(
+                "{ cert: web.pem, key: web.key, bundle: bundle.pem }",
+                "{ spire: { sockt: /a.sock } }",
+            ),
+            vec![],
+            "unknown field `sockt`",
+        ),
+        (
+            GOOD.replace(
+                "{ cert: web.pem, key: web.key, bundle: bundle.pem }",
+                "{ cert: web.pem, key: web.key }",
+            ),
+            vec![],
+            "identity.bundle: required",
+        ),
+        (
+            GOOD.to_owned(),
+            vec![("WARD_WORKLOAD_API_SOCKET", "/run/w.sock")],
+            "workload_api: name who may fetch this workload's identity",
         ),
         (
             GOOD.replace("dir: policies", "dir: nowhere"),

@@ -32,7 +32,7 @@ impl SidecarConfig {
         if let Some(api) = &mut config.workload_api {
             api.check(base, |field, why| at.err(field, &why))?;
         }
-        check_identity(&config.identity, &at)?;
+        check_identity(&config.identity, &trust_domain, &at)?;
         resolve_identity_files(&mut config.identity, base, &at)?;
         config.resolve_policy_and_audit(base, &at)?;
         let server_identities = config.server_identities(&trust_domain, &at)?;
@@ -172,12 +172,28 @@ impl SidecarConfig {
 }
 
 /// Static files or a control plane, each complete, never both.
-fn check_identity(id: &IdentityFiles, at: &At) -> Result<(), ConfigError> {
+fn check_identity(id: &IdentityFiles, td: &TrustDomain, at: &At) -> Result<(), ConfigError> {
     let static_mode = id.cert.is_some() || id.key.is_some();
     let control_mode = id.control_plane.is_some() || id.token_file.is_some();
+    if let Some(spire) = &id.spire {
+        return check_spire(
+            spire,
+            static_mode || control_mode || id.bundle.is_some(),
+            td,
+            at,
+        );
+    }
+    if id.bundle.is_none() {
+        return Err(at.err(
+            "identity.bundle",
+            &"required (PEM roots of the trust domain)",
+        ));
+    }
     let wrong = match (static_mode, control_mode) {
         (true, true) => Some("give cert + key (static) or control_plane + token_file, not both"),
-        (false, false) => Some("needs cert + key (static) or control_plane + token_file"),
+        (false, false) => {
+            Some("needs cert + key (static), control_plane + token_file, or spire: { socket }")
+        }
         (true, false) if id.cert.is_none() || id.key.is_none() => Some("cert and key go together"),
         (false, true) if id.control_plane.is_none() || id.token_file.is_none() => {
             Some("control_plane and token_file go together")
@@ -205,13 +221,43 @@ fn check_identity(id: &IdentityFiles, at: &At) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A SPIRE agent is the whole identity source: nothing else may be given beside it.
+fn check_spire(
+    spire: &super::SpireSource,
+    more: bool,
+    td: &TrustDomain,
+    at: &At,
+) -> Result<(), ConfigError> {
+    if more {
+        return Err(at.err(
+            "identity",
+            &"spire gives the SVID and the bundles: no cert, key, bundle, control_plane or \
+              token_file beside it",
+        ));
+    }
+    if spire.path().as_os_str().is_empty() {
+        return Err(at.err("identity.spire.socket", &"empty path"));
+    }
+    if let Some(id) = &spire.spiffe_id {
+        let parsed = ward_certs::parse_spiffe_id(id)
+            .map_err(|e| at.err("identity.spire.spiffe_id", &format!("{id:?}: {e}")))?;
+        if !parsed.is_member_of(td) {
+            return Err(at.err(
+                "identity.spire.spiffe_id",
+                &format!("{parsed} is not in trust domain {td}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Identity files relative to the configuration file (not the working directory); each
 /// must exist.
 fn resolve_identity_files(id: &mut IdentityFiles, base: &Path, at: &At) -> Result<(), ConfigError> {
     let files = [
         ("identity.cert", id.cert.as_mut()),
         ("identity.key", id.key.as_mut()),
-        ("identity.bundle", Some(&mut id.bundle)),
+        ("identity.bundle", id.bundle.as_mut()),
         ("identity.token_file", id.token_file.as_mut()),
     ];
     for (field, file) in files {

@@ -33,7 +33,7 @@ type Fingerprint = [Option<(u64, Option<SystemTime>)>; 3];
 
 impl Files {
     pub fn new(files: &IdentityFiles, trust_domain: &TrustDomain) -> Result<Self, IdentityError> {
-        let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
+        let (Some(cert), Some(key), Some(bundle)) = (&files.cert, &files.key, &files.bundle) else {
             return Err(IdentityError::ControlPlane(
                 "no static identity configured".into(),
             ));
@@ -41,7 +41,7 @@ impl Files {
         Ok(Self {
             cert: cert.clone(),
             key: key.clone(),
-            bundle: files.bundle.clone(),
+            bundle: bundle.clone(),
             trust_domain: trust_domain.clone(),
             every: RELOAD_EVERY,
             first_seen: std::sync::Mutex::new(None),
@@ -155,7 +155,11 @@ mod tests {
         ))
         .unwrap();
         write(&ca, &id, &files);
-        std::fs::write(&files.bundle, ca.bundle().unwrap().to_pem()).unwrap();
+        std::fs::write(
+            files.bundle.as_ref().unwrap(),
+            ca.bundle().unwrap().to_pem(),
+        )
+        .unwrap();
         Setup { dir, ca, files, id }
     }
 

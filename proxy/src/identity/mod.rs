@@ -9,6 +9,8 @@
 //! it on a `watch` for anything else that follows the identity ([`Identity`]).
 
 pub mod files;
+pub mod jwt;
+pub mod spire;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -32,6 +34,8 @@ pub enum IdentityError {
     },
     #[error("control plane: {0}")]
     ControlPlane(String),
+    #[error("identity.spire: {0}")]
+    Spire(String),
 }
 
 /// The workload an identity was issued for, when the source attests it (the control
@@ -52,7 +56,7 @@ pub struct Issued {
 }
 
 /// Bundles of federated trust domains, by trust domain name.
-pub type Federated = BTreeMap<String, TrustBundle>;
+pub type Federated = ward_certs::tls::Federation;
 
 /// Where the identity comes from.
 pub trait Source: Send + Sync + 'static {
@@ -73,6 +77,8 @@ pub struct Identity {
     svid: watch::Receiver<Arc<Svid>>,
     bundle: watch::Receiver<Arc<TrustBundle>>,
     federated: watch::Receiver<Arc<Federated>>,
+    /// JWT-SVIDs, when the source signs them.
+    pub jwt: Option<jwt::JwtSource>,
 }
 
 impl Identity {
@@ -105,6 +111,9 @@ impl Publisher {
     /// Puts `first` in force.
     pub fn new(first: Issued) -> Result<(Self, Identity), IdentityError> {
         let mesh = MeshIdentity::new(&first.svid, first.bundle.clone())?;
+        if !first.federated.is_empty() {
+            mesh.bundle.swap_federated(first.federated.clone());
+        }
         report_expiry(&first.svid);
         report_roots(&first.bundle);
         let id = first.svid.spiffe_id().clone();
@@ -117,6 +126,7 @@ impl Publisher {
             svid,
             bundle,
             federated,
+            jwt: None,
         };
         let publisher = Self {
             mesh,
@@ -157,6 +167,7 @@ impl Publisher {
                     .zip(&federated)
                     .all(|((a, x), (b, y))| a == b && x.roots().eq(y.roots()));
             if !same {
+                self.mesh.bundle.swap_federated(federated.clone());
                 *current = Arc::new(federated);
             }
             !same

@@ -3,9 +3,6 @@
 //! Validation is the gateway's strict JWT check ([`crate::gateway::jwt`]) with the key set
 //! of the subject's trust domain; the subject must be a SPIFFE ID of that trust domain.
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,10 +17,8 @@ use ward_certs::SpiffeId;
 use ward_runtime::Drain;
 
 use super::Streamed;
+use crate::identity::jwt::{Issue, JwtBundles, JwtSource};
 use crate::jwt::{Issuer, verify_with};
-
-/// JWT bundles: each trust domain's JWKS document, by `spiffe://<trust domain>`.
-pub type JwtBundles = BTreeMap<String, Vec<u8>>;
 
 /// The algorithms a JWT-SVID may be signed with (JWT-SVID spec §3: RS, ES and PS families).
 const ALGORITHMS: &[Algorithm] = &[
@@ -36,14 +31,6 @@ const ALGORITHMS: &[Algorithm] = &[
     Algorithm::PS384,
     Algorithm::PS512,
 ];
-
-pub type Fetched = Pin<Box<dyn Future<Output = Result<String, Status>> + Send>>;
-
-/// Something that signs JWT-SVIDs for this workload's identity.
-pub trait Issue: Send + Sync {
-    /// A JWT-SVID (compact JWS) for `audience`.
-    fn fetch(&self, audience: Vec<String>) -> Fetched;
-}
 
 /// Where the Workload API's JWT calls are answered from.
 pub struct JwtSvids {
@@ -61,10 +48,10 @@ impl JwtSvids {
         }
     }
 
-    pub fn new(issuer: Arc<dyn Issue>, bundles: watch::Receiver<Arc<JwtBundles>>) -> Self {
+    pub fn new(source: JwtSource) -> Self {
         Self {
-            issuer: Ok(issuer),
-            bundles,
+            issuer: Ok(source.issuer),
+            bundles: source.bundles,
         }
     }
 
