@@ -2,6 +2,8 @@
 //! vendored by `protoc-bin-vendored`, so a fresh machine needs no system protoc.
 
 const WORKLOAD_API: &str = "proto/spiffe/workload.proto";
+/// The subset of Envoy's secret discovery service ward serves.
+const SDS: &str = "proto/envoy/sds.proto";
 
 /// Where protoc-bin-vendored keeps the well-known types (`google/protobuf/*.proto`).
 fn include() -> Result<String, Box<dyn std::error::Error>> {
@@ -24,14 +26,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_with_config(config, &protos, &["proto"])?;
     // The SPIFFE Workload API: no package, so its code lands in `_.rs`; the well-known
-    // `google.protobuf.Struct` of its claims maps to prost-types.
+    // `google.protobuf.Struct` of its claims maps to prost-types. Envoy's SDS beside it.
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_with_config(config, &[WORKLOAD_API], &["proto", &include()?])?;
+        .compile_with_config(config, &[WORKLOAD_API, SDS], &["proto", &include()?])?;
     println!("cargo:rerun-if-changed={WORKLOAD_API}");
+    println!("cargo:rerun-if-changed={SDS}");
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }

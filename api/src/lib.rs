@@ -57,6 +57,16 @@ pub mod workload {
     pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 }
 
+/// Envoy's secret discovery service (`envoy.service.secret.v3`), as much of it as ward
+/// serves: Envoy gets its SVID and trust bundles from a sidecar's Workload API socket.
+pub mod sds {
+    tonic::include_proto!("envoy.service.secret.v3");
+
+    /// `type_url` of the secrets SDS carries.
+    pub const SECRET_TYPE: &str =
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1::{CertifyRequest, CertifyResponse};

@@ -136,7 +136,8 @@ impl Svid {
         Ok(Arc::new(key))
     }
 
-    fn key_pem(&self) -> String {
+    /// The key as PEM, for those it is handed to (a file of mode 0600, Envoy over SDS).
+    pub fn key_pem(&self) -> String {
         let label = match &self.key {
             PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
             PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",

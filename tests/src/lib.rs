@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod bin;
 pub mod control_plane;
+pub mod envoy;
 pub mod gateway;
 pub mod jaeger;
 pub mod jwt;

@@ -24,6 +24,10 @@ pub struct WorkloadApi {
     /// this proxy cannot see (another PID namespace) is then refused.
     #[serde(default)]
     pub same_network_namespace: bool,
+    /// Also serve Envoy's secret discovery service (SDS) on the socket, to the same
+    /// callers: an Envoy beside this identity gets its certificate and roots from it.
+    #[serde(default)]
+    pub sds: bool,
 }
 
 impl WorkloadApi {

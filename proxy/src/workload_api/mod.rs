@@ -10,6 +10,7 @@
 pub mod attest;
 pub mod authority;
 pub mod jwt;
+pub mod sds;
 pub mod x509;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
+use ward_api::sds::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use ward_api::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use ward_api::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER,
@@ -69,6 +71,11 @@ impl Service {
                 "security header missing from request",
             ));
         }
+        self.attest(method, request)
+    }
+
+    /// Checks the caller's credentials against the rules.
+    fn attest<T>(&self, method: &'static str, request: &Request<T>) -> Result<Caller, Status> {
         let cred = request
             .extensions()
             .get::<UdsConnectInfo>()
@@ -192,8 +199,12 @@ pub async fn serve(config: &WorkloadApi, service: Service) -> anyhow::Result<()>
     let path = config.socket.clone();
     let listener = bind(&path)?;
     let drain = service.drain.clone();
+    let sds = config
+        .sds
+        .then(|| SecretDiscoveryServiceServer::new(service.clone()));
     let server = tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(service))
+        .add_optional_service(sds)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             drain.signaled().await;
         });
