@@ -327,6 +327,22 @@ impl CertificateAuthority {
         self.not_after
     }
 
+    /// A 32-byte secret derived from this CA's signing key for `purpose` (HKDF-SHA256): the
+    /// same on every control-plane replica holding this CA, different for every purpose and
+    /// every CA, and telling nothing about the CA key. The JWT-SVID signing key is made
+    /// from it, so it needs no storage of its own and rotates with the CA.
+    pub fn derive_secret(&self, purpose: &[u8]) -> [u8; 32] {
+        use aws_lc_rs::hkdf;
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"ward: a key derived from the CA key");
+        let prk = salt.extract(self.key_pem.0.as_bytes());
+        let mut out = [0u8; 32];
+        // Infallible for a 32-byte output of SHA-256 HKDF (at most 255 blocks).
+        if let Ok(okm) = prk.expand(&[purpose], hkdf::HKDF_SHA256) {
+            let _ = okm.fill(&mut out);
+        }
+        out
+    }
+
     /// A bundle holding this CA's root.
     pub fn bundle(&self) -> Result<TrustBundle, BundleError> {
         TrustBundle::new(self.trust_domain.clone(), [self.root().clone()])

@@ -19,6 +19,7 @@ pub mod attest;
 pub mod dashboard;
 pub mod datadir;
 pub mod discovery;
+pub mod jwt_svid;
 pub mod metrics;
 pub mod page;
 pub mod policy_source;

@@ -85,6 +85,7 @@ pub async fn serve(
         ca: ArcSwap::from_pointee(ca),
         settings: settings.clone(),
         dashboard: crate::dashboard::Dashboard::open(dir),
+        jwt_keys: Default::default(),
     });
 
     let drain = Drain::new();
@@ -129,6 +130,9 @@ pub async fn serve(
         .add_service(v1::identity_server::IdentityServer::new(Api(state.clone())))
         .add_service(v1::policy_server::PolicyServer::new(Api(state.clone())))
         .add_service(v1::bundle_server::BundleServer::new(Api(state.clone())))
+        .add_service(v1::jwt_svids_server::JwtSvidsServer::new(
+            Api(state.clone()),
+        ))
         .add_service(v1::discovery_server::DiscoveryServer::new(Api(
             state.clone()
         )))

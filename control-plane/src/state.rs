@@ -34,6 +34,8 @@ pub struct State {
     pub registry: Registry,
     /// What proxies report, for the dashboard.
     pub dashboard: crate::dashboard::Dashboard,
+    /// The JWT-SVID signing keys (derived from the CA).
+    pub jwt_keys: crate::jwt_svid::JwtKeys,
 }
 
 impl State {

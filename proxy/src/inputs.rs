@@ -59,8 +59,8 @@ impl ProxyInputs {
         Arc::new(match &self.identity.jwt {
             Some(source) => JwtSvids::new(source.clone()),
             None => JwtSvids::unavailable(
-                "this proxy's identity source (files or the ward control plane) issues no \
-                 JWT-SVIDs",
+                "this proxy's identity source (files) issues no JWT-SVIDs: take the identity \
+                 from the ward control plane or SPIRE",
             ),
         })
     }
@@ -254,7 +254,12 @@ async fn start_identity(
     .with_serving(serving)
     .with_token_on_renewal(files.renew_with_token);
     // With a control plane the workload is what attestation says, not what the config says.
-    let (identity, workload) = crate::identity::start(source).await?;
+    let (mut identity, workload) = crate::identity::start(source).await?;
+    identity.jwt = Some(crate::control::jwt::source(
+        client.clone(),
+        identity.mesh.clone(),
+        td,
+    ));
     Ok((
         identity,
         workload.unwrap_or_default(),

@@ -135,6 +135,7 @@ async fn apps_get_their_identity_and_follow_its_rotation() {
     let jwt = spiffe::go(&socket, "jwt", &["bank"]);
     assert_eq!(jwt.code, 1, "{jwt:?}");
     assert!(jwt.stderr.contains("issues no JWT-SVIDs"), "{jwt:?}");
+    assert!(jwt.stderr.contains("Unavailable"), "{jwt:?}");
     drop(sidecar);
 }
 
@@ -310,4 +311,64 @@ fn bad_workload_api_settings_are_refused() {
             .expect("still there")
             .contains("BEGIN")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_svids_come_from_the_ward_control_plane() {
+    use ward_tests::mesh::{Extra, ManagedPair, WEB_ID, mesh_default};
+
+    ward_tests::init();
+    let app = http_echo().await;
+    let sockets = socket_dir();
+    let (web_api, orders_api) = (
+        sockets.path().join("web.sock"),
+        sockets.path().join("orders.sock"),
+    );
+    let section = |socket: &Path| {
+        format!(
+            "workload_api: {{ socket: {}, allowed_uids: [{}] }}\n",
+            socket.display(),
+            euid()
+        )
+    };
+    let extra = Extra {
+        web: section(&web_api),
+        orders: section(&orders_api),
+    };
+    let mesh =
+        ManagedPair::launch_with(app.addr, "1h", mesh_default("allow-authenticated"), extra).await;
+    tokio::task::spawn_blocking(move || {
+        // web's app gets a JWT-SVID for orders; orders' app validates it with the JWT
+        // bundle its own sidecar follows from the control plane.
+        let got = json(spiffe::go(&web_api, "jwt", &["orders"]).ok());
+        assert_eq!(got["spiffe_id"], WEB_ID, "{got}");
+        assert_eq!(got["audience"], serde_json::json!(["orders"]), "{got}");
+        let token = got["token"].as_str().expect("token").to_owned();
+        let valid = eventually(Duration::from_secs(10), "orders validates it", || {
+            let run = spiffe::go(&orders_api, "validate", &["orders", &token]);
+            (run.code == 0).then(|| json(&run.stdout))
+        });
+        assert_eq!(valid["spiffe_id"], WEB_ID, "{valid}");
+        assert_eq!(valid["claims"]["sub"], WEB_ID, "{valid}");
+        let py = json(spiffe::py(&orders_api, "validate", &["orders", &token]).ok());
+        assert_eq!(py["spiffe_id"], WEB_ID, "{py}");
+        let py_jwt = json(spiffe::py(&orders_api, "jwt", &["ledger"]).ok());
+        assert_eq!(py_jwt["spiffe_id"], ward_tests::mesh::ORDERS_ID, "{py_jwt}");
+
+        // Another audience, a changed payload, or a token from another CA are invalid.
+        let wrong = spiffe::go(&orders_api, "validate", &["payments", &token]);
+        assert_eq!(wrong.code, 1, "{wrong:?}");
+        assert!(wrong.stderr.contains("audience"), "{wrong:?}");
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[1] = parts[1].chars().rev().collect();
+        let forged = spiffe::go(&orders_api, "validate", &["orders", &parts.join(".")]);
+        assert_eq!(forged.code, 1, "{forged:?}");
+        assert!(forged.stderr.contains("InvalidArgument"), "{forged:?}");
+        // No audience: refused before anything is signed.
+        let none = spiffe::go(&web_api, "jwt", &[""]);
+        assert_eq!(none.code, 1, "{none:?}");
+    })
+    .await
+    .expect("clients");
+    drop(mesh);
 }

@@ -16,6 +16,7 @@ use crate::state::State;
 pub mod bundle;
 pub mod discovery;
 pub mod identity;
+pub mod jwt_svid;
 pub mod policy;
 pub mod telemetry;
 pub mod transport;

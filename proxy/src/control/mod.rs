@@ -9,6 +9,7 @@
 pub mod client;
 pub mod discovery;
 pub mod identity;
+pub mod jwt;
 pub mod policy;
 pub mod report;
 
