@@ -15,7 +15,9 @@
 //!   (`PORT,...`), `ward.dev/proxy-cpu-request`, `ward.dev/proxy-memory-request`,
 //!   `ward.dev/proxy-cpu-limit`, `ward.dev/proxy-memory-limit` (quantities),
 //!   `ward.dev/rewrite-app-probes` (`"false"` keeps the app's probes as they are; by
-//!   default they move to the admin port, see [`probes`]).
+//!   default they move to the admin port, see [`probes`]), `ward.dev/workload-api`
+//!   (`enabled`: the SPIFFE Workload API for the apps, see [`workload_api`]) with
+//!   `ward.dev/workload-api-uids`.
 //!
 //! A pod that already has `ward-proxy` is left alone (never injected twice); a
 //! `hostNetwork` pod is refused with the reason (its capture rules would take the node's
@@ -119,10 +121,11 @@ pub fn inject(pod: &Pod, injector: &Injector) -> Result<Injected, InjectError> {
     } else {
         BTreeMap::new()
     };
-    let mut init = vec![
-        init_container(injector, &options),
-        proxy_container(injector, &options, &probes),
-    ];
+    let mut proxy = proxy_container(injector, &options, &probes);
+    if let Some(uids) = workload_api::allowed_uids(&annotations, spec)? {
+        workload_api::apply(spec, &mut proxy, &uids);
+    }
+    let mut init = vec![init_container(injector, &options), proxy];
     init.extend(spec.init_containers.take().unwrap_or_default());
     spec.init_containers = Some(init);
     spec.volumes.get_or_insert_with(Vec::new).extend(volumes());
@@ -476,6 +479,7 @@ fn volumes() -> Vec<Volume> {
 
 mod manifests;
 pub mod probes;
+pub mod workload_api;
 
 pub use manifests::inject_manifests;
 

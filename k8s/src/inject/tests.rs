@@ -266,3 +266,75 @@ fn the_probe_rewrite_can_be_turned_off_and_a_bad_value_is_refused() {
     let err = inject(&pod(&bad), &injector()).unwrap_err().to_string();
     assert!(err.contains("ward.dev/rewrite-app-probes"), "{err}");
 }
+
+fn env_of(c: &Container) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect()
+}
+
+#[test]
+fn the_workload_api_is_mounted_into_the_apps_for_their_users_only() {
+    let yaml = "metadata: { name: web, annotations: { ward.dev/workload-api: enabled } }\n\
+                spec:\n  securityContext: { runAsUser: 1000 }\n  containers:\n\
+                \x20   - { name: web, image: web }\n\
+                \x20   - { name: tool, image: t, securityContext: { runAsUser: 2000 } }\n";
+    let with_api = injected(&pod(yaml));
+    let spec = with_api.spec.unwrap();
+    let proxy = &spec.init_containers.as_ref().unwrap()[1];
+    let env = env_of(proxy);
+    assert_eq!(
+        env["WARD_WORKLOAD_API_SOCKET"],
+        "/run/ward/workload-api/socket"
+    );
+    assert_eq!(env["WARD_WORKLOAD_API_ALLOWED_UIDS"], "[1000, 2000]");
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "ward-workload-api")
+        .expect("volume");
+    assert_eq!(
+        volume.empty_dir.as_ref().and_then(|e| e.medium.as_deref()),
+        Some("Memory")
+    );
+    for app in &spec.containers {
+        assert_eq!(
+            env_of(app)["SPIFFE_ENDPOINT_SOCKET"],
+            "unix:///run/ward/workload-api/socket"
+        );
+        let mount = app
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "ward-workload-api")
+            .expect("mount");
+        assert_eq!(mount.read_only, Some(true));
+    }
+    // The users can be named instead; without either, the pod is refused with the reason.
+    let named = "metadata: { name: web, annotations: { ward.dev/workload-api: enabled, ward.dev/workload-api-uids: \"7, 8\" } }\n\
+                 spec:\n  containers: [ { name: web, image: web } ]\n";
+    let pod2 = injected(&pod(named));
+    let proxy = &pod2.spec.unwrap().init_containers.unwrap()[1];
+    assert_eq!(env_of(proxy)["WARD_WORKLOAD_API_ALLOWED_UIDS"], "[7, 8]");
+    let unknown = "metadata: { name: web, annotations: { ward.dev/workload-api: enabled } }\n\
+                   spec:\n  containers: [ { name: web, image: web } ]\n";
+    let err = inject(&pod(unknown), &injector()).unwrap_err().to_string();
+    assert!(err.contains("runAsUser"), "{err}");
+    for bad in [
+        "ward.dev/workload-api: maybe",
+        "ward.dev/workload-api: enabled, ward.dev/workload-api-uids: \"root\"",
+    ] {
+        let yaml = format!(
+            "metadata: {{ name: web, annotations: {{ {bad} }} }}\nspec:\n  containers: [ {{ name: web, image: web }} ]\n"
+        );
+        assert!(inject(&pod(&yaml), &injector()).is_err(), "{bad}");
+    }
+    // Without the annotation nothing of it is added.
+    let plain = injected(&pod(APP));
+    let spec = plain.spec.unwrap();
+    assert!(!env_of(&spec.containers[0]).contains_key("SPIFFE_ENDPOINT_SOCKET"));
+    assert!(!env_of(&spec.init_containers.unwrap()[1]).contains_key("WARD_WORKLOAD_API_SOCKET"));
+}

@@ -161,7 +161,8 @@ impl SecretDiscoveryService for Service {
             let mut federated = service.identity.federated();
             let drain = service.drain.clone();
             let mut names: Option<Vec<String>> = None;
-            let mut sent = String::new();
+            // The version last sent, and for which names.
+            let mut sent = (String::new(), Vec::new());
             loop {
                 let changed = tokio::select! {
                     next = requests.next() => match next {
@@ -173,7 +174,7 @@ impl SecretDiscoveryService for Service {
                             // An ACK of what was sent, for the same names, needs no answer.
                             let same = names.as_deref() == Some(&req.resource_names[..]);
                             names = Some(req.resource_names);
-                            !(same && req.version_info == sent)
+                            !(same && req.version_info == sent.0)
                         }
                         _ => return,
                     },
@@ -193,10 +194,11 @@ impl SecretDiscoveryService for Service {
                     tracing::warn!(target: "ward::sds", ?missing,
                         "Envoy asked for secrets this identity does not have");
                 }
-                if response.version_info == sent && !response.resources.is_empty() {
+                // The same secrets at the same version for the same names were sent already.
+                if response.version_info == sent.0 && *names == sent.1 {
                     continue;
                 }
-                sent = response.version_info.clone();
+                sent = (response.version_info.clone(), names.clone());
                 if tx.send(Ok(response)).await.is_err() {
                     return;
                 }
