@@ -76,6 +76,13 @@ fn curl(addr: SocketAddr, path: &str, h2: bool) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// [`curl`] for each `(listener, path, h2)`, off the runtime.
+async fn curl_all(requests: [(SocketAddr, &'static str, bool); 4]) -> [(u16, String); 4] {
+    tokio::task::spawn_blocking(move || requests.map(|(addr, path, h2)| curl(addr, path, h2)))
+        .await
+        .expect("curl")
+}
+
 async fn grpc_unary(addr: SocketAddr) -> Result<pb::Message, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
@@ -108,6 +115,21 @@ async fn tcp_ping(addr: SocketAddr) -> String {
 /// What the TCP app answers a `ping`.
 const TCP_REPLY: &str = "220 ward-test\r\nPING";
 
+/// orders' policy: Envoy's client identity may call it, nobody else.
+fn allow_envoy_client(dir: &Path) {
+    std::fs::create_dir_all(dir.join("policies")).expect("policies");
+    std::fs::write(
+        dir.join("policies/orders.yaml"),
+        format!(
+            "apiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+             metadata: {{ name: envoy-may-call, namespace: default }}\n\
+             spec:\n  selector: {{ matchLabels: {{ app: orders }} }}\n  action: ALLOW\n\
+             \x20 rules:\n  - from: [{{ principals: [\"{ENVOY_CLIENT}\"] }}]\n"
+        ),
+    )
+    .expect("policy");
+}
+
 fn audit(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("orders-audit.log")).unwrap_or_default()
 }
@@ -124,17 +146,7 @@ async fn envoy_calls_ward_with_san_checks_and_policy_on_its_identity() {
     svids(&pki);
     let dir = pki.dir().to_owned();
     let [in_http, in_grpc, in_tcp] = [free_addr(), free_addr(), free_addr()];
-    std::fs::create_dir_all(dir.join("policies")).expect("policies");
-    std::fs::write(
-        dir.join("policies/orders.yaml"),
-        format!(
-            "apiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\n\
-             metadata: {{ name: envoy-may-call, namespace: default }}\n\
-             spec:\n  selector: {{ matchLabels: {{ app: orders }} }}\n  action: ALLOW\n\
-             \x20 rules:\n  - from: [{{ principals: [\"{ENVOY_CLIENT}\"] }}]\n"
-        ),
-    )
-    .expect("policy");
+    allow_envoy_client(&dir);
     let config = format!(
         "trust_domain: example.org\n\
          identity: {{ cert: orders.pem, key: orders.key, bundle: ca/bundle.pem }}\n\
@@ -191,16 +203,13 @@ async fn envoy_calls_ward_with_san_checks_and_policy_on_its_identity() {
         .await
         .expect("envoy");
 
-    let results = tokio::task::spawn_blocking(move || {
-        [
-            curl(h1, "/ok/h1", false),
-            curl(h2, "/ok/h2", true),
-            curl(intruder, "/no", false),
-            curl(wrong_san, "/x", false),
-        ]
-    })
-    .await
-    .expect("curl");
+    let results = curl_all([
+        (h1, "/ok/h1", false),
+        (h2, "/ok/h2", true),
+        (intruder, "/no", false),
+        (wrong_san, "/x", false),
+    ])
+    .await;
     let [r_h1, r_h2, r_intruder, r_wrong] = results;
     for (what, (status, body)) in [("HTTP/1.1", &r_h1), ("HTTP/2", &r_h2)] {
         assert_eq!(*status, 200, "{what}: {body}\n{}", proxy.logs());
@@ -320,16 +329,13 @@ async fn ward_calls_envoy_with_san_checks_both_ways() {
     .await
     .expect("sidecars");
 
-    let results = tokio::task::spawn_blocking(move || {
-        [
-            curl(o_h1, "/h1", false),
-            curl(o_h2, "/h2", true),
-            curl(o_wrong, "/x", false),
-            curl(o_stranger, "/x", false),
-        ]
-    })
-    .await
-    .expect("curl");
+    let results = curl_all([
+        (o_h1, "/h1", false),
+        (o_h2, "/h2", true),
+        (o_wrong, "/x", false),
+        (o_stranger, "/x", false),
+    ])
+    .await;
     let [r_h1, r_h2, r_wrong, r_stranger] = results;
     assert_eq!(
         r_h1.0,
@@ -390,17 +396,7 @@ async fn envoy_gets_its_svid_and_roots_from_ward_over_sds() {
     let socket = sockets.path().join("identity.sock");
     let closed = sockets.path().join("closed.sock");
     let in_http = free_addr();
-    std::fs::create_dir_all(dir.join("policies")).expect("policies");
-    std::fs::write(
-        dir.join("policies/orders.yaml"),
-        format!(
-            "apiVersion: ward.dev/v1alpha1\nkind: AuthorizationPolicy\n\
-             metadata: {{ name: envoy-may-call, namespace: default }}\n\
-             spec:\n  selector: {{ matchLabels: {{ app: orders }} }}\n  action: ALLOW\n\
-             \x20 rules:\n  - from: [{{ principals: [\"{ENVOY_CLIENT}\"] }}]\n"
-        ),
-    )
-    .expect("policy");
+    allow_envoy_client(&dir);
     let orders = format!(
         "trust_domain: example.org\n\
          identity: {{ cert: orders.pem, key: orders.key, bundle: ca/bundle.pem }}\n\

@@ -253,28 +253,27 @@ mod tests {
         let bundle = ours.bundle().unwrap();
         let mut federated = Federated::new();
         federated.insert("partner.org".into(), partner.bundle().unwrap());
-        let names: Vec<String> = [
+        const KNOWN: [&str; 6] = [
             "default",
             "spiffe://example.org/ns/shop/sa/envoy",
             "ROOTCA",
             "spiffe://example.org",
             "spiffe://partner.org",
             "ALL",
+        ];
+        let unknown = [
             "spiffe://example.org/ns/shop/sa/other",
             "spiffe://stranger.org",
-        ]
-        .map(String::from)
-        .to_vec();
+        ];
+        let names: Vec<String> = KNOWN
+            .iter()
+            .chain(&unknown)
+            .map(|n| n.to_string())
+            .collect();
         let (found, missing) = secrets(&names, &svid, &bundle, &federated);
-        assert_eq!(
-            missing,
-            [
-                "spiffe://example.org/ns/shop/sa/other",
-                "spiffe://stranger.org"
-            ]
-        );
+        assert_eq!(missing, unknown);
         let names: Vec<&str> = found.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, &names_without_missing()[..]);
+        assert_eq!(names, KNOWN);
         // The certificate carries the chain and the key; roots carry no key.
         let Some(Type::TlsCertificate(cert)) = &found[0].r#type else {
             panic!("default is a TLS certificate")
@@ -301,16 +300,5 @@ mod tests {
             version(&svid, &bundle, &federated),
             version(&renewed, &bundle, &federated)
         );
-    }
-
-    fn names_without_missing() -> Vec<&'static str> {
-        vec![
-            "default",
-            "spiffe://example.org/ns/shop/sa/envoy",
-            "ROOTCA",
-            "spiffe://example.org",
-            "spiffe://partner.org",
-            "ALL",
-        ]
     }
 }
