@@ -136,6 +136,35 @@ impl Svid {
         Ok(Arc::new(key))
     }
 
+    /// The key as PKCS#8 DER, as the SPIFFE Workload API hands it out: converted if it was
+    /// read as SEC1 (EC) or PKCS#1 (RSA).
+    pub fn key_pkcs8(&self) -> Result<Vec<u8>, SvidFileError> {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
+        };
+        let unusable =
+            |what: &str| SvidFileError::Key(format!("cannot convert the {what} key to PKCS#8"));
+        match &self.key {
+            PrivateKeyDer::Pkcs8(k) => Ok(k.secret_pkcs8_der().to_vec()),
+            PrivateKeyDer::Sec1(k) => [
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+            ]
+            .into_iter()
+            .find_map(|alg| EcdsaKeyPair::from_private_key_der(alg, k.secret_sec1_der()).ok())
+            .and_then(|pair| pair.to_pkcs8v1().ok())
+            .map(|doc| doc.as_ref().to_vec())
+            .ok_or_else(|| unusable("SEC1")),
+            PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der())
+                .ok()
+                .and_then(|pair| AsDer::<Pkcs8V1Der>::as_der(&pair).ok())
+                .map(|der| der.as_ref().to_vec())
+                .ok_or_else(|| unusable("PKCS#1")),
+            _ => Err(unusable("unknown")),
+        }
+    }
+
     /// The key as PEM, for those it is handed to (a file of mode 0600, Envoy over SDS).
     pub fn key_pem(&self) -> String {
         let label = match &self.key {
@@ -144,5 +173,40 @@ impl Svid {
             _ => "PRIVATE KEY",
         };
         pem::pem_block(label, self.key.secret_der())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use rustls_pki_types::PrivateSec1KeyDer;
+
+    use super::*;
+    use crate::ca::{CaOptions, CertificateAuthority};
+    use crate::{SpiffeId, TrustDomain};
+
+    #[test]
+    fn a_sec1_key_is_handed_out_as_the_same_key_in_pkcs8() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let ca =
+            CertificateAuthority::create(td, &CaOptions::default(), SystemTime::now()).unwrap();
+        let id = SpiffeId::new("spiffe://example.org/ns/a/sa/b").unwrap();
+        let svid = ca
+            .issue(&id, Duration::from_secs(60), SystemTime::now())
+            .unwrap();
+        let pkcs8 = svid.key_pkcs8().unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).unwrap();
+        let sec1: EcPrivateKeyRfc5915Der = pair.private_key().as_der().unwrap();
+        let as_sec1 = Svid::new(
+            svid.chain().to_vec(),
+            PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(sec1.as_ref().to_vec())),
+        )
+        .unwrap();
+        let converted = as_sec1.key_pkcs8().unwrap();
+        let again = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &converted).unwrap();
+        assert_eq!(again.public_key().as_ref(), pair.public_key().as_ref());
     }
 }

@@ -326,6 +326,19 @@ impl fmt::Debug for HttpCall<'_> {
     }
 }
 
+/// The namespace of `principal` if it is an ID of `trust_domain`: a federated trust
+/// domain's `ns/<name>` is not our namespace of that name, so it matches no `namespaces`
+/// pattern (its principals still match `principals` patterns).
+pub fn namespace_in<'a>(principal: &'a str, trust_domain: &str) -> Option<&'a str> {
+    let rest = principal
+        .strip_prefix("spiffe://")?
+        .strip_prefix(trust_domain)?;
+    if !rest.starts_with('/') {
+        return None;
+    }
+    namespace_of(principal)
+}
+
 /// The namespace segment of a `spiffe://td/ns/<namespace>/…` ID.
 pub fn namespace_of(principal: &str) -> Option<&str> {
     let path = principal.strip_prefix("spiffe://")?.split_once('/')?.1;

@@ -655,3 +655,24 @@ spec: { default: allow }
         assert_eq!(decide(&set, "bank", &[], &r).allowed, allowed, "{host}");
     }
 }
+
+#[test]
+fn only_our_trust_domains_ids_have_namespaces() {
+    use ward_policy::compile::namespace_in;
+    let ours = "spiffe://example.org/ns/shop/sa/web";
+    assert_eq!(namespace_in(ours, "example.org"), Some("shop"));
+    // A federated domain's `ns/shop` is not our namespace `shop`.
+    assert_eq!(
+        namespace_in("spiffe://partner.org/ns/shop/sa/x", "example.org"),
+        None
+    );
+    // Nor is a domain whose name merely starts with ours.
+    assert_eq!(
+        namespace_in("spiffe://example.org.evil/ns/shop/sa/x", "example.org"),
+        None
+    );
+    assert_eq!(
+        namespace_in("spiffe://example.org/sa/x", "example.org"),
+        None
+    );
+}

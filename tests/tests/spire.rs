@@ -40,7 +40,9 @@ fn policy() -> String {
          spec:\n  selector: {{ matchLabels: {{ app: orders }} }}\n  action: ALLOW\n  rules:\n\
          \x20   - from: [{{ principals: [\"{WEB}\"] }}]\n\
          \x20   - from: [{{ principals: [\"{PARTNER}\"] }}]\n\
-         \x20     to: [{{ methods: [GET] }}]\n"
+         \x20     to: [{{ methods: [GET] }}]\n\
+         \x20   - from: [{{ namespaces: [shop] }}]\n\
+         \x20     to: [{{ methods: [DELETE] }}]\n"
     )
 }
 
@@ -160,6 +162,7 @@ fn run(app: SocketAddr) {
     let peer = partner.craft(&LeafSpec::svid(PARTNER));
     let got = rt.block_on(peer_request(inbound, &peer, "GET"));
     assert!(got.contains("200"), "{got}");
+    // Our namespace `shop` may DELETE; the partner's `ns/shop` is not ours.
     let got = rt.block_on(peer_request(inbound, &peer, "DELETE"));
     assert!(got.contains("403"), "{got}");
     let impostor = stranger.craft(&LeafSpec::svid(PARTNER));

@@ -180,18 +180,19 @@ impl BundleStore {
     /// Trusts `bundle` from the next handshake on. Sessions established under the old bundle
     /// are no longer resumed (see [`TrustBoundSessions`]).
     pub fn swap(&self, bundle: TrustBundle) {
-        let federated = self.current.load().federated.clone();
+        let bundle = Arc::new(bundle);
+        // Read-copy-update: a federation swap at the same moment is not lost.
         self.current
-            .store(Arc::new(Trust::new(Arc::new(bundle), federated)));
+            .rcu(|t| Trust::new(bundle.clone(), t.federated.clone()));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Trusts peers of these federated trust domains (each by its own roots) from the next
     /// handshake on, in place of the earlier set.
     pub fn swap_federated(&self, federated: Federation) {
-        let bundle = self.current.load().bundle.clone();
+        let federated = Arc::new(federated);
         self.current
-            .store(Arc::new(Trust::new(bundle, Arc::new(federated))));
+            .rcu(|t| Trust::new(t.bundle.clone(), federated.clone()));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 

@@ -25,7 +25,8 @@ struct Signer {
 }
 
 impl Issue for Signer {
-    fn fetch(&self, audience: Vec<String>) -> Fetched {
+    fn fetch(&self, _own: &ward_certs::SpiffeId, audience: Vec<String>) -> Fetched {
+        // The control plane signs for the identity the mTLS SVID proves: this one's.
         let channel = self.client.mtls_channel(&self.identity);
         let (key, bundles) = (self.key.clone(), self.bundles.clone());
         Box::pin(async move {

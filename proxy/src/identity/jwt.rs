@@ -17,8 +17,8 @@ pub type Fetched = Pin<Box<dyn Future<Output = Result<String, tonic::Status>> + 
 
 /// Something that signs JWT-SVIDs for this workload's identity.
 pub trait Issue: Send + Sync {
-    /// A JWT-SVID (compact JWS) for `audience`.
-    fn fetch(&self, audience: Vec<String>) -> Fetched;
+    /// A JWT-SVID (compact JWS) of `own` (the identity in force) for `audience`.
+    fn fetch(&self, own: &ward_certs::SpiffeId, audience: Vec<String>) -> Fetched;
 }
 
 /// An identity source's JWT side.

@@ -33,8 +33,10 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 pub struct Spire {
     socket: PathBuf,
     trust_domain: TrustDomain,
-    /// Which SVID of those the agent gives to use (else the first).
-    spiffe_id: Option<String>,
+    /// Which SVID of those the agent gives to use: the configured one, else the first one
+    /// seen, kept from then on (the agent's order or entries changing never switches this
+    /// proxy to another identity).
+    spiffe_id: std::sync::Mutex<Option<String>>,
     client: SpiffeWorkloadApiClient<Channel>,
     jwt_bundles: Arc<watch::Sender<Arc<JwtBundles>>>,
 }
@@ -46,7 +48,7 @@ impl Spire {
             client: SpiffeWorkloadApiClient::new(unix_channel(socket.clone())),
             socket,
             trust_domain,
-            spiffe_id: config.spiffe_id.clone(),
+            spiffe_id: std::sync::Mutex::new(config.spiffe_id.clone()),
             jwt_bundles: Arc::new(watch::channel(Arc::new(JwtBundles::new())).0),
         }
     }
@@ -61,7 +63,6 @@ impl Spire {
         JwtSource {
             issuer: Arc::new(AgentJwt {
                 client: self.client.clone(),
-                spiffe_id: self.spiffe_id.clone().unwrap_or_default(),
             }),
             bundles,
         }
@@ -85,21 +86,20 @@ impl Spire {
     /// The SVID this proxy uses, its bundle and the federated bundles, from one message.
     fn decode(&self, response: &X509svidResponse) -> Result<Issued, IdentityError> {
         let bad = |why: String| IdentityError::Spire(why);
-        let svid = match &self.spiffe_id {
+        let mut pinned = self.spiffe_id.lock().unwrap_or_else(|p| p.into_inner());
+        let svid = match pinned.as_deref() {
             Some(id) => response
                 .svids
                 .iter()
-                .find(|s| s.spiffe_id == *id)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "the agent gave this process no SVID for {id} (identity.spire.spiffe_id)"
-                    ))
-                })?,
+                .find(|s| s.spiffe_id == id)
+                .ok_or_else(|| bad(format!("the agent gave this process no SVID for {id}")))?,
             None => response
                 .svids
                 .first()
                 .ok_or_else(|| bad("the agent gave no SVID".into()))?,
         };
+        pinned.get_or_insert_with(|| svid.spiffe_id.clone());
+        drop(pinned);
         let chain = split_der(&svid.x509_svid).map_err(|e| bad(format!("x509_svid: {e}")))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.x509_svid_key.clone()));
         let issued = Svid::new(chain, key).map_err(|e| bad(format!("x509_svid: {e}")))?;
@@ -204,16 +204,15 @@ impl Source for Spire {
     }
 }
 
-/// JWT-SVIDs from the agent, for the identity this proxy holds.
+/// JWT-SVIDs from the agent, for exactly the identity this proxy holds.
 struct AgentJwt {
     client: SpiffeWorkloadApiClient<Channel>,
-    spiffe_id: String,
 }
 
 impl Issue for AgentJwt {
-    fn fetch(&self, audience: Vec<String>) -> Fetched {
+    fn fetch(&self, own: &ward_certs::SpiffeId, audience: Vec<String>) -> Fetched {
         let mut client = self.client.clone();
-        let spiffe_id = self.spiffe_id.clone();
+        let spiffe_id = own.to_string();
         Box::pin(async move {
             let request = with_header(JwtsvidRequest {
                 audience,
@@ -223,9 +222,11 @@ impl Issue for AgentJwt {
             response
                 .svids
                 .into_iter()
-                .find(|s| spiffe_id.is_empty() || s.spiffe_id == spiffe_id)
+                .find(|s| s.spiffe_id == spiffe_id)
                 .map(|s| s.svid)
-                .ok_or_else(|| Status::unavailable("the SPIRE agent gave no JWT-SVID"))
+                .ok_or_else(|| {
+                    Status::unavailable(format!("the SPIRE agent gave no JWT-SVID for {spiffe_id}"))
+                })
         })
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 use ward_certs::SpiffeId;
-use ward_policy::compile::namespace_of;
+use ward_policy::compile::namespace_in;
 use ward_policy::request::Admitted as Judged;
 use ward_policy::{Call, HttpCall};
 
@@ -89,6 +89,8 @@ pub struct Inbound {
     protocol: Protocol,
     upgrades: Vec<UpgradeToken>,
     own_id: String,
+    /// Our trust domain: only its peers have namespaces (a federated peer has none).
+    own_trust_domain: String,
     own_label: Label,
     acceptor: TlsAcceptor,
     authz: Arc<Authorizer>,
@@ -145,6 +147,7 @@ impl Inbound {
             protocol,
             upgrades: upgrades.to_vec(),
             own_id: inputs.own_id.to_string(),
+            own_trust_domain: inputs.own_id.trust_domain().to_string(),
             own_label: metrics::identity(&inputs.own_id.to_string()),
             acceptor: TlsAcceptor::from(tls),
             authz: inputs.authz.clone(),
@@ -328,7 +331,7 @@ impl Inbound {
     fn tcp_allowed(&self, peer: &Peer, app: &App) -> bool {
         let call = Call {
             principal: &peer.name,
-            namespace: namespace_of(&peer.name),
+            namespace: namespace_in(&peer.name, &self.own_trust_domain),
             port: app.addr.port(),
             http: None,
         };
@@ -464,7 +467,7 @@ impl Inbound {
         let headers = HttpHeaders(req.headers());
         let call = Call {
             principal: &peer.name,
-            namespace: namespace_of(&peer.name),
+            namespace: namespace_in(&peer.name, &self.own_trust_domain),
             port,
             http: Some(HttpCall {
                 method: req.method().as_str(),

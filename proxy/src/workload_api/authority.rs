@@ -63,6 +63,9 @@ struct Machine {
     output: BytesMut,
     /// A HEADERS frame waiting for its CONTINUATIONs.
     pending: Option<Pending>,
+    /// After a frame larger than the server accepts, everything goes on as it comes (h2
+    /// refuses it) rather than being held to the length the client announced.
+    passthrough: bool,
 }
 
 impl Default for Machine {
@@ -72,6 +75,7 @@ impl Default for Machine {
             input: BytesMut::with_capacity(4096),
             output: BytesMut::new(),
             pending: None,
+            passthrough: false,
         }
     }
 }
@@ -103,8 +107,15 @@ impl Machine {
         if self.preface_left > 0 {
             return;
         }
-        while self.input.len() >= FRAME_HEADER {
+        while !self.passthrough && self.input.len() >= FRAME_HEADER {
             let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]) as usize;
+            if len > MAX_FRAME {
+                if let Some(pending) = self.pending.take() {
+                    self.emit(pending, false);
+                }
+                self.passthrough = true;
+                break;
+            }
             if self.input.len() < FRAME_HEADER + len {
                 return;
             }
@@ -115,6 +126,10 @@ impl Machine {
             match kind {
                 HEADERS => match headers_fragment(&frame, flags) {
                     Some((priority, fragment)) => {
+                        // A block left open by an earlier HEADERS goes on as it came.
+                        if let Some(open) = self.pending.take() {
+                            self.emit(open, false);
+                        }
                         let pending = Pending {
                             stream,
                             flags,
@@ -139,6 +154,10 @@ impl Machine {
                     put_frame(&mut self.output, kind, flags, stream, &frame);
                 }
             }
+        }
+        if self.passthrough {
+            let rest = self.input.split();
+            self.output.extend_from_slice(&rest);
         }
     }
 
@@ -248,10 +267,14 @@ pub fn rewrite_block(block: &[u8]) -> Option<Vec<u8>> {
         let value_start = at;
         at = string_end(block, at)?;
         out.extend_from_slice(&block[start..value_start]);
-        if authority {
-            // H = 0, 7-bit length: "localhost" fits the prefix.
-            out.push(LOCALHOST.len() as u8);
-            out.extend_from_slice(LOCALHOST);
+        let value_len = at - integer(block, value_start, 7)?.1;
+        if authority && value_len > 0 {
+            // No longer than the value it replaces, so the entry a literal with indexing
+            // adds to the decoder's table is never larger than the client's encoder counted
+            // (which would evict entries the client still refers to). H = 0, 7-bit length.
+            let with = &LOCALHOST[..LOCALHOST.len().min(value_len)];
+            out.push(with.len() as u8);
+            out.extend_from_slice(with);
         } else {
             out.extend_from_slice(&block[value_start..at]);
         }
@@ -383,27 +406,77 @@ mod tests {
         // Never-indexed and without-indexing forms of :authority too.
         for first in [0x01u8, 0x11] {
             let out = rewrite_block(&[first, 3, b'/', b'a', b'b']).expect("parses");
-            assert_eq!(out, [&[first, 9][..], LOCALHOST].concat());
+            // Never longer than what it replaces (the decoder's table stays in step).
+            assert_eq!(out, [first, 3, b'l', b'o', b'c']);
         }
+        // An empty authority is left as it is.
+        assert_eq!(rewrite_block(&[0x01, 0]).expect("parses"), [0x01, 0]);
         // The name as a new literal, raw (as gRPC's C core sends it) or Huffman-coded;
         // other names are left alone.
         let mut raw = vec![0x40, 10];
         raw.extend_from_slice(b":authority");
         raw.extend_from_slice(&[3, b'/', b'a', b'b']);
         let out = rewrite_block(&raw).expect("parses");
-        assert_eq!(out, [&raw[..12], &[9], LOCALHOST].concat());
+        assert_eq!(out, [&raw[..12], &[3], b"loc"].concat());
         let huffman = [
             0x40, 0x88, 0xb8, 0x3b, 0x53, 0x39, 0xec, 0x32, 0x7d, 0x7f, 1, b'x',
         ];
         let out = rewrite_block(&huffman).expect("parses");
-        assert_eq!(out, [&huffman[..10], &[9], LOCALHOST].concat());
+        assert_eq!(out, [&huffman[..10], &[1], b"l"].concat());
         let mut other = vec![0x40, 10];
         other.extend_from_slice(b":authorit_");
         other.extend_from_slice(&[1, b'x']);
         assert_eq!(rewrite_block(&other).expect("parses"), other);
         // A Huffman-coded value is replaced the same way (H bit set, 2 bytes).
         let out = rewrite_block(&[0x41, 0x82, 0xaa, 0xbb]).expect("parses");
-        assert_eq!(out, [&[0x41, 9][..], LOCALHOST].concat());
+        assert_eq!(out, [0x41, 2, b'l', b'o']);
+    }
+
+    /// Feeds `wire` byte by byte through the machine; what comes out.
+    fn run(wire: &[u8]) -> BytesMut {
+        let mut machine = Machine::default();
+        let mut out = BytesMut::new();
+        for byte in wire {
+            machine.input.put_u8(*byte);
+            machine.step();
+            out.extend_from_slice(&machine.output.split());
+        }
+        out
+    }
+
+    #[test]
+    fn an_oversized_frame_is_not_held_but_passed_on() {
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        // A DATA frame announcing 16 MiB - 1: nothing is buffered waiting for it.
+        wire.extend_from_slice(&[0xff, 0xff, 0xff, 0x0, 0x0, 0, 0, 0, 1]);
+        wire.extend_from_slice(b"some bytes");
+        assert_eq!(run(&wire), wire);
+    }
+
+    #[test]
+    fn a_header_block_left_open_goes_on_as_it_came() {
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        put_frame(&mut wire, HEADERS, 0, 1, &[0x82]);
+        put_frame(
+            &mut wire,
+            HEADERS,
+            END_HEADERS,
+            3,
+            &[0x01, 3, b'/', b'a', b'b'],
+        );
+        let mut want = BytesMut::new();
+        want.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        put_frame(&mut want, HEADERS, 0, 1, &[0x82]);
+        put_frame(
+            &mut want,
+            HEADERS,
+            END_HEADERS,
+            3,
+            &[0x01, 3, b'l', b'o', b'c'],
+        );
+        assert_eq!(run(&wire), want);
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl JwtSvids {
             .issuer
             .as_ref()
             .map_err(|why| Status::unavailable(*why))?;
-        let token = issuer.fetch(audience.to_vec()).await?;
+        let token = issuer.fetch(own, audience.to_vec()).await?;
         Ok(Jwtsvid {
             spiffe_id: own.to_string(),
             svid: token,

@@ -30,7 +30,11 @@ pub fn svid_response(svid: &Svid, bundle: &TrustBundle, federated: &Federated) -
                 .iter()
                 .flat_map(|c| c.as_ref().iter().copied())
                 .collect(),
-            x509_svid_key: svid.key().secret_der().to_vec(),
+            x509_svid_key: svid.key_pkcs8().unwrap_or_else(|e| {
+                tracing::error!(target: "ward::workload_api", error = %e,
+                    "the SVID's key cannot be handed out as PKCS#8");
+                Vec::new()
+            }),
             bundle: roots_der(bundle),
             hint: String::new(),
         }],
