@@ -55,18 +55,3 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
 }
-
-/// A gRPC channel to a server on a Unix socket (the authority is a placeholder).
-pub async fn unix_channel(socket: &std::path::Path) -> tonic::transport::Channel {
-    let socket = socket.to_owned();
-    tonic::transport::Endpoint::from_static("http://workload.api")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .expect("connect to the Unix socket")
-}

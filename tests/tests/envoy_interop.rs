@@ -432,7 +432,7 @@ async fn envoy_gets_its_svid_and_roots_from_ward_over_sds() {
     .expect("sidecars");
 
     // What SDS answers, asked directly: the names ward knows, nothing for others.
-    let channel = ward_tests::net::unix_channel(&socket).await;
+    let channel = ward_proxy::identity::spire::unix_channel(socket.clone());
     let mut sds = SecretDiscoveryServiceClient::new(channel);
     let ask = |names: &[&str]| DiscoveryRequest {
         resource_names: names.iter().map(|n| n.to_string()).collect(),
@@ -456,10 +456,12 @@ async fn envoy_gets_its_svid_and_roots_from_ward_over_sds() {
             .iter()
             .all(|r| r.type_url == ward_api::sds::SECRET_TYPE)
     );
-    let refused = SecretDiscoveryServiceClient::new(ward_tests::net::unix_channel(&closed).await)
-        .fetch_secrets(ask(&["default"]))
-        .await
-        .expect_err("not an allowed caller");
+    let refused = SecretDiscoveryServiceClient::new(ward_proxy::identity::spire::unix_channel(
+        closed.clone(),
+    ))
+    .fetch_secrets(ask(&["default"]))
+    .await
+    .expect_err("not an allowed caller");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(closed_identity.logs().contains("caller refused"));
 

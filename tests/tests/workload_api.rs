@@ -239,7 +239,7 @@ async fn calls_without_the_security_header_are_invalid() {
     })
     .await
     .expect("start");
-    let channel = ward_tests::net::unix_channel(&socket).await;
+    let channel = ward_proxy::identity::spire::unix_channel(socket.clone());
     let mut client = SpiffeWorkloadApiClient::new(channel);
     let status = client
         .fetch_x509svid(X509svidRequest {})

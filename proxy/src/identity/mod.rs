@@ -82,6 +82,15 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The whole identity, followed from now on.
+    pub fn follow(&self) -> Followed {
+        Followed {
+            svid: self.svid(),
+            bundle: self.bundle(),
+            federated: self.federated(),
+        }
+    }
+
     /// The federated trust domains' bundles in force, and each set after them.
     pub fn federated(&self) -> watch::Receiver<Arc<Federated>> {
         self.federated.clone()
@@ -95,6 +104,41 @@ impl Identity {
     /// The trust bundle in force, and each one after it.
     pub fn bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
         self.bundle.clone()
+    }
+}
+
+/// The SVID, the bundle and the federated bundles followed together: for what hands the
+/// whole identity out again on every change (the Workload API, SDS).
+pub struct Followed {
+    svid: watch::Receiver<Arc<Svid>>,
+    bundle: watch::Receiver<Arc<TrustBundle>>,
+    federated: watch::Receiver<Arc<Federated>>,
+}
+
+/// The identity at one moment.
+pub struct Snapshot {
+    pub svid: Arc<Svid>,
+    pub bundle: Arc<TrustBundle>,
+    pub federated: Arc<Federated>,
+}
+
+impl Followed {
+    /// The identity in force; what [`Followed::changed`] waits to change.
+    pub fn current(&mut self) -> Snapshot {
+        Snapshot {
+            svid: self.svid.borrow_and_update().clone(),
+            bundle: self.bundle.borrow_and_update().clone(),
+            federated: self.federated.borrow_and_update().clone(),
+        }
+    }
+
+    /// Waits until any part changes; `false` once the source is gone.
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            r = self.svid.changed() => r.is_ok(),
+            r = self.bundle.changed() => r.is_ok(),
+            r = self.federated.changed() => r.is_ok(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 use ward_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -20,14 +20,18 @@ use ward_api::workload::{
     JwtBundlesRequest, JwtsvidRequest, SECURITY_HEADER, X509svidRequest, X509svidResponse,
 };
 use ward_certs::{Svid, TrustBundle, TrustDomain};
+use ward_runtime::backoff::Backoff;
+use ward_runtime::follow::{reconnect, stream_to_watch};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::jwt::{Fetched, Issue, JwtBundles, JwtSource};
 use super::{Federated, IdentityError, Issued, Publisher, Source};
 use crate::config::SpireSource;
 
-/// Backoff between attempts to reach the agent: from the first to the last.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+/// Backoff between attempts to reach the agent.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
+}
 
 /// A SPIRE agent as the identity source.
 pub struct Spire {
@@ -38,7 +42,6 @@ pub struct Spire {
     /// proxy to another identity).
     spiffe_id: std::sync::Mutex<Option<String>>,
     client: SpiffeWorkloadApiClient<Channel>,
-    jwt_bundles: Arc<watch::Sender<Arc<JwtBundles>>>,
 }
 
 impl Spire {
@@ -49,17 +52,32 @@ impl Spire {
             socket,
             trust_domain,
             spiffe_id: std::sync::Mutex::new(config.spiffe_id.clone()),
-            jwt_bundles: Arc::new(watch::channel(Arc::new(JwtBundles::new())).0),
         }
     }
 
-    /// The JWT side: fetches go to the agent; its JWT bundles are followed from now on.
+    /// The JWT side: fetches go to the agent; its JWT bundles are followed from now on
+    /// (the stream reopened when it breaks, the last bundles kept meanwhile).
     pub fn jwt(&self) -> JwtSource {
-        let bundles = self.jwt_bundles.subscribe();
-        tokio::spawn(follow_jwt_bundles(
-            self.client.clone(),
-            self.jwt_bundles.clone(),
-        ));
+        let client = self.client.clone();
+        let (bundles, follow) = stream_to_watch(
+            "spire JWT bundles",
+            Arc::new(JwtBundles::new()),
+            backoff(),
+            |_| {},
+            move || {
+                let mut client = client.clone();
+                async move {
+                    let stream = client
+                        .fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
+                        .await?
+                        .into_inner();
+                    Ok::<_, Status>(stream.map(|message| {
+                        message.map(|m| Arc::new(m.bundles.into_iter().collect::<JwtBundles>()))
+                    }))
+                }
+            },
+        );
+        tokio::spawn(follow);
         JwtSource {
             issuer: Arc::new(AgentJwt {
                 client: self.client.clone(),
@@ -158,7 +176,7 @@ impl Spire {
 
 impl Source for Spire {
     async fn first(&self) -> Result<Issued, IdentityError> {
-        let mut wait = BACKOFF.0;
+        let mut backoff = backoff();
         loop {
             match self.open().await {
                 Ok((first, _)) => return self.decode(&first),
@@ -168,39 +186,26 @@ impl Source for Spire {
                         "no SVID from the SPIRE agent yet; retrying");
                 }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(BACKOFF.1);
+            backoff.wait().await;
         }
     }
 
     async fn follow(self: Arc<Self>, publisher: Publisher) {
-        let mut wait = BACKOFF.0;
-        loop {
-            match self.open().await {
-                Ok((first, mut stream)) => {
-                    wait = BACKOFF.0;
-                    self.apply(&first, &publisher);
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(next)) => self.apply(&next, &publisher),
-                            Ok(None) => break,
-                            Err(status) => {
-                                tracing::warn!(target: "ward::spire", code = ?status.code(),
-                                    message = status.message(),
-                                    "SPIRE agent stream broke; the identity in force stays");
-                                break;
-                            }
-                        }
-                    }
+        // The identity in force stays while the stream is down (fail static).
+        reconnect(
+            "spire X.509-SVID",
+            backoff(),
+            || {},
+            || async {
+                let (first, mut stream) = self.open().await?;
+                self.apply(&first, &publisher);
+                while let Some(next) = stream.message().await? {
+                    self.apply(&next, &publisher);
                 }
-                Err(status) => {
-                    tracing::warn!(target: "ward::spire", code = ?status.code(),
-                        message = status.message(), "SPIRE agent unreachable; retrying");
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(BACKOFF.1);
-        }
+                Ok::<(), Status>(())
+            },
+        )
+        .await;
     }
 }
 
@@ -231,31 +236,6 @@ impl Issue for AgentJwt {
     }
 }
 
-/// Follows the agent's JWT bundles into `into`, reopening the stream when it breaks.
-async fn follow_jwt_bundles(
-    mut client: SpiffeWorkloadApiClient<Channel>,
-    into: Arc<watch::Sender<Arc<JwtBundles>>>,
-) {
-    let mut wait = BACKOFF.0;
-    loop {
-        if let Ok(response) = client
-            .fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
-            .await
-        {
-            let mut stream = response.into_inner();
-            while let Ok(Some(message)) = stream.message().await {
-                wait = BACKOFF.0;
-                into.send_replace(Arc::new(message.bundles.into_iter().collect()));
-            }
-        }
-        if into.is_closed() {
-            return;
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(BACKOFF.1);
-    }
-}
-
 /// A request with the Workload API's security header.
 fn with_header<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
@@ -267,7 +247,7 @@ fn with_header<T>(message: T) -> Request<T> {
 }
 
 /// A channel to a gRPC server on a Unix socket, connecting (again) when used.
-fn unix_channel(socket: PathBuf) -> Channel {
+pub fn unix_channel(socket: PathBuf) -> Channel {
     Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(
         move |_| {
             let socket = socket.clone();

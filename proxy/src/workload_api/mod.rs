@@ -105,24 +105,20 @@ impl Service {
         F: Fn(&Svid, &TrustBundle, &Federated) -> T + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(1);
-        let mut svid = self.identity.svid();
-        let mut bundle = self.identity.bundle();
-        let mut federated = self.identity.federated();
+        let mut identity = self.identity.follow();
         let drain = self.drain.clone();
         tokio::spawn(async move {
             loop {
-                let message = make(
-                    &svid.borrow_and_update(),
-                    &bundle.borrow_and_update(),
-                    &federated.borrow_and_update(),
-                );
-                if tx.send(Ok(message)).await.is_err() {
+                let now = identity.current();
+                if tx
+                    .send(Ok(make(&now.svid, &now.bundle, &now.federated)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let changed = tokio::select! {
-                    r = svid.changed() => r.is_ok(),
-                    r = bundle.changed() => r.is_ok(),
-                    r = federated.changed() => r.is_ok(),
+                    changed = identity.changed() => changed,
                     () = tx.closed() => false,
                     () = drain.signaled() => false,
                 };

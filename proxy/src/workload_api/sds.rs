@@ -29,7 +29,7 @@ use ward_api::sds::{
 use ward_certs::{Svid, TrustBundle};
 
 use super::{Service, Streamed};
-use crate::identity::Federated;
+use crate::identity::{Federated, Snapshot};
 
 /// Nonces of this process's responses.
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -116,12 +116,9 @@ fn response(secrets: Vec<Secret>, version: &str) -> DiscoveryResponse {
 impl Service {
     /// The identity in force as SDS answers it: its secrets for `names`, and the version
     /// (the SVID's serial and the bundles' roots, hashed).
-    fn answer(&self, names: &[String]) -> (DiscoveryResponse, Vec<String>) {
-        let svid = self.identity.svid().borrow().clone();
-        let bundle = self.identity.bundle().borrow().clone();
-        let federated = self.identity.federated().borrow().clone();
-        let (found, missing) = secrets(names, &svid, &bundle, &federated);
-        let version = version(&svid, &bundle, &federated);
+    fn answer(now: &Snapshot, names: &[String]) -> (DiscoveryResponse, Vec<String>) {
+        let (found, missing) = secrets(names, &now.svid, &now.bundle, &now.federated);
+        let version = version(&now.svid, &now.bundle, &now.federated);
         (response(found, &version), missing)
     }
 
@@ -156,9 +153,7 @@ impl SecretDiscoveryService for Service {
         let (tx, rx) = mpsc::channel(4);
         let service = self.clone();
         tokio::spawn(async move {
-            let mut svid = service.identity.svid();
-            let mut bundle = service.identity.bundle();
-            let mut federated = service.identity.federated();
+            let mut identity = service.identity.follow();
             let drain = service.drain.clone();
             let mut names: Option<Vec<String>> = None;
             // The version last sent, and for which names.
@@ -178,18 +173,13 @@ impl SecretDiscoveryService for Service {
                         }
                         _ => return,
                     },
-                    r = svid.changed() => r.is_ok(),
-                    r = bundle.changed() => r.is_ok(),
-                    r = federated.changed() => r.is_ok(),
+                    changed = identity.changed() => if changed { true } else { return },
                     () = drain.signaled() => return,
                 };
                 let Some(names) = names.as_ref().filter(|_| changed) else {
                     continue;
                 };
-                svid.borrow_and_update();
-                bundle.borrow_and_update();
-                federated.borrow_and_update();
-                let (response, missing) = service.answer(names);
+                let (response, missing) = Service::answer(&identity.current(), names);
                 if !missing.is_empty() {
                     tracing::warn!(target: "ward::sds", ?missing,
                         "Envoy asked for secrets this identity does not have");
@@ -212,7 +202,8 @@ impl SecretDiscoveryService for Service {
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         self.attest_sds("FetchSecrets", &request)?;
-        let (response, _) = self.answer(&request.into_inner().resource_names);
+        let now = self.identity.follow().current();
+        let (response, _) = Service::answer(&now, &request.into_inner().resource_names);
         Ok(Response::new(response))
     }
 }
